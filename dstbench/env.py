@@ -1,0 +1,72 @@
+"""Capture of the environment a run was measured in (asv's machine_info / commit_info)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cupy_version() -> str | None:
+    try:
+        import cupy  # noqa: PLC0415
+    except Exception:  # noqa: BLE001  (any import failure means "no CuPy")
+        return None
+    return cupy.__version__
+
+
+def gpu_name() -> str | None:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def capture(threads: int | None = None) -> dict[str, Any]:
+    """A JSON-ready description of this machine, software and commit."""
+    sha = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_sha": sha,
+        "git_dirty": bool(status) if status is not None else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cupy": cupy_version(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpu_name": gpu_name(),
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "argv": sys.argv,
+    }
+
+
+def machine_class(env: dict[str, Any]) -> str:
+    """What must match for two runs' speedups to be comparable: CPU model, or GPU name."""
+    return env.get("gpu_name") or env.get("cpu_model") or "unknown"

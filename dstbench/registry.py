@@ -1,0 +1,72 @@
+"""Name -> SparsityMethod class and name -> Suite, with ``make_*`` factories (timm style)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, TypeVar
+
+from dstbench.errors import UserError
+
+T = TypeVar("T")
+
+_METHODS: dict[str, type] = {}
+_SUITES: dict[str, Any] = {}
+
+
+def register_method(name: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator: make a SparsityMethod subclass available as ``name``."""
+
+    def add(cls: type[T]) -> type[T]:
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return add
+
+
+def register_suite(name: str) -> Callable[[T], T]:
+    """Decorator: make a suite (an object with ``run(args)``) available as ``name``."""
+
+    def add(suite: T) -> T:
+        _SUITES[name] = suite
+        return suite
+
+    return add
+
+
+def _load_builtins() -> None:
+    importlib.import_module("dstbench.methods")
+    importlib.import_module("dstbench.suites")
+
+
+def list_methods() -> list[str]:
+    """Registered method names, in registration order."""
+    _load_builtins()
+    return list(_METHODS)
+
+
+def list_suites() -> list[str]:
+    """Registered suite names, in registration order."""
+    _load_builtins()
+    return list(_SUITES)
+
+
+def method_class(name: str) -> type:
+    """The SparsityMethod class registered as ``name``; UserError if unknown."""
+    _load_builtins()
+    if name not in _METHODS:
+        raise UserError(f"unknown method {name!r}; choose from: {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+def make_method(name: str, **kwargs: Any):
+    """Build the SparsityMethod registered as ``name`` with the given options."""
+    return method_class(name)(**kwargs)
+
+
+def get_suite(name: str) -> Any:
+    """The suite registered as ``name``; UserError if unknown."""
+    _load_builtins()
+    if name not in _SUITES:
+        raise UserError(f"unknown suite {name!r}; choose from: {', '.join(_SUITES)}")
+    return _SUITES[name]

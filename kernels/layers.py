@@ -1,0 +1,129 @@
+"""Inference-only linear layers, one per sparse format.
+
+Each layer computes ``y = x @ W.T + bias`` for x of shape (..., in) and
+records in ``impl`` which kernel actually runs, so that timings can say what
+they timed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dstbench.kernels import ops
+from dstbench.kernels.formats import CondensedWeight, DiagonalWeight
+
+
+def _dense_impl_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "cublas"
+    return "mkl" if torch.backends.mkl.is_available() else "aten-cpu"
+
+
+class DenseLinear(nn.Linear):
+    """``nn.Linear`` that reports its implementation (cuBLAS / MKL)."""
+
+    @property
+    def impl(self) -> str:
+        return _dense_impl_name(self.weight.device)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "DenseLinear":
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+
+class CSRLinear(nn.Module):
+    """Unstructured sparse weight in ``torch.sparse_csr`` (cuSPARSE / MKL sparse BLAS).
+
+    Args:
+        weight: (out, in) dense weight whose zeros are dropped.
+        bias: (out,) or None.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", weight.detach().to_sparse_csr())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    @property
+    def impl(self) -> str:
+        if self.weight.device.type == "cuda":
+            return "cusparse-csr"
+        return "mkl-csr" if torch.backends.mkl.is_available() else "aten-csr"
+
+    @property
+    def nnz(self) -> int:
+        return int(self.weight.values().numel())
+
+    def forward(self, x: Tensor) -> Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        y = torch.mm(self.weight, x2.t()).t()
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class CondensedLinear(nn.Module):
+    """Constant fan-in weight (SRigL) run by the condensed kernel.
+
+    Args:
+        weight: the CondensedWeight (values (n_active, k), indices, active_rows, bias).
+        impl: kernel implementation, one of ``ops.IMPLS`` or "auto".
+    """
+
+    def __init__(self, weight: CondensedWeight, impl: str = "auto") -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.out_features, weight.in_features
+        self.register_buffer("values", weight.values.detach().contiguous())
+        self.register_buffer("indices", weight.indices.contiguous())
+        self.register_buffer("active_rows", weight.active_rows.contiguous())
+        self.register_buffer("bias", None if weight.bias is None else weight.bias.detach().clone())
+        self.requested_impl = impl
+
+    @property
+    def impl(self) -> str:
+        return ops.select_impl(self.values.device, self.values.dtype, self.requested_impl)
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = ops.condensed_mm(x, self.values, self.indices, self.active_rows, self.out_features, self.requested_impl)
+        return y if self.bias is None else y + self.bias
+
+
+class DiagonalLinear(nn.Module):
+    """K-diagonal weight (DynaDiag) run by the diagonal kernel.
+
+    Args:
+        weight: the DiagonalWeight (offsets (K,), values (K, D), bias).
+        impl: kernel implementation, one of ``ops.IMPLS`` or "auto".
+    """
+
+    def __init__(self, weight: DiagonalWeight, impl: str = "auto") -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.out_features, weight.in_features
+        self.register_buffer("offsets", weight.offsets.contiguous())
+        self.register_buffer("values", weight.values.detach().contiguous())
+        self.register_buffer("bias", None if weight.bias is None else weight.bias.detach().clone())
+        self.requested_impl = impl
+
+    @property
+    def impl(self) -> str:
+        return ops.select_impl(self.values.device, self.values.dtype, self.requested_impl)
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = ops.diag_mm(x, self.offsets, self.values, self.out_features, self.requested_impl)
+        return y if self.bias is None else y + self.bias

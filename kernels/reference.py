@@ -1,0 +1,72 @@
+"""Pure-torch reference implementations: the test oracle, and the fallback.
+
+They run on any device and dtype, and are differentiable through autograd.
+``x`` is always (B, in) and the result (B, out); no bias is added here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dstbench.kernels.formats import diagonal_coords
+
+
+def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int) -> Tensor:
+    """y = x @ W.T for the diagonal weight (offsets (K,), values (K, D)).
+
+    Args:
+        x: (B, in).
+    Returns:
+        (B, out_features).
+    """
+    in_features = x.shape[1]
+    rows, cols = diagonal_coords(offsets, out_features, in_features)
+    y = x.new_zeros(x.shape[0], out_features)
+    return y.index_add(1, rows.flatten(), x[:, cols.flatten()] * values.flatten())
+
+
+def diag_values_grad(dy: Tensor, x: Tensor, offsets: Tensor) -> Tensor:
+    """dV[k, j] = sum_b dy[b, row(k, j)] * x[b, col(k, j)]: the SDDMM on the diagonals.
+
+    Args:
+        dy: (B, out); x: (B, in); offsets: (K,).
+    Returns:
+        (K, D), in the dtype of x.
+    """
+    rows, cols = diagonal_coords(offsets, dy.shape[1], x.shape[1])
+    return torch.einsum("bkd,bkd->kd", dy[:, rows], x[:, cols])
+
+
+def condensed_mm(x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, out_features: int) -> Tensor:
+    """y[b, active_rows[i]] = sum_j values[i, j] * x[b, indices[i, j]]; other columns are 0.
+
+    Args:
+        x: (B, in); values, indices: (n_active, k); active_rows: (n_active,).
+    Returns:
+        (B, out_features).
+    """
+    gathered = x[:, indices.long()]  # (B, n_active, k)
+    y_active = (gathered * values).sum(dim=2)
+    y = x.new_zeros(x.shape[0], out_features)
+    return y.index_copy(1, active_rows.long(), y_active)
+
+
+def condensed_values_grad(dy: Tensor, x: Tensor, indices: Tensor, active_rows: Tensor) -> Tensor:
+    """dValues[i, j] = sum_b dy[b, active_rows[i]] * x[b, indices[i, j]].
+
+    Returns:
+        (n_active, k).
+    """
+    return torch.einsum("bi,bij->ij", dy[:, active_rows.long()], x[:, indices.long()])
+
+
+def condensed_input_grad(dy: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int) -> Tensor:
+    """dx[b, c] = sum over (i, j) with indices[i, j] == c of values[i, j] * dy[b, active_rows[i]].
+
+    Returns:
+        (B, in_features).
+    """
+    contrib = dy[:, active_rows.long()].unsqueeze(2) * values  # (B, n_active, k)
+    dx = dy.new_zeros(dy.shape[0], in_features)
+    return dx.index_add(1, indices.long().flatten(), contrib.flatten(1))

@@ -1,0 +1,89 @@
+"""What every suite provides to the CLI, and the options they share."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from dstbench.errors import UserError, check_sparsity
+
+
+class Suite(Protocol):
+    """A suite adds its own options to ``dstbench run`` and runs into a RunStore."""
+
+    name: str
+    help: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def parse_list(text: str, kind: type, what: str) -> list:
+    """'0.8,0.9' -> [0.8, 0.9]; UserError naming ``what`` if an item does not parse."""
+    try:
+        return [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UserError(f"--{what} takes a comma-separated list of {kind.__name__}, got {text!r}") from None
+
+
+def sparsities(text: str) -> list[float]:
+    """Parse and check --sparsity."""
+    return [check_sparsity(s) for s in parse_list(text, float, "sparsity")]
+
+
+def batches(text: str) -> list[int]:
+    """Parse and check --batch (every batch >= 1)."""
+    values = parse_list(text, int, "batch")
+    bad = [b for b in values if b <= 0]
+    if bad:
+        raise UserError(f"--batch must be positive, got {bad[0]}")
+    return values
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op thread count (default: all cores) and return it.
+
+    More threads than cores is allowed, with a warning: it oversubscribes and
+    makes timings noisy.
+    """
+    cores = os.cpu_count() or 1
+    if threads is None:
+        threads = cores
+    if threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
+    if threads > cores:
+        warnings.warn(f"--threads {threads} is more than the {cores} cores here; timings will be noisy", stacklevel=2)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def resolve_device(name: str) -> torch.device:
+    """Check --device; 'cuda' without a GPU is a UserError."""
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda needs a CUDA GPU and none is visible; use --device cpu")
+    return torch.device(name)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """Check --dtype."""
+    if name not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def default_out(suite: str) -> Path:
+    """results/<suite>-<timestamp> under the current folder."""
+    import time  # noqa: PLC0415
+
+    return Path("results") / f"{suite}-{time.strftime('%Y%m%d-%H%M%S')}"
