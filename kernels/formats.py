@@ -5,8 +5,11 @@ Diagonal geometry (the DynaDiag authors' convention):
 * ``P = max(out, in)`` candidate diagonals, each of length ``D = min(out, in)``;
 * if ``out >= in``, diagonal ``s`` holds ``W[(j + s) % out, j]`` for j in [0, D);
 * otherwise it holds ``W[j, (j + s) % in]`` for j in [0, D);
-* the P diagonals tile W exactly, and diagonal ``s`` of ``W.T`` (shape
-  (in, out)) holds the same entries, in the same order, as diagonal ``s`` of W.
+* the P diagonals tile W exactly. For a non-square W, diagonal ``s`` of
+  ``W.T`` holds the same entries, in the same order, as diagonal ``s`` of W;
+  for a square W it does not (both shapes use the ``out >= in`` rule), which
+  is why the kernels take an explicit ``transpose`` flag for the input
+  gradient instead of re-reading the geometry.
 
 Condensed format (SRigL's constant fan-in): every active row keeps exactly
 ``k`` weights; ablated rows are dropped and produce ``bias`` only.

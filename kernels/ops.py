@@ -10,7 +10,8 @@ Implementations (``impl``):
 falls back to ``reference`` with a warning that names the reason when the
 fast kernel cannot run (no compiler, no CuPy, an unsupported dtype). Every
 backend module exposes the five functions of ``kernels.reference`` with the
-same signatures, plus ``unavailable_reason(device, dtype) -> str | None``.
+same signatures (``diag_mm`` with its ``transpose`` flag for the input
+gradient), plus ``unavailable_reason(device, dtype) -> str | None``.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class _DiagMM(torch.autograd.Function):
         x, offsets, values = ctx.saved_tensors
         be = backend(ctx.impl)
         dy = dy.contiguous()
-        dx = be.diag_mm(dy, offsets, values, x.shape[1]) if ctx.needs_input_grad[0] else None
+        dx = be.diag_mm(dy, offsets, values, x.shape[1], transpose=True) if ctx.needs_input_grad[0] else None
         dv = be.diag_values_grad(dy, x, offsets) if ctx.needs_input_grad[2] else None
         return dx, None, dv, None, None
 

@@ -12,16 +12,25 @@ from torch import Tensor
 from dstbench.kernels.formats import diagonal_coords
 
 
-def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int) -> Tensor:
-    """y = x @ W.T for the diagonal weight (offsets (K,), values (K, D)).
+def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, transpose: bool = False) -> Tensor:
+    """y = x @ W.T for the diagonal weight W (offsets (K,), values (K, D)).
+
+    With ``transpose=True``, W has shape (x.shape[1], out_features) and
+    y = x @ W: the input gradient of the forward product. For non-square W
+    this equals the forward product on the transposed shape, but for a square
+    W it does not (the transpose of a square W's diagonal s is its diagonal
+    P - s), so every backend takes the flag.
 
     Args:
         x: (B, in).
     Returns:
         (B, out_features).
     """
-    in_features = x.shape[1]
-    rows, cols = diagonal_coords(offsets, out_features, in_features)
+    if transpose:
+        rows, cols = diagonal_coords(offsets, x.shape[1], out_features)
+        rows, cols = cols, rows
+    else:
+        rows, cols = diagonal_coords(offsets, out_features, x.shape[1])
     y = x.new_zeros(x.shape[0], out_features)
     return y.index_add(1, rows.flatten(), x[:, cols.flatten()] * values.flatten())
 

@@ -1,0 +1,192 @@
+"""The CUDA kernels' own source, run on the CPU by the host emulator, against the reference.
+
+Drives ``kernels.cuda.launches`` (kernel choice, grids, blocks, arguments)
+with ``cuda_emulator.runner``, so the index math, tiling, shared-memory
+staging, reductions and edge-shape guards of the ``.cu`` files are checked
+without a GPU. Inputs sit inside NaN-filled buffers, so a read past a
+tensor's end poisons the result.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cuda_emulator
+from dstbench.errors import UserError
+from dstbench.kernels import cuda as cuda_backend
+from dstbench.kernels import reference
+from dstbench.kernels.cuda import launches
+from dstbench.kernels.formats import CondensedWeight, DiagonalWeight
+
+pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None, reason="no g++ to build the host emulator")
+
+EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+run = cuda_emulator.runner
+
+
+def padded(t: torch.Tensor, pad: int = 64) -> torch.Tensor:
+    """``t`` copied into the middle of a buffer whose other elements are NaN (float) or 0."""
+    fill = float("nan") if t.is_floating_point() else 0
+    buf = torch.full((t.numel() + 2 * pad,), fill, dtype=t.dtype)
+    buf[pad : pad + t.numel()] = t.reshape(-1)
+    return buf[pad : pad + t.numel()].view(t.shape)
+
+
+def assert_close(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor, dtype: torch.dtype) -> None:
+    """|got - want| <= 4 * eps(dtype) * bound + tiny, where bound = the same sum over |terms|."""
+    assert got.shape == want.shape and got.dtype == dtype
+    err = (got.double() - want.double()).abs()
+    limit = 4 * EPS[dtype] * bound.double() + 1e-300
+    assert bool((err <= limit).all()), f"max error {err.max().item():.3g}, limit {limit.max().item():.3g}"
+
+
+def diag_data(out_f: int, in_f: int, batch: int, k: int, dtype: torch.dtype, sort: bool = True, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    p, d = max(out_f, in_f), min(out_f, in_f)
+    offsets = torch.randperm(p, generator=g)[:k]
+    if sort:
+        offsets = torch.sort(offsets).values
+    x = torch.randn(batch, in_f, generator=g).to(dtype)
+    values = torch.randn(k, d, generator=g).to(dtype)
+    dy = torch.randn(batch, out_f, generator=g).to(dtype)
+    return padded(x), offsets, padded(values), padded(dy)
+
+
+DIAG_CASES = [  # out, in, batch, K: both kernels, tall/wide/square, K = 0, 1, P, P > DIAG_SPAN
+    (1, 1, 1, 1),
+    (5, 3, 1, 5),
+    (3, 5, 2, 1),
+    (150, 40, 20, 30),
+    (40, 150, 17, 150),
+    (70, 70, 33, 12),
+    (130, 7, 5, 130),
+    (7, 130, 16, 40),
+    (9, 4, 3, 0),
+    (8, 8, 1, 5),
+    (100, 100, 24, 30),
+]
+
+
+@pytest.mark.parametrize("batch", [2, 18])
+def test_square_transpose_differs_from_transposed_geometry(batch: int) -> None:
+    """For a square W, dy @ W needs transpose=True: W.T's diagonal s is not W's diagonal s."""
+    x, offsets, values, dy = diag_data(80, 80, batch, 9, torch.float64, seed=4)
+    dense = DiagonalWeight(offsets, values.clone(), 80, 80).to_dense()
+    plain = launches.diag_mm(dy, offsets, values, 80, run)
+    assert_close(plain, dy @ dense.T, dy.abs() @ dense.abs().T, torch.float64)
+    assert (plain - dy @ dense).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("out_f, in_f, batch, k", DIAG_CASES)
+def test_diagonal_kernels_match_reference(out_f: int, in_f: int, batch: int, k: int) -> None:
+    dt = torch.float64
+    x, offsets, values, dy = diag_data(out_f, in_f, batch, k, dt)
+    absx, absv, absdy = x.abs(), values.abs(), dy.abs()
+    assert_close(launches.diag_mm(x, offsets, values, out_f, run), reference.diag_mm(x, offsets, values, out_f),
+                 reference.diag_mm(absx, offsets, absv, out_f), dt)
+    dense = DiagonalWeight(offsets, values.clone(), out_f, in_f).to_dense()
+    assert_close(launches.diag_mm(dy, offsets, values, in_f, run, transpose=True), dy @ dense, absdy @ dense.abs(), dt)
+    assert_close(launches.diag_values_grad(dy, x, offsets, run), reference.diag_values_grad(dy, x, offsets),
+                 reference.diag_values_grad(absdy, absx, offsets), dt)
+
+
+@pytest.mark.parametrize("batch", [3, 40])
+def test_diagonal_unsorted_offsets(batch: int) -> None:
+    x, offsets, values, _ = diag_data(200, 90, batch, 60, torch.float64, sort=False, seed=1)
+    assert not bool((offsets[1:] > offsets[:-1]).all())
+    want = reference.diag_mm(x, offsets, values, 200)
+    assert_close(launches.diag_mm(x, offsets, values, 200, run), want,
+                 reference.diag_mm(x.abs(), offsets, values.abs(), 200), torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch", [2, 19])
+def test_diagonal_low_precision(dtype: torch.dtype, batch: int) -> None:
+    x, offsets, values, dy = diag_data(100, 36, batch, 20, dtype, seed=2)
+    x64, v64, dy64 = x.double(), values.double(), dy.double()
+    assert_close(launches.diag_mm(x, offsets, values, 100, run), reference.diag_mm(x64, offsets, v64, 100),
+                 reference.diag_mm(x64.abs(), offsets, v64.abs(), 100), dtype)
+    assert_close(launches.diag_values_grad(dy, x, offsets, run), reference.diag_values_grad(dy64, x64, offsets),
+                 reference.diag_values_grad(dy64.abs(), x64.abs(), offsets), dtype)
+
+
+def condensed_data(out_f: int, in_f: int, batch: int, k: int, ablate: int, index_dtype: torch.dtype,
+                   dtype: torch.dtype, seed: int = 0):
+    """A CondensedWeight with fan-in k where every ``ablate``-th row (0: none) is ablated."""
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(out_f, in_f, generator=g).argsort(dim=1)[:, :k]
+    mask = torch.zeros(out_f, in_f, dtype=torch.bool).scatter_(1, keep, True)
+    if ablate:
+        mask[::ablate] = False
+    w = CondensedWeight.from_mask(torch.randn(out_f, in_f, generator=g).to(dtype), mask)
+    x = torch.randn(batch, in_f, generator=g).to(dtype)
+    dy = torch.randn(batch, out_f, generator=g).to(dtype)
+    return padded(x), padded(w.values), w.indices.to(index_dtype), w.active_rows, padded(dy)
+
+
+CONDENSED_CASES = [  # out, in, batch, k, ablate every n-th row, index dtype
+    (1, 1, 1, 1, 0, torch.int16),
+    (5, 3, 2, 1, 2, torch.int16),
+    (50, 40, 20, 7, 3, torch.int32),
+    (40, 150, 37, 13, 0, torch.int16),
+    (20, 30, 5, 30, 4, torch.int64),
+    (7, 7000, 3, 69, 2, torch.int32),  # float64 x tile exceeds 48 KiB: the unstaged xT path
+    (6, 9, 4, 3, 1, torch.int32),  # every row ablated: n_active = 0
+]
+
+
+@pytest.mark.parametrize("out_f, in_f, batch, k, ablate, index_dtype", CONDENSED_CASES)
+def test_condensed_kernels_match_reference(out_f, in_f, batch, k, ablate, index_dtype) -> None:
+    dt = torch.float64
+    x, values, indices, rows, dy = condensed_data(out_f, in_f, batch, k, ablate, index_dtype, dt)
+    ax, av, ady = x.abs(), values.abs(), dy.abs()
+    assert_close(launches.condensed_mm(x, values, indices, rows, out_f, run),
+                 reference.condensed_mm(x, values, indices, rows, out_f),
+                 reference.condensed_mm(ax, av, indices, rows, out_f), dt)
+    assert_close(launches.condensed_values_grad(dy, x, indices, rows, run),
+                 reference.condensed_values_grad(dy, x, indices, rows),
+                 reference.condensed_values_grad(ady, ax, indices, rows), dt)
+    assert_close(launches.condensed_input_grad(dy, values, indices, rows, in_f, run),
+                 reference.condensed_input_grad(dy, values, indices, rows, in_f),
+                 reference.condensed_input_grad(ady, av, indices, rows, in_f), dt)
+
+
+def test_large_input_width_is_not_staged() -> None:
+    assert launches.condensed_batch_tile(3, 7000, 8) == (1, False)
+    assert launches.condensed_batch_tile(3, 7000, 4) == (1, True)
+    assert launches.condensed_batch_tile(37, 150, 8) == (32, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 21])
+def test_condensed_low_precision(dtype: torch.dtype, batch: int) -> None:
+    x, values, indices, rows, dy = condensed_data(24, 64, batch, 16, 3, torch.int16, dtype, seed=3)
+    x64, v64, dy64 = x.double(), values.double(), dy.double()
+    assert_close(launches.condensed_mm(x, values, indices, rows, 24, run),
+                 reference.condensed_mm(x64, v64, indices, rows, 24),
+                 reference.condensed_mm(x64.abs(), v64.abs(), indices, rows, 24), dtype)
+    assert_close(launches.condensed_input_grad(dy, values, indices, rows, 64, run),
+                 reference.condensed_input_grad(dy64, v64, indices, rows, 64),
+                 reference.condensed_input_grad(dy64.abs(), v64.abs(), indices, rows, 64), dtype)
+    assert_close(launches.condensed_values_grad(dy, x, indices, rows, run),
+                 reference.condensed_values_grad(dy64, x64, indices, rows),
+                 reference.condensed_values_grad(dy64.abs(), x64.abs(), indices, rows), dtype)
+
+
+def test_kernel_choice_by_batch() -> None:
+    """The cases above reach both forward kernels: small below DIAG_TILED_MIN_BATCH, tiled from it on."""
+    chosen: list[str] = []
+    x, offsets, values, _ = diag_data(8, 8, launches.DIAG_TILED_MIN_BATCH, 3, torch.float32)
+    launches.diag_mm(x[:-1], offsets, values, 8, lambda launch: chosen.append(launch.kernel))
+    launches.diag_mm(x, offsets, values, 8, lambda launch: chosen.append(launch.kernel))
+    assert chosen == ["diag_fwd_small", "diag_fwd_tiled"]
+    assert min(c[2] for c in DIAG_CASES) < launches.DIAG_TILED_MIN_BATCH <= max(c[2] for c in DIAG_CASES)
+
+
+def test_public_functions_refuse_cpu_tensors() -> None:
+    x = torch.randn(2, 3)
+    assert "not a CUDA tensor" in cuda_backend.unavailable_reason(x.device, x.dtype)
+    with pytest.raises(UserError, match="not a CUDA tensor"):
+        cuda_backend.diag_mm(x, torch.tensor([0]), torch.randn(1, 3), 3)
+    assert "unsupported" in cuda_backend.unavailable_reason(torch.device("cuda"), torch.int8)
