@@ -18,8 +18,15 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     print(f"dstbench: warning: {message}", file=sys.stderr)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are UserErrors (one line, exit code 2) instead of usage + exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _run_parser(suite_name: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dstbench run", description="Run one benchmark suite into a run folder.")
+    parser = OneLineParser(prog="dstbench run", description="Run one benchmark suite into a run folder.")
     parser.add_argument("--suite", required=True, help=f"one of: {', '.join(registry.list_suites())}")
     if suite_name is not None:
         registry.get_suite(suite_name).add_arguments(parser)
@@ -38,7 +45,7 @@ def cmd_run(argv: Sequence[str]) -> int:
 
 
 def cmd_list(argv: Sequence[str]) -> int:
-    argparse.ArgumentParser(prog="dstbench list", description="List methods and suites.").parse_args(argv)
+    OneLineParser(prog="dstbench list", description="List methods and suites.").parse_args(argv)
     print("methods:", ", ".join(registry.list_methods()))
     print("suites: ", ", ".join(registry.list_suites()))
     return 0

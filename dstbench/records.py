@@ -30,6 +30,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
@@ -83,6 +84,23 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def check_folder(path: Path, suite: str) -> list[dict[str, Any]]:
+    """Check, without writing anything, that ``path`` can take a ``suite`` run; returns its recorded rows.
+
+    A missing folder is fine (no rows). UserError for a file, a folder holding
+    another suite's run, or a corrupt run.json / rows.jsonl.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file, not a folder")
+    if not (path / RUN_FILE).exists():
+        return []
+    meta = read_meta(path)
+    if meta["suite"] != suite:
+        raise UserError(f"{path} holds a '{meta['suite']}' run, not '{suite}'; choose another --out folder")
+    return read_rows(path)
+
+
 class RunStore:
     """One run folder, opened for writing; resumes what is already there.
 
@@ -95,19 +113,12 @@ class RunStore:
 
     def __init__(self, path: Path, suite: str, config: dict[str, Any], threads: int | None = None) -> None:
         self.path = Path(path)
-        if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"--out {self.path} is a file, not a folder")
+        self.rows = check_folder(self.path, suite)
         if (self.path / RUN_FILE).exists():
             self.meta = read_meta(self.path)
-            if self.meta["suite"] != suite:
-                raise UserError(
-                    f"{self.path} holds a '{self.meta['suite']}' run, not '{suite}'; choose another --out folder"
-                )
-            self.rows = read_rows(self.path)
             self.meta.setdefault("resumed_at", []).append(_now())
         else:
             self.path.mkdir(parents=True, exist_ok=True)
-            self.rows = []
             self.meta = {
                 "schema": SCHEMA,
                 "suite": suite,
@@ -127,8 +138,12 @@ class RunStore:
         self.append_many([row])
 
     def append_many(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Record several finished cases in one atomic write."""
+        """Record several finished cases in one atomic write; ValueError if a case id is already recorded."""
         rows = list(rows)
+        ids = [row["case_id"] for row in rows]
+        repeated = sorted(set(ids) & self.done) or sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"case {repeated[0]!r} is already recorded in {self.path}")
         self.rows.extend(rows)
         self.done.update(row["case_id"] for row in rows)
         text = "".join(json.dumps(row, default=float) + "\n" for row in self.rows)

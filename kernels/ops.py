@@ -66,7 +66,7 @@ def select_impl(device: torch.device | str, dtype: torch.dtype, requested: str =
         return preferred
     if (preferred, reason) not in _warned:
         _warned.add((preferred, reason))
-        warnings.warn(f"dstbench: {preferred} kernel unavailable ({reason}); using the slow pure-torch reference", stacklevel=3)
+        warnings.warn(f"{preferred} kernel unavailable ({reason}); using the slow pure-torch reference", stacklevel=3)
     return "reference"
 
 

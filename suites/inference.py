@@ -1,1 +1,462 @@
-"""Placeholder for the inference suite."""
+"""The inference suite: latency of one linear layer (and of a whole ViT-B/16) in each method's inference format.
+
+Cases (``--cases``): the linear shapes of ViT-B/16 (qkv, proj, fc1, fc2)
+and ViT-L/16 (fc1), or any ``INxOUT`` shape; every shape is timed at every
+sparsity and batch (rows of X). The end-to-end case is torchvision's
+ViT-B/16 at image batch 1 with every encoder linear converted
+(``suites/vit_e2e.py``).
+
+One *case group* is (case, sparsity, batch, dtype, device, threads, L2
+mode). All methods of a group, plus the dense and CSR (``rigl``) baselines,
+are timed interleaved in the same process (``dstbench.timing``), and the
+group's rows are appended in one atomic write; a rerun into the same
+``--out`` skips recorded groups. The dense layer of a shape is built once
+and shared by all sparsity groups; it is timed in each group, so that every
+speedup is a per-round paired ratio (``dstbench.stats``). A dense row's
+``sparsity`` is its group's (its ``nnz`` is in*out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dstbench import records, registry, stats, timing
+from dstbench.errors import UserError
+from dstbench.registry import register_suite
+from dstbench.suites import base, vit_e2e
+from dstbench.table import Column, fmt_ratio_ci, format_table
+
+NAME = "inference"
+#: name -> (in_features, out_features)
+LAYER_CASES = {
+    "b16-qkv": (768, 2304),
+    "b16-proj": (768, 768),
+    "b16-fc1": (768, 3072),
+    "b16-fc2": (3072, 768),
+    "l16-fc1": (1024, 4096),
+}
+E2E_CASE = "vit_b16"
+DENSE, CSR = "dense", "rigl"
+DEFAULTS = {
+    "cases": ",".join(LAYER_CASES),
+    "sparsity": "0.8,0.9,0.95,0.99",
+    "batch": "1,197,256",
+    "rounds": 10,
+    "min_time": 0.1,
+}
+QUICK = {"cases": "b16-fc1", "sparsity": "0.9", "batch": "1,256", "rounds": 7, "min_time": 0.05}
+#: rounds of the end-to-end case in --quick (a ViT-B/16 forward takes ~0.3 s on 2 cores)
+QUICK_E2E_ROUNDS = 3
+_SHAPE = re.compile(r"^(\d+)x(\d+)$")
+
+
+@dataclass(frozen=True)
+class Group:
+    """One case group: everything but the method.
+
+    ``in_features``/``out_features`` are None for the end-to-end case, whose
+    batch counts images (1x3x224x224) rather than rows of X.
+    """
+
+    case: str
+    in_features: int | None
+    out_features: int | None
+    sparsity: float
+    batch: int
+    dtype: str
+    device: str
+    threads: int
+    l2: str
+
+    @property
+    def e2e(self) -> bool:
+        return self.case == E2E_CASE
+
+    @property
+    def group_id(self) -> str:
+        shape = "e2e" if self.e2e else f"{self.in_features}x{self.out_features}"
+        return (f"{self.case}/{shape}/s{self.sparsity:g}/b{self.batch}/{self.dtype}/{self.device}"
+                f"/t{self.threads}/l2-{self.l2}")
+
+    def case_id(self, method: str) -> str:
+        return f"{self.group_id}/{method}"
+
+
+@dataclass
+class Config:
+    """The resolved options of one run (stored in run.json).
+
+    ``methods`` are the methods timed in every group: dense and the CSR
+    baseline (rigl) first, then the others asked for. ``named`` are those
+    given in --methods (empty when it was not given).
+    """
+
+    methods: list[str]
+    named: list[str]
+    cases: dict[str, tuple[int, int]]
+    sparsities: list[float]
+    batches: list[int]
+    e2e: bool
+    rounds: int
+    e2e_rounds: int
+    min_time: float
+    threads: int
+    device: str
+    dtype: str
+    impl: str
+    seed: int
+    quick: bool
+    out: str
+    notes: list[str]
+
+    @property
+    def l2_modes(self) -> tuple[str, ...]:
+        return timing.L2_MODES if self.device == "cuda" else ("warm",)
+
+    def groups(self) -> list[Group]:
+        """Every case group, layer cases first (shape, batch, sparsity, L2 mode), then end to end."""
+        out = [
+            Group(case, fin, fout, s, b, self.dtype, self.device, self.threads, l2)
+            for case, (fin, fout) in self.cases.items()
+            for b in self.batches
+            for s in self.sparsities
+            for l2 in self.l2_modes
+        ]
+        if self.e2e:
+            out += [Group(E2E_CASE, None, None, s, 1, self.dtype, self.device, self.threads, "warm") for s in self.sparsities]
+        return out
+
+    def rounds_of(self, group: Group) -> int:
+        return self.e2e_rounds if group.e2e else self.rounds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The suite's options of ``dstbench run --suite inference``."""
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small subset: cases {QUICK['cases']}, sparsity {QUICK['sparsity']}, batch {QUICK['batch']}, "
+                             f"{QUICK['rounds']} rounds, ViT-B/16 end to end at 0.9 with {QUICK_E2E_ROUNDS} rounds "
+                             "when the compiled kernels are available (explicit options override)")
+    parser.add_argument("--methods", help="comma-separated methods (default: all registered); dense and rigl (CSR) "
+                                          "are always timed as the baselines of the speedups")
+    parser.add_argument("--cases", help=f"comma-separated layer cases, names among {', '.join(LAYER_CASES)} "
+                                        f"or shapes INxOUT such as 64x128 (default: all names)")
+    parser.add_argument("--sparsity", help=f"comma-separated sparsities in [0, 1) (default {DEFAULTS['sparsity']})")
+    parser.add_argument("--batch", help=f"comma-separated batch sizes, rows of X (default {DEFAULTS['batch']})")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end ViT-B/16 case")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(base.DTYPES)} (default float32)")
+    parser.add_argument("--impl", default="auto",
+                        help="kernel of srigl/dynadiag: auto, cpu, cuda or reference (default auto)")
+    parser.add_argument("--min-time", type=float,
+                        help=f"seconds each timed block lasts at least (default {DEFAULTS['min_time']})")
+    parser.add_argument("--rounds", type=int, help=f"samples per method and case (default {DEFAULTS['rounds']})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
+    parser.add_argument("--out", help="run folder (default results/inference-<timestamp>); rerun into it to resume")
+
+
+def _preset(args: argparse.Namespace, key: str) -> Any:
+    value = getattr(args, key)
+    if value is not None:
+        return value
+    return (QUICK if args.quick else DEFAULTS)[key]
+
+
+def parse_cases(text: str) -> dict[str, tuple[int, int]]:
+    """'b16-fc1,64x128' -> {'b16-fc1': (768, 3072), '64x128': (64, 128)}; UserError for an unknown name."""
+    cases = {}
+    for name in (item.strip() for item in text.split(",")):
+        if not name:
+            continue
+        shape = _SHAPE.match(name)
+        if shape:
+            fin, fout = int(shape.group(1)), int(shape.group(2))
+            if fin < 1 or fout < 1:
+                raise UserError(f"--cases shape {name} needs in and out >= 1")
+            cases[name] = (fin, fout)
+        elif name in LAYER_CASES:
+            cases[name] = LAYER_CASES[name]
+        else:
+            raise UserError(f"unknown case {name!r} in --cases; choose from {', '.join(LAYER_CASES)} or give a shape INxOUT like 64x128")
+    return cases
+
+
+def parse_methods(text: str | None) -> list[str]:
+    """--methods as registered names (UserError for an unknown one); None means all registered."""
+    if text is None:
+        return registry.list_methods()
+    names = [item.strip() for item in text.split(",") if item.strip()]
+    if not names:
+        raise UserError("--methods is empty; give for example --methods dense,srigl")
+    for name in names:
+        registry.method_class(name)
+    return list(dict.fromkeys(names))
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """Check every option and resolve the --quick presets; raises UserError before anything is written."""
+    named = parse_methods(args.methods) if args.methods is not None else []
+    methods = list(dict.fromkeys([DENSE, CSR] + (named or parse_methods(None))))
+    cases = parse_cases(_preset(args, "cases"))
+    sparsities = base.sparsities(_preset(args, "sparsity"))
+    batches = base.batches(_preset(args, "batch"))
+    if not sparsities:
+        raise UserError("--sparsity is empty; give for example --sparsity 0.9")
+    if not batches:
+        raise UserError("--batch is empty; give for example --batch 1,256")
+    rounds = _preset(args, "rounds")
+    if rounds < 2:
+        raise UserError(f"--rounds must be >= 2 (the confidence intervals need several samples), got {rounds}")
+    min_time = _preset(args, "min_time")
+    if not min_time > 0:
+        raise UserError(f"--min-time must be a positive number of seconds, got {min_time}")
+    device = base.resolve_device(args.device)
+    base.resolve_dtype(args.dtype)
+    if args.impl not in ("auto", "cpu", "cuda", "reference"):
+        raise UserError(f"--impl must be auto, cpu, cuda or reference, got {args.impl!r}")
+    if not cases and args.no_e2e:
+        raise UserError("nothing to run: --cases is empty and --no-e2e is set")
+    threads = base.set_threads(args.threads)
+    e2e_rounds = rounds if args.rounds is not None or not args.quick else QUICK_E2E_ROUNDS
+    return Config(
+        methods=methods, named=named, cases=cases, sparsities=sparsities, batches=batches, e2e=not args.no_e2e,
+        rounds=rounds, e2e_rounds=e2e_rounds, min_time=float(min_time), threads=threads, device=device.type,
+        dtype=args.dtype, impl=args.impl, seed=args.seed, quick=args.quick,
+        out=str(args.out or base.default_out(NAME)), notes=[],
+    )
+
+
+def build_layer(method: str, linear: nn.Linear, sparsity: float, impl: str) -> nn.Module:
+    """``linear`` in ``method``'s inference format at ``sparsity`` (dense ignores the sparsity)."""
+    return registry.make_method(method, sparsity=sparsity, impl=impl).sparsify_linear(linear)
+
+
+def probe(config: Config) -> dict[str, str]:
+    """Run every method once on a tiny layer in the run's dtype and device; method -> the impl that ran.
+
+    A method that cannot run is a UserError if it was named in --methods (or
+    is dense); otherwise it is dropped from ``config.methods`` with a warning
+    (without rigl, the speedup_vs_csr columns stay empty).
+    """
+    device, dtype = torch.device(config.device), base.DTYPES[config.dtype]
+    impls = {}
+    for method in list(config.methods):
+        try:
+            layer = build_layer(method, nn.Linear(16, 32).to(device, dtype), 0.5, config.impl)
+            with torch.inference_mode():
+                layer(torch.randn(2, 16, device=device, dtype=dtype))
+            impls[method] = layer.impl
+        except (RuntimeError, NotImplementedError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            message = f"{method} cannot run in {config.dtype} on {config.device} ({reason})"
+            if method in config.named or method == DENSE:
+                raise UserError(f"{message}; choose another --dtype/--device or drop it from --methods") from None
+            warnings.warn(f"{message}; leaving it out", stacklevel=2)
+            config.methods.remove(method)
+    return impls
+
+
+def _impl_of(module: nn.Module) -> str:
+    if hasattr(module, "impl"):
+        return module.impl
+    return "+".join(sorted({layer.impl for layer in vit_e2e.converted_layers(module)}))
+
+
+def _nnz_of(module: nn.Module) -> int:
+    layers = [module] if hasattr(module, "impl") else vit_e2e.converted_layers(module)
+    return sum(int(getattr(layer, "nnz", layer.in_features * layer.out_features)) for layer in layers)
+
+
+class Workloads:
+    """Builds the timed modules and inputs of each group, reusing the dense layer of a shape across sparsities."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.dtype = base.DTYPES[config.dtype]
+        self._key: tuple | None = None
+        self._dense: nn.Module | None = None
+        self._source: nn.Module | None = None
+
+    def _base(self, group: Group) -> tuple[nn.Module, nn.Module]:
+        """(source, dense) for the group's shape: the seeded nn.Linear (or ViT) and its dense conversion."""
+        key = (group.case, group.in_features, group.out_features)
+        if key != self._key:
+            self._key, self._source, self._dense = key, None, None
+            if group.e2e:
+                self._source = vit_e2e.vit_b16(self.config.seed, self.device, self.dtype)
+                self._dense = vit_e2e.convert(self._source, registry.make_method(DENSE))
+            else:
+                torch.manual_seed(self.config.seed)
+                self._source = nn.Linear(group.in_features, group.out_features).to(self.device, self.dtype)
+                self._dense = build_layer(DENSE, self._source, 0.0, self.config.impl)
+        return self._source, self._dense
+
+    def modules(self, group: Group, methods: list[str]) -> dict[str, nn.Module]:
+        """method -> the module to time for this group."""
+        source, dense = self._base(group)
+        out = {}
+        for method in methods:
+            if method == DENSE:
+                out[method] = dense
+            elif group.e2e:
+                out[method] = vit_e2e.convert(source, registry.make_method(method, sparsity=group.sparsity, impl=self.config.impl))
+            else:
+                out[method] = build_layer(method, source, group.sparsity, self.config.impl)
+        return out
+
+    def input(self, group: Group) -> torch.Tensor:
+        """X: (batch, in_features), or (1, 3, 224, 224) images for the end-to-end case."""
+        shape = vit_e2e.IMAGE_SHAPE if group.e2e else (group.batch, group.in_features)
+        gen = torch.Generator().manual_seed(self.config.seed + 1)
+        return torch.randn(shape, generator=gen).to(self.device, self.dtype)
+
+
+def measure_group(group: Group, workloads: Workloads, methods: list[str], config: Config,
+                  on_block: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """Time all ``methods`` of one group interleaved; one row per method."""
+    modules = workloads.modules(group, methods)
+    x = workloads.input(group)
+    fns = {method: (lambda m=module: m(x)) for method, module in modules.items()}
+    with torch.inference_mode():
+        samples = timing.interleaved(fns, rounds=config.rounds_of(group), min_time=config.min_time,
+                                     threads=config.threads, device=torch.device(config.device), l2=group.l2,
+                                     on_block=on_block)
+    return [_row(group, method, modules[method], samples) for method in methods]
+
+
+def _ratio_columns(prefix: str, baseline: timing.Samples | None, own: timing.Samples) -> dict[str, float | None]:
+    if baseline is None:
+        return {prefix: None, f"{prefix}_lo": None, f"{prefix}_hi": None}
+    ci = stats.ratio_of_medians(baseline.samples_s, own.samples_s, paired=True)
+    return {prefix: ci.ratio, f"{prefix}_lo": ci.lo, f"{prefix}_hi": ci.hi}
+
+
+def _row(group: Group, method: str, module: nn.Module, samples: dict[str, timing.Samples]) -> dict[str, Any]:
+    own = samples[method]
+    pct = stats.percentiles(own.samples_s, (50, 90, 99))
+    return {
+        "suite": NAME,
+        "case_id": group.case_id(method),
+        "group_id": group.group_id,
+        "method": method,
+        "impl": _impl_of(module),
+        "case": group.case,
+        "e2e": group.e2e,
+        "in_features": group.in_features,
+        "out_features": group.out_features,
+        "sparsity": group.sparsity,
+        "batch": group.batch,
+        "dtype": group.dtype,
+        "device": group.device,
+        "threads": group.threads,
+        "l2": group.l2,
+        "nnz": _nnz_of(module),
+        "n": len(own.samples_s),
+        "n_inner": own.n_inner,
+        "p50_s": pct[50],
+        "p90_s": pct[90],
+        "p99_s": pct[99],
+        **_ratio_columns("speedup_vs_dense", samples.get(DENSE), own),
+        **_ratio_columns("speedup_vs_csr", samples.get(CSR), own),
+        "samples_s": own.samples_s,
+    }
+
+
+def summary_table(rows: list[dict[str, Any]], device: str) -> str:
+    """The readable end-of-run table: one line per row, p50 in µs, speedups with their 95% intervals."""
+    columns = [
+        Column("method", "method"),
+        Column("case", "case"),
+        Column("sparsity", lambda r: f"{r['sparsity']:g}", ">"),
+        Column("batch", "batch", ">"),
+    ]
+    if device == "cuda":
+        columns.append(Column("l2", "l2"))
+    columns += [
+        Column("impl", "impl"),
+        Column("n", "n", ">"),
+        Column("p50 µs", lambda r: f"{r['p50_s'] * 1e6:.1f}", ">"),
+        Column("vs dense [95% CI]", lambda r: fmt_ratio_ci(r["speedup_vs_dense"], r["speedup_vs_dense_lo"], r["speedup_vs_dense_hi"]), ">"),
+        Column("vs CSR [95% CI]", lambda r: fmt_ratio_ci(r["speedup_vs_csr"], r["speedup_vs_csr_lo"], r["speedup_vs_csr_hi"]), ">"),
+    ]
+    return format_table(rows, columns)
+
+
+def _check_e2e_speed(config: Config, impls: dict[str, str]) -> None:
+    """Leave the end-to-end case out of --quick (with a note) where sparse layers would run on the slow reference."""
+    slow = [m for m in config.methods if impls.get(m) == "reference"]
+    if not (config.e2e and slow):
+        return
+    if config.quick:
+        config.e2e = False
+        config.notes.append(
+            f"end-to-end ViT-B/16 left out of --quick: {', '.join(slow)} run on the pure-torch reference kernel here "
+            "(seconds per forward); run without --quick to time it anyway")
+    else:
+        warnings.warn(f"end to end, {', '.join(slow)} run on the pure-torch reference kernel (seconds per ViT-B/16 "
+                      "forward); --no-e2e leaves that case out", stacklevel=2)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``dstbench run --suite inference``: validate, open the run folder, time every pending group, print the table."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    records.check_folder(Path(config.out), NAME)
+    _check_e2e_speed(config, probe(config))
+    store = records.RunStore(Path(config.out), NAME, asdict(config), threads=config.threads)
+    methods = config.methods
+    groups = config.groups()
+    pending = [g for g in groups if not all(g.case_id(m) in store.done for m in methods)]
+    if len(pending) < len(groups):
+        print(f"dstbench: resuming {config.out}: {len(groups) - len(pending)} of {len(groups)} case groups already recorded",
+              file=sys.stderr)
+    workloads = Workloads(config)
+    start = time.perf_counter()
+    total_blocks = sum(len(methods) * config.rounds_of(g) for g in pending)
+    with tqdm(total=total_blocks, unit="block", file=sys.stderr, desc=NAME) as bar:
+        for group in pending:
+            bar.set_postfix_str(f"{group.case} s={group.sparsity:g} b={group.batch} l2={group.l2}")
+            rows = measure_group(group, workloads, methods, config, on_block=lambda: bar.update(1))
+            store.append_many(row for row in rows if row["case_id"] not in store.done)
+    store.finish()
+    wanted = {g.case_id(m): None for g in groups for m in methods}
+    by_id = {row["case_id"]: row for row in store.rows}
+    rows = [by_id[case_id] for case_id in wanted if case_id in by_id]
+    print(summary_table(rows, config.device))
+    for line in config.notes:
+        print(f"note: {line}")
+    print(f"{len(pending)} case groups timed in {time.perf_counter() - start:.1f} s; records in {config.out}")
+    return 0
+
+
+class InferenceSuite:
+    """Latency of sparse linear layers and of ViT-B/16 end to end, per method, with speedups and intervals."""
+
+    name = NAME
+    help = "inference latency and speedups"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return run(args)
+
+
+SUITE = register_suite(NAME)(InferenceSuite())
