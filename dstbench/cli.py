@@ -64,7 +64,7 @@ COMMANDS = {
     "run": (cmd_run, "run a suite: dstbench run --suite inference --quick"),
     "compare": (_lazy("dstbench.compare"), "compare speedups of two runs: dstbench compare BASE NEW"),
     "report": (_lazy("dstbench.report"), "figures and tables: dstbench report RUN... --out reports/NAME"),
-    "baseline": (_lazy("dstbench.baseline"), "regenerate the committed CI baseline: dstbench baseline update"),
+    "baseline": (_lazy("dstbench.baseline"), "the CI speedup baseline: dstbench baseline update | check"),
     "list": (cmd_list, "list methods and suites"),
 }
 

@@ -1,0 +1,154 @@
+"""``dstbench baseline update | check``: the committed CPU baseline of the speedup regression check.
+
+``update`` runs the inference suite in-process (``--quick`` unless other
+suite options are given) into a fresh folder and puts it in place of the
+baseline folder (``results/baselines/cpu-quick``), with a ``baseline.json``
+that records the suite options. ``check`` reruns the suite with those same
+options into a new run folder and compares it with the baseline
+(``dstbench compare``): exit 1 on a regression, 0 otherwise. When this
+machine's class (CPU model) differs from the baseline's, ``check`` runs
+nothing, says so, and exits 0: speedups from another CPU say nothing about
+a regression (``--allow-machine-mismatch`` compares anyway).
+
+The suite's own progress and table go to stderr, so that stdout carries
+only the comparison (Markdown for a CI comment, text or JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from dstbench import env as envinfo
+from dstbench import records
+from dstbench.compare import add_options, check_options, run_comparison
+from dstbench.errors import UserError
+from dstbench.runs import Run, load_run, machine_class
+from dstbench.suites.base import default_out
+
+SUITE = "inference"
+DEFAULT_DIR = Path("results/baselines/cpu-quick")
+DEFAULT_SUITE_ARGS = ("--quick",)
+INFO_FILE = "baseline.json"
+
+
+def run_suite(suite_args: Sequence[str], out: Path) -> None:
+    """Run the inference suite in this process into ``out``, its stdout sent to stderr."""
+    from dstbench.cli import cmd_run  # noqa: PLC0415  (cli routes to this module)
+
+    with contextlib.redirect_stdout(sys.stderr):
+        code = cmd_run(["--suite", SUITE, *suite_args, "--out", str(out)])
+    if code != 0:
+        raise UserError(f"the {SUITE} suite failed (exit {code}); see the messages above")
+
+
+def _check_suite_args(suite_args: Sequence[str]) -> list[str]:
+    if any(arg == "--out" or arg.startswith("--out=") for arg in suite_args):
+        raise UserError(f"the suite options {' '.join(suite_args)} hold --out; the baseline command chooses the run folder")
+    if any(arg == "--suite" or arg.startswith("--suite=") for arg in suite_args):
+        raise UserError(f"the baseline is always an {SUITE} run; leave out --suite")
+    return list(suite_args) or list(DEFAULT_SUITE_ARGS)
+
+
+def _check_target(out: Path) -> None:
+    """UserError unless ``out`` is absent, empty, or an earlier baseline (an inference run folder)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / records.RUN_FILE).exists():
+        raise UserError(f"--out {out} holds files that are not a dstbench baseline; choose an empty or new folder")
+    if (out / records.RUN_FILE).exists():
+        records.check_folder(out, SUITE)
+
+
+def update(out: Path, suite_args: Sequence[str]) -> Run:
+    """Regenerate the baseline at ``out``: run the suite into a sibling folder, then swap it in."""
+    out = Path(out)
+    suite_args = _check_suite_args(suite_args)
+    _check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fresh = out.with_name(f".{out.name}.new-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.rmtree(fresh, ignore_errors=True)
+    try:
+        run_suite(suite_args, fresh)
+        info = {"suite": SUITE, "suite_args": suite_args}
+        records.atomic_write_text(fresh / INFO_FILE, json.dumps(info, indent=2) + "\n")
+        if out.exists():
+            os.replace(out, old)
+        try:
+            os.replace(fresh, out)
+        except OSError:
+            os.replace(old, out)
+            raise
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return load_run(out)
+
+
+def read_info(baseline: Path) -> dict[str, Any]:
+    """The baseline.json of a baseline folder; UserError if there is none or it is corrupt."""
+    path = Path(baseline) / INFO_FILE
+    if not path.is_file():
+        raise UserError(f"{baseline} is not a dstbench baseline (no {INFO_FILE}); create it with 'dstbench baseline update'")
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is corrupt ({exc.msg}); regenerate it with 'dstbench baseline update'") from None
+    if not isinstance(info, dict) or not isinstance(info.get("suite_args"), list):
+        raise UserError(f"{path} has no 'suite_args' list; regenerate it with 'dstbench baseline update'")
+    return info
+
+
+def this_machine_class(base: Run) -> str:
+    """This machine's class as ``base`` would be classed here (CPU model for CPU-only runs)."""
+    here = {"cpu_model": envinfo.cpu_model(), "gpu_name": None if base.devices == {"cpu"} else envinfo.gpu_name()}
+    return envinfo.machine_class(here)
+
+
+def check(args: argparse.Namespace) -> int:
+    """Rerun the baseline's suite options into ``args.out`` and compare; exit code of ``compare``."""
+    check_options(args)
+    base = load_run(args.baseline)
+    info = read_info(args.baseline)
+    here, there = this_machine_class(base), machine_class(base)
+    if here != there and not args.allow_machine_mismatch:
+        note = (f"skipped: the baseline {args.baseline} was measured on {there!r} and this machine is {here!r}; "
+                "speedups of different machine classes are not comparable. Regenerate the baseline on this machine "
+                "class (dstbench baseline update) or pass --allow-machine-mismatch")
+        print(json.dumps({"skipped": True, "note": note}) if args.format == "json" else f"dstbench baseline check: {note}")
+        return 0
+    out = Path(args.out or default_out(f"{SUITE}-check"))
+    run_suite(_check_suite_args(info["suite_args"]), out)
+    return run_comparison(base, load_run(out), args)
+
+
+def main(argv: Sequence[str]) -> int:
+    """``dstbench baseline update|check``."""
+    parser = argparse.ArgumentParser(prog="dstbench baseline",
+                                     description="The committed speedup baseline that CI compares against.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("update", help="rerun the quick inference suite and replace the baseline with it",
+                        description="Run the inference suite (default --quick; other suite options are passed on) "
+                                    "and replace the baseline folder with the new run.")
+    up.add_argument("--out", type=Path, default=DEFAULT_DIR, help=f"the baseline folder (default {DEFAULT_DIR})")
+    chk = sub.add_parser("check", help="rerun the baseline's suite options and compare with it (CI)",
+                         description="Run the inference suite with the baseline's options and compare the speedups; "
+                                     "exit 1 on a regression.")
+    chk.add_argument("--baseline", type=Path, default=DEFAULT_DIR, help=f"the baseline folder (default {DEFAULT_DIR})")
+    chk.add_argument("--out", type=Path, help="run folder of the new run (default results/inference-check-<timestamp>)")
+    add_options(chk)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "check":
+        if rest:
+            raise UserError(f"dstbench baseline check takes no suite options (it reuses the baseline's): {' '.join(rest)}")
+        return check(args)
+    run = update(args.out, rest)
+    print(f"baseline {args.out} updated: {len(run.rows)} rows measured on {machine_class(run)!r}")
+    return 0

@@ -1,0 +1,445 @@
+"""``dstbench compare BASE NEW``: a regression check on speedup ratios, never on absolute times.
+
+For every sparse method of every case group, the speedups over the group's
+baselines (dense, and CSR or RigL) of the two runs are compared. A case
+*regresses* when both hold, as in asv:
+
+* its speedup dropped by more than the threshold: ``new / base < 1 - threshold``;
+* the drop is significant: a one-sided Mann-Whitney U test of the per-round
+  speedups (``baseline_time[r] / method_time[r]`` for each round r, the
+  methods of a group being timed interleaved) of NEW against BASE gives
+  ``p < alpha``.
+
+Improvements are the mirror image. Cases whose kernels, shapes or thread
+counts differ, or that only one run has, are *not comparable*; two runs of
+different machine classes (``dstbench.env.machine_class``) are not
+comparable at all unless ``--allow-machine-mismatch``.
+
+The defaults (25% and alpha 0.01) are chosen for a noisy shared 2-core
+machine, where the same code run twice moves a speedup by up to ~15%
+between runs while a kernel made 2x slower drops it by 50%. The per-round
+test cannot detect anything with fewer than 5 rounds per run at alpha 0.01
+(the smallest one-sided p of 4 against 4 samples is 1/70).
+
+Exit codes: 1 if any case regressed, 0 otherwise, 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from scipy.stats import mannwhitneyu
+
+from dstbench.errors import UserError
+from dstbench.runs import Run, load_run, machine_class, machine_label
+from dstbench.table import Column, format_table
+
+DEFAULT_THRESHOLD = 0.25
+DEFAULT_ALPHA = 0.01
+STATUSES = ("regressed", "improved", "not comparable", "unchanged")
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """How one suite's rows are matched and compared.
+
+    Attributes:
+        key: row fields naming a case group (besides the method).
+        setup: row fields that must be equal in both runs for a case to be comparable.
+        ratios: speedup column -> the baseline method it is relative to.
+    """
+
+    key: tuple[str, ...]
+    setup: tuple[str, ...]
+    ratios: dict[str, str]
+
+
+SPECS = {
+    "inference": SuiteSpec(
+        key=("case", "sparsity", "batch", "dtype", "device", "l2"),
+        setup=("in_features", "out_features", "threads"),
+        ratios={"speedup_vs_dense": "dense", "speedup_vs_csr": "rigl"},
+    ),
+    "training": SuiteSpec(
+        key=("model", "sparsity", "batch", "dtype", "device"),
+        setup=("threads",),
+        ratios={"speedup_vs_dense": "dense", "speedup_vs_rigl": "rigl"},
+    ),
+}
+_METRIC_LABELS = {"speedup_vs_dense": "vs dense", "speedup_vs_csr": "vs CSR", "speedup_vs_rigl": "vs RigL"}
+
+
+@dataclass
+class Comparison:
+    """One (case group, method, speedup column) of the two runs.
+
+    ``base``/``new`` are the recorded speedups (x), ``change`` is
+    ``new / base - 1``, ``p_value`` the one-sided Mann-Whitney p in the
+    direction of the change.
+    """
+
+    case: str
+    method: str
+    metric: str
+    status: str
+    base: float | None = None
+    new: float | None = None
+    change: float | None = None
+    p_value: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Result:
+    """Everything ``compare`` found; ``exit_code`` is 1 when a case regressed."""
+
+    base: dict[str, Any]
+    new: dict[str, Any]
+    threshold: float
+    alpha: float
+    comparisons: list[Comparison] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(c.status == status for c in self.comparisons)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.count("regressed") else 0
+
+    def summary(self) -> str:
+        return ", ".join(f"{self.count(s)} {s}" for s in STATUSES)
+
+
+def parse_threshold(text: str) -> float:
+    """'10%' or '0.1' -> 0.1; UserError unless the result is in (0, 1)."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise UserError(f"--threshold takes a percentage like 10% or a fraction like 0.1, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise UserError(f"--threshold must be between 0% and 100% (a drop of the speedup), got {text!r}; write 10% or 0.1")
+    return value
+
+
+def parse_alpha(text: str) -> float:
+    """The significance level, in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:
+        raise UserError(f"--alpha must be a probability in (0, 1) such as 0.01, got {text!r}")
+    return value
+
+
+def _key(spec: SuiteSpec, row: dict[str, Any]) -> tuple:
+    return tuple(row.get(name) for name in spec.key)
+
+
+def _index(run: Run, spec: SuiteSpec) -> dict[tuple, dict[str, dict[str, Any]]]:
+    """group key -> method -> row; UserError if a (group, method) is recorded twice."""
+    groups: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for row in run.rows:
+        methods = groups.setdefault(_key(spec, row), {})
+        if row["method"] in methods:
+            raise UserError(f"{run.path} records {row['method']} twice for the case {row['case_id']}; "
+                            "it mixes two runs: compare single runs")
+        methods[row["method"]] = row
+    return groups
+
+
+def _reference(groups: dict[tuple, dict[str, dict[str, Any]]], spec: SuiteSpec, key: tuple,
+               method: str) -> dict[str, Any] | None:
+    """The baseline ``method``'s row of group ``key``, or that of the same group at sparsity 0 (dense recorded once)."""
+    row = groups.get(key, {}).get(method)
+    if row is None and "sparsity" in spec.key:
+        at_zero = tuple(0.0 if name == "sparsity" else value for name, value in zip(spec.key, key))
+        row = groups.get(at_zero, {}).get(method)
+    return row
+
+
+def round_speedups(reference: dict[str, Any], own: dict[str, Any]) -> np.ndarray | None:
+    """Per-round speedups reference_time[r] / own_time[r]; None if the samples cannot be paired."""
+    ref, mine = reference.get("samples_s"), own.get("samples_s")
+    if not ref or not mine or len(ref) != len(mine):
+        return None
+    ref_a, own_a = np.asarray(ref, dtype=float), np.asarray(mine, dtype=float)
+    if np.any(own_a <= 0) or np.any(~np.isfinite(ref_a)):
+        return None
+    return ref_a / own_a
+
+
+def _p_value(new: np.ndarray, base: np.ndarray, alternative: str) -> float:
+    if len(new) < 2 or len(base) < 2:
+        return 1.0
+    return float(mannwhitneyu(new, base, alternative=alternative).pvalue)
+
+
+def _label(spec: SuiteSpec, key: tuple, varying: set[str], row: dict[str, Any]) -> str:
+    parts = []
+    for name, value in zip(spec.key, key):
+        if name in ("case", "model"):
+            parts.append(str(value))
+            shape = f"{row['in_features']}x{row['out_features']}" if row.get("in_features") is not None else None
+            if shape and shape != value:
+                parts.append(shape)
+        elif name == "sparsity":
+            parts.append(f"s={value:g}")
+        elif name == "batch":
+            parts.append(f"b={value}")
+        elif name in varying:
+            parts.append(f"{name}={value}")
+    return " ".join(parts)
+
+
+def _setup_difference(spec: SuiteSpec, base: dict[str, Any], new: dict[str, Any], who: str) -> str | None:
+    """Why ``who``'s rows of the two runs are not comparable (kernel, shape, threads), or None."""
+    for name in ("impl", *spec.setup):
+        if base.get(name) == new.get(name):
+            continue
+        if name in ("in_features", "out_features"):
+            return (f"{who} shape {base.get('in_features')}x{base.get('out_features')} -> "
+                    f"{new.get('in_features')}x{new.get('out_features')}")
+        return f"{who} {name} {base.get(name)} -> {new.get(name)}"
+    return None
+
+
+def _judge(comp: Comparison, base_r: np.ndarray, new_r: np.ndarray, threshold: float, alpha: float) -> None:
+    comp.change = comp.new / comp.base - 1.0
+    if comp.change < 0:
+        comp.p_value = _p_value(new_r, base_r, "less")
+    else:
+        comp.p_value = _p_value(new_r, base_r, "greater")
+    if comp.change < -threshold and comp.p_value < alpha:
+        comp.status = "regressed"
+    elif comp.change > threshold and comp.p_value < alpha:
+        comp.status = "improved"
+    elif abs(comp.change) > threshold:
+        comp.note = f"not significant (p >= {alpha:g}, {len(base_r)} and {len(new_r)} rounds)"
+
+
+def _compare_case(spec: SuiteSpec, metric: str, ref_method: str, key: tuple, method: str, label: str,
+                  base_groups: dict, new_groups: dict, threshold: float, alpha: float) -> Comparison | None:
+    metric_label = _METRIC_LABELS.get(metric, metric)
+    comp = Comparison(label, method, metric_label, "not comparable")
+    base_row = base_groups.get(key, {}).get(method)
+    new_row = new_groups.get(key, {}).get(method)
+    if base_row is not None:
+        comp.base = base_row.get(metric)
+    if new_row is not None:
+        comp.new = new_row.get(metric)
+    if comp.base is None and comp.new is None:
+        return None
+    if base_row is None or comp.base is None:
+        comp.note = "new case (not in the base run)"
+        return comp
+    if new_row is None or comp.new is None:
+        comp.note = "missing in the new run"
+        return comp
+    base_ref = _reference(base_groups, spec, key, ref_method)
+    new_ref = _reference(new_groups, spec, key, ref_method)
+    if base_ref is None or new_ref is None:
+        comp.note = f"no {ref_method} row to pair with"
+        return comp
+    difference = _setup_difference(spec, base_row, new_row, method) or _setup_difference(spec, base_ref, new_ref, ref_method)
+    if difference:
+        comp.note = difference
+        return comp
+    base_r, new_r = round_speedups(base_ref, base_row), round_speedups(new_ref, new_row)
+    if base_r is None or new_r is None:
+        comp.note = "no paired per-round samples"
+        return comp
+    comp.status = "unchanged"
+    _judge(comp, base_r, new_r, threshold, alpha)
+    return comp
+
+
+def _varying(spec: SuiteSpec, runs: Sequence[Run]) -> set[str]:
+    return {name for name in spec.key if len({row.get(name) for run in runs for row in run.rows}) > 1}
+
+
+def _describe(run: Run) -> dict[str, Any]:
+    env = run.env
+    return {
+        "path": str(run.path),
+        "suite": run.suite,
+        "machine": machine_label(run),
+        "machine_class": machine_class(run),
+        "git_sha": env.get("git_sha"),
+        "git_dirty": env.get("git_dirty"),
+        "torch": env.get("torch"),
+        "threads": env.get("threads"),
+        "started_at": run.meta.get("started_at"),
+    }
+
+
+def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA,
+                 allow_machine_mismatch: bool = False) -> Result:
+    """Compare the speedups of two runs of the same suite (inference or training)."""
+    if base.suite != new.suite:
+        raise UserError(f"cannot compare runs of different suites: {base.path} is {base.suite}, {new.path} is "
+                        f"{new.suite}; compare two runs of the same suite")
+    if base.suite not in SPECS:
+        raise UserError(f"compare checks speedups of {' and '.join(SPECS)} runs; {base.path} is a {base.suite} run")
+    spec = SPECS[base.suite]
+    result = Result(_describe(base), _describe(new), threshold, alpha)
+    mismatch = result.base["machine_class"] != result.new["machine_class"]
+    if mismatch:
+        result.notes.append(
+            f"the runs come from different machine classes ({result.base['machine_class']!r} vs "
+            f"{result.new['machine_class']!r}): "
+            + ("compared anyway (--allow-machine-mismatch)." if allow_machine_mismatch else
+               "their speedups are not comparable, so nothing was compared; rerun the base on this machine class "
+               "(dstbench baseline update) or pass --allow-machine-mismatch"))
+    base_groups, new_groups = _index(base, spec), _index(new, spec)
+    varying = _varying(spec, (base, new))
+    keys = list(dict.fromkeys([*base_groups, *new_groups]))
+    for key in keys:
+        methods = list(dict.fromkeys([*base_groups.get(key, {}), *new_groups.get(key, {})]))
+        for method in methods:
+            row = base_groups.get(key, {}).get(method) or new_groups[key][method]
+            label = _label(spec, key, varying, row)
+            for metric, ref_method in spec.ratios.items():
+                if method in (ref_method, "dense"):
+                    continue
+                comp = _compare_case(spec, metric, ref_method, key, method, label, base_groups, new_groups,
+                                     threshold, alpha)
+                if comp is None:
+                    continue
+                if mismatch and not allow_machine_mismatch:
+                    comp.status, comp.change, comp.p_value = "not comparable", None, None
+                    comp.note = "different machine class"
+                result.comparisons.append(comp)
+    result.comparisons.sort(key=lambda c: STATUSES.index(c.status))
+    return result
+
+
+def _fmt_x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _fmt_change(value: float | None) -> str:
+    return "-" if value is None else f"{round(value * 100):+d}%"
+
+
+def _fmt_p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2g}"
+
+
+def _columns() -> list[Column]:
+    return [
+        Column("status", "status"),
+        Column("case", "case"),
+        Column("method", "method"),
+        Column("speedup", "metric"),
+        Column("base", lambda c: _fmt_x(c["base"]), ">"),
+        Column("new", lambda c: _fmt_x(c["new"]), ">"),
+        Column("change", lambda c: _fmt_change(c["change"]), ">"),
+        Column("p", lambda c: _fmt_p(c["p_value"]), ">"),
+        Column("note", "note"),
+    ]
+
+
+def _run_line(info: dict[str, Any]) -> str:
+    sha = (info["git_sha"] or "unknown")[:10] + ("+dirty" if info["git_dirty"] else "")
+    return f"{info['path']} ({sha}, {info['machine']}, torch {info['torch']})"
+
+
+def _rule(result: Result) -> str:
+    return (f"A case regresses when its speedup drops by more than {result.threshold:.0%} and a one-sided "
+            f"Mann-Whitney U test on its per-round speedups gives p < {result.alpha:g}.")
+
+
+def format_markdown(result: Result) -> str:
+    """A CI comment: a summary heading, the runs, the rule, notes and one table row per comparison."""
+    lines = [f"### dstbench compare ({result.base['suite']}): {result.summary()}", "",
+             f"- base: `{_run_line(result.base)}`", f"- new: `{_run_line(result.new)}`", "", _rule(result), ""]
+    lines += [f"> **Note:** {note}\n" for note in result.notes]
+    if not result.comparisons:
+        lines.append("No speedups to compare.")
+        return "\n".join(lines) + "\n"
+    columns = _columns()
+    lines.append("| " + " | ".join(col.header for col in columns) + " |")
+    lines.append("|" + "|".join("---:" if col.align == ">" else "---" for col in columns) + "|")
+    for comp in result.comparisons:
+        cells = [col.cell(asdict(comp)).replace("|", "\\|") for col in columns]
+        if comp.status in ("regressed", "improved"):
+            cells[0] = f"**{cells[0]}**"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_text(result: Result) -> str:
+    """An aligned plain-text table for a terminal."""
+    lines = [f"dstbench compare ({result.base['suite']}): {result.summary()}",
+             f"base: {_run_line(result.base)}", f"new:  {_run_line(result.new)}", _rule(result)]
+    lines += [f"note: {note}" for note in result.notes]
+    if result.comparisons:
+        lines += ["", format_table([asdict(c) for c in result.comparisons], _columns())]
+    return "\n".join(lines) + "\n"
+
+
+def format_json(result: Result) -> str:
+    """The whole result as JSON (counts, runs, rule, notes, comparisons)."""
+    data = {
+        "summary": {status: result.count(status) for status in STATUSES},
+        "exit_code": result.exit_code,
+        "threshold": result.threshold,
+        "alpha": result.alpha,
+        "base": result.base,
+        "new": result.new,
+        "notes": result.notes,
+        "comparisons": [asdict(c) for c in result.comparisons],
+    }
+    return json.dumps(data, indent=2) + "\n"
+
+
+FORMATS = {"md": format_markdown, "text": format_text, "json": format_json}
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The comparison options, shared with ``dstbench baseline check``."""
+    default_threshold = f"{DEFAULT_THRESHOLD:.0%}"
+    parser.add_argument("--threshold", default=default_threshold,
+                        help="smallest drop of a speedup that counts, as 10%% or 0.1 "
+                             f"(default {default_threshold.replace('%', '%%')})")
+    parser.add_argument("--alpha", default=str(DEFAULT_ALPHA),
+                        help=f"significance level of the Mann-Whitney U test (default {DEFAULT_ALPHA})")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="md",
+                        help="md (a CI comment, the default), text or json")
+    parser.add_argument("--allow-machine-mismatch", action="store_true",
+                        help="compare runs from different CPU/GPU models anyway")
+
+
+def check_options(args: argparse.Namespace) -> tuple[float, float]:
+    """(threshold, alpha) parsed from the options of ``add_options``; UserError if either is bad."""
+    return parse_threshold(args.threshold), parse_alpha(args.alpha)
+
+
+def run_comparison(base: Run, new: Run, args: argparse.Namespace) -> int:
+    """Compare, print in ``args.format`` and return the exit code (1 on a regression)."""
+    threshold, alpha = check_options(args)
+    result = compare_runs(base, new, threshold, alpha, args.allow_machine_mismatch)
+    print(FORMATS[args.format](result), end="")
+    return result.exit_code
+
+
+def main(argv: Sequence[str]) -> int:
+    """``dstbench compare BASE NEW``: exit 1 on a regression, 0 otherwise (UserError -> 2)."""
+    parser = argparse.ArgumentParser(
+        prog="dstbench compare",
+        description="Compare the speedups (vs dense and vs CSR) of two runs of the same suite; "
+                    "exit 1 if a case regressed.")
+    parser.add_argument("base", help="the reference run folder")
+    parser.add_argument("new", help="the run folder to check")
+    add_options(parser)
+    args = parser.parse_args(argv)
+    check_options(args)
+    return run_comparison(load_run(args.base), load_run(args.new), args)

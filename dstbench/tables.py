@@ -1,0 +1,196 @@
+"""Report tables: built from run DataFrames, written as Markdown and as LaTeX (booktabs).
+
+A ``Table`` holds formatted cell strings; Unicode symbols in them (×, ±,
+→, µ) become LaTeX math in ``to_latex``. The builders take the DataFrames
+that ``dstbench.report`` assembles (one row per record, plus a ``machine``
+column for the timed suites).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import pandas as pd
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SYMBOLS = {"×": r"$\times$", "±": r"$\pm$", "→": r"$\rightarrow$", "µ": r"$\mu$", "–": "--"}
+METHOD_ORDER = ("dense", "rigl", "srigl", "dynadiag")
+
+
+@dataclass
+class Table:
+    """Formatted cells with their headers; ``align`` holds "l" or "r" per column."""
+
+    headers: list[str]
+    align: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+    def to_markdown(self) -> str:
+        """A GitHub-flavoured Markdown table (pipes in cells escaped)."""
+        def line(cells: Sequence[str]) -> str:
+            return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+        rule = "|" + "|".join("---:" if a == "r" else "---" for a in self.align) + "|"
+        return "\n".join([line(self.headers), rule, *(line(row) for row in self.rows)]) + "\n"
+
+    def to_latex(self, label: str = "") -> str:
+        """A booktabs ``table`` environment with the caption and ``label``."""
+        body = [" & ".join(latex_escape(cell) for cell in row) + r" \\" for row in self.rows]
+        lines = [r"\begin{table}[t]", r"\centering", r"\small"]
+        if self.caption:
+            lines.append(rf"\caption{{{latex_escape(self.caption)}}}")
+        if label:
+            lines.append(rf"\label{{{label}}}")
+        lines += [rf"\begin{{tabular}}{{{''.join(self.align)}}}", r"\toprule",
+                  " & ".join(latex_escape(h) for h in self.headers) + r" \\", r"\midrule", *body,
+                  r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        return "\n".join(lines) + "\n"
+
+
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped and ×, ±, →, µ as math."""
+    out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+    for symbol, latex in _LATEX_SYMBOLS.items():
+        out = out.replace(symbol, latex)
+    return out
+
+
+def method_key(method: str) -> tuple[int, str]:
+    """Sort key putting dense, rigl, srigl, dynadiag first, then other methods by name."""
+    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fmt_speedup(value: float | None, lo: float | None = None, hi: float | None = None) -> str:
+    """'3.10× [2.95, 3.22]', or '3.10×' without an interval, '–' if missing."""
+    if _missing(value):
+        return "–"
+    if _missing(lo) or _missing(hi):
+        return f"{value:.2f}×"
+    return f"{value:.2f}× [{lo:.2f}, {hi:.2f}]"
+
+
+def fmt_seconds(seconds: float) -> str:
+    """A duration in µs or ms with three significant digits."""
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} µs"
+
+
+def fmt_sparsity(sparsity: float) -> str:
+    """0.9 -> '90%', 0.995 -> '99.5%'."""
+    return f"{sparsity * 100:g}%"
+
+
+def fmt_count(value: float | None) -> str:
+    """12345678 -> '12.3M'; '–' if missing."""
+    if _missing(value):
+        return "–"
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def shape_of(row: pd.Series) -> str:
+    """'768→3072' for a layer case, 'model' for an end-to-end case."""
+    if _missing(row.get("in_features")):
+        return "model"
+    return f"{int(row['in_features'])}→{int(row['out_features'])}"
+
+
+def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``frame`` sorted by ``keys`` (those present), then by method in the canonical order."""
+    frame = frame.assign(_method=frame["method"].map(method_key))
+    return frame.sort_values([k for k in keys if k in frame and k != "method"] + ["_method"], kind="stable")
+
+
+def inference_table(frame: pd.DataFrame, machines: bool) -> Table:
+    """Every inference row: latency p50 and speedups vs dense and vs CSR with their 95% intervals."""
+    headers = (["machine"] if machines else []) + ["case", "shape", "batch", "sparsity", "method", "kernel", "n",
+                                                   "p50", "vs dense [95% CI]", "vs CSR [95% CI]"]
+    rows = []
+    for _, r in _sorted(frame, ["machine", "case", "batch", "sparsity"]).iterrows():
+        rows.append(([r["machine"]] if machines else []) + [
+            str(r["case"]), shape_of(r), str(int(r["batch"])), fmt_sparsity(r["sparsity"]), r["method"], str(r["impl"]),
+            str(int(r.get("n", len(r["samples_s"])))), fmt_seconds(r["p50_s"]),
+            fmt_speedup(r["speedup_vs_dense"], r.get("speedup_vs_dense_lo"), r.get("speedup_vs_dense_hi")),
+            fmt_speedup(r.get("speedup_vs_csr"), r.get("speedup_vs_csr_lo"), r.get("speedup_vs_csr_hi")),
+        ])
+    align = (["l"] if machines else []) + ["l", "l", "r", "r", "l", "l", "r", "r", "r", "r"]
+    return Table(headers, align, rows, "Inference latency (median) and speedups with 95% bootstrap intervals.")
+
+
+def speedup_pivot(frame: pd.DataFrame, machines: bool) -> Table:
+    """Speedup vs dense of the sparse methods: one row per (case, batch, method), one column per sparsity."""
+    sparse = frame[frame["method"] != "dense"]
+    sparsities = sorted(sparse["sparsity"].unique())
+    keys = (["machine"] if machines else []) + ["case", "batch", "method"]
+    headers = (["machine"] if machines else []) + ["case", "batch", "method"] + [fmt_sparsity(s) for s in sparsities]
+    rows = []
+    ordered = _sorted(sparse, keys)
+    for key, group in ordered.groupby(keys, sort=False):
+        by_sparsity = dict(zip(group["sparsity"], group["speedup_vs_dense"]))
+        named = dict(zip(keys, key))
+        rows.append(([named["machine"]] if machines else []) + [
+            str(named["case"]), str(int(named["batch"])), named["method"],
+            *(fmt_speedup(by_sparsity.get(s)) for s in sparsities)])
+    align = (["l"] if machines else []) + ["l", "r", "l"] + ["r"] * len(sparsities)
+    return Table(headers, align, rows, "Inference speedup over dense (median of interleaved rounds) by sparsity.")
+
+
+def training_table(frame: pd.DataFrame, machines: bool) -> Table:
+    """Training throughput and speedups vs dense and vs RigL."""
+    headers = (["machine"] if machines else []) + ["model", "batch", "sparsity", "method", "samples/s",
+                                                   "vs dense [95% CI]", "vs RigL [95% CI]"]
+    rows = []
+    for _, r in _sorted(frame, ["machine", "model", "batch", "sparsity"]).iterrows():
+        rows.append(([r["machine"]] if machines else []) + [
+            str(r["model"]), str(int(r["batch"])), fmt_sparsity(r["sparsity"]), r["method"],
+            f"{r['samples_per_s']:.4g}",
+            fmt_speedup(r["speedup_vs_dense"], r.get("speedup_vs_dense_lo"), r.get("speedup_vs_dense_hi")),
+            fmt_speedup(r.get("speedup_vs_rigl"), r.get("speedup_vs_rigl_lo"), r.get("speedup_vs_rigl_hi")),
+        ])
+    align = (["l"] if machines else []) + ["l", "r", "r", "l", "r", "r", "r"]
+    return Table(headers, align, rows, "Training throughput (full step, topology updates amortized) and speedups.")
+
+
+def accuracy_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample sd of top-1 in percent over seeds per (dataset, model, method, sparsity), means of the rest.
+
+    ``top1`` may be recorded as a fraction (all values <= 1) or in percent.
+    """
+    frame = frame.copy()
+    if frame["top1"].max() <= 1.0:
+        frame["top1"] = frame["top1"] * 100.0
+    for column in ("dataset", "model"):
+        if column not in frame:
+            frame[column] = "-"
+    keys = ["dataset", "model", "method", "sparsity"]
+    agg = {"top1_mean": ("top1", "mean"), "top1_sd": ("top1", "std"), "seeds": ("seed", "nunique")}
+    for column in ("sparsity_achieved", "params", "flops"):
+        if column in frame:
+            agg[column] = (column, "mean")
+    summary = frame.groupby(keys, sort=False).agg(**agg).reset_index()
+    summary["top1_sd"] = summary["top1_sd"].fillna(0.0)
+    return _sorted(summary, ["dataset", "model", "sparsity"]).drop(columns="_method").reset_index(drop=True)
+
+
+def accuracy_table(summary: pd.DataFrame) -> Table:
+    """Top-1 mean ± sd over seeds, achieved sparsity, non-zero parameters and FLOPs, from ``accuracy_summary``."""
+    headers = ["dataset", "model", "method", "sparsity", "top-1 (%)", "seeds", "achieved", "params", "FLOPs"]
+    rows = []
+    for _, r in summary.iterrows():
+        rows.append([str(r["dataset"]), str(r["model"]), r["method"], fmt_sparsity(r["sparsity"]),
+                     f"{r['top1_mean']:.2f} ± {r['top1_sd']:.2f}", str(int(r["seeds"])),
+                     "–" if _missing(r.get("sparsity_achieved")) else fmt_sparsity(round(r["sparsity_achieved"], 4)),
+                     fmt_count(r.get("params")), fmt_count(r.get("flops"))])
+    return Table(headers, ["l", "l", "l", "r", "r", "r", "r", "r", "r"], rows,
+                 "Top-1 accuracy, mean ± sample standard deviation over seeds.")

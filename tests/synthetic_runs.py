@@ -1,0 +1,148 @@
+"""Synthetic run folders with the records schema of the inference, training and accuracy suites, for fast tests.
+
+Timings are drawn, not measured: each round has a shared drift factor (the
+machine getting slower or faster for every method alike) and each sample
+its own log-normal noise, like interleaved rounds on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from dstbench import stats
+
+SPEEDUPS = {"dense": 1.0, "rigl": 1.5, "srigl": 3.0, "dynadiag": 4.0}
+IMPLS = {"dense": "mkl", "rigl": "mkl-csr", "srigl": "cpu", "dynadiag": "cpu"}
+CASES = {"b16-fc1": (768, 3072), "b16-proj": (768, 768)}
+ENV = {
+    "git_sha": "0123456789abcdef0123456789abcdef01234567",
+    "git_dirty": False,
+    "python": "3.12.0",
+    "torch": "2.14.1",
+    "cuda": "12.8",
+    "cupy": None,
+    "cpu_model": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz",
+    "cpu_count": 2,
+    "gpu_name": None,
+    "threads": 2,
+}
+
+
+def write_run(path: Path, suite: str, rows: Iterable[dict[str, Any]], **env: Any) -> Path:
+    """A run folder at ``path`` holding ``rows``; ``env`` overrides fields of the synthetic environment."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {"schema": 1, "suite": suite, "config": {}, "env": {**ENV, **env},
+            "started_at": "2025-01-01T00:00:00+0000", "finished_at": "2025-01-01T00:01:00+0000"}
+    (path / "run.json").write_text(json.dumps(meta, indent=2))
+    (path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _ratio(prefix: str, baseline: np.ndarray | None, own: np.ndarray) -> dict[str, float | None]:
+    if baseline is None:
+        return {prefix: None, f"{prefix}_lo": None, f"{prefix}_hi": None}
+    ci = stats.ratio_of_medians(baseline, own, paired=True, n_boot=200)
+    return {prefix: ci.ratio, f"{prefix}_lo": ci.lo, f"{prefix}_hi": ci.hi}
+
+
+def inference_rows(
+    *,
+    speedups: dict[str, float] | None = None,
+    cases: dict[str, tuple[int, int]] | None = None,
+    sparsities: tuple[float, ...] = (0.9,),
+    batches: tuple[int, ...] = (1, 256),
+    rounds: int = 7,
+    noise: float = 0.02,
+    drift: float = 0.05,
+    slow: dict[str, float] | None = None,
+    impls: dict[str, str] | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Inference-suite rows: every method of every (case, sparsity, batch) group, timed in ``rounds`` rounds.
+
+    ``speedups`` gives each method's true speedup over dense (scaled up with
+    the density at other sparsities than 0.9); ``slow`` multiplies a method's
+    times (2.0 = a kernel made twice as slow); ``noise`` and ``drift`` are the
+    log-normal sigmas of the per-sample and per-round factors.
+    """
+    speedups = speedups or SPEEDUPS
+    cases = cases or CASES
+    slow = slow or {}
+    impls = {**IMPLS, **(impls or {})}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for case, (fin, fout) in cases.items():
+        for batch in batches:
+            for sparsity in sparsities:
+                dense_s = 2e-9 * fin * fout * max(batch, 8) ** 0.8
+                round_factor = rng.lognormal(0.0, drift, rounds)
+                times = {}
+                for method, speedup in speedups.items():
+                    gain = 1.0 if method == "dense" else speedup * (0.1 / (1.0 - sparsity)) ** 0.5
+                    base = dense_s / gain * slow.get(method, 1.0)
+                    times[method] = base * round_factor * rng.lognormal(0.0, noise, rounds)
+                group_id = f"{case}/{fin}x{fout}/s{sparsity:g}/b{batch}/float32/cpu/t2/l2-warm"
+                for method, own in times.items():
+                    pct = stats.percentiles(own)
+                    rows.append({
+                        "suite": "inference", "case_id": f"{group_id}/{method}", "group_id": group_id,
+                        "method": method, "impl": impls[method], "case": case, "e2e": False,
+                        "in_features": fin, "out_features": fout, "sparsity": sparsity, "batch": batch,
+                        "dtype": "float32", "device": "cpu", "threads": 2, "l2": "warm",
+                        "nnz": fin * fout if method == "dense" else round(fin * fout * (1 - sparsity)),
+                        "n": rounds, "n_inner": 100, "p50_s": pct[50], "p90_s": pct[90], "p99_s": pct[99],
+                        **_ratio("speedup_vs_dense", times.get("dense"), own),
+                        **_ratio("speedup_vs_csr", times.get("rigl"), own),
+                        "samples_s": own.tolist(),
+                    })
+    return rows
+
+
+def training_rows(*, models: tuple[str, ...] = ("mlp", "vit_tiny"), sparsities: tuple[float, ...] = (0.9, 0.99),
+                  batch: int = 128, steps: int = 10, seed: int = 0) -> list[dict[str, Any]]:
+    """Training-suite rows: step times of every method per (model, sparsity), with speedups over dense and RigL."""
+    rng = np.random.default_rng(seed)
+    gains = {"dense": 1.0, "rigl": 0.8, "srigl": 1.4, "dynadiag": 1.9}
+    rows = []
+    for model in models:
+        for sparsity in sparsities:
+            step = 0.05 if model == "mlp" else 0.2
+            times = {m: step / g * rng.lognormal(0.0, 0.05, steps) for m, g in gains.items()}
+            for method, own in times.items():
+                case_id = f"{model}/s{sparsity:g}/b{batch}/{method}"
+                rows.append({
+                    "suite": "training", "case_id": case_id, "method": method, "model": model, "sparsity": sparsity,
+                    "batch": batch, "dtype": "float32", "device": "cpu", "threads": 2,
+                    "samples_per_s": batch / float(np.median(own)),
+                    **_ratio("speedup_vs_dense", times["dense"], own),
+                    **_ratio("speedup_vs_rigl", times["rigl"], own),
+                    "samples_s": own.tolist(),
+                })
+    return rows
+
+
+def accuracy_rows(*, sparsities: tuple[float, ...] = (0.8, 0.9, 0.95, 0.99), seeds: tuple[int, ...] = (0, 1, 2),
+                  dataset: str = "digits", model: str = "mlp", seed: int = 0) -> list[dict[str, Any]]:
+    """Accuracy-suite rows: top-1 of every (method, sparsity, seed); dense is recorded at sparsity 0."""
+    rng = np.random.default_rng(seed)
+    drops = {"rigl": 1.0, "srigl": 1.3, "dynadiag": 1.8}
+    rows = []
+
+    def row(method: str, sparsity: float, s: int, top1: float) -> dict[str, Any]:
+        return {"suite": "accuracy", "case_id": f"{dataset}/{model}/{method}/s{sparsity:g}/seed{s}", "method": method,
+                "sparsity": sparsity, "seed": s, "dataset": dataset, "model": model, "top1": top1,
+                "sparsity_achieved": sparsity, "params": int(70_000 * (1 - sparsity)),
+                "flops": int(140_000 * (1 - sparsity))}
+
+    for s in seeds:
+        rows.append(row("dense", 0.0, s, 0.975 + rng.normal(0, 0.003)))
+        for method, drop in drops.items():
+            for sparsity in sparsities:
+                loss = drop * 0.01 * (sparsity / (1 - sparsity)) ** 0.5
+                rows.append(row(method, sparsity, s, 0.97 - loss + rng.normal(0, 0.004)))
+    return rows

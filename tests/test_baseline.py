@@ -1,0 +1,130 @@
+"""dstbench baseline update | check, with the timer replaced by a deterministic fake so that outcomes are exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from dstbench import baseline, timing
+from dstbench.cli import main
+
+TINY = ["--cases", "32x64", "--sparsity", "0.9", "--batch", "2", "--rounds", "6", "--min-time", "0.001", "--no-e2e",
+        "--threads", "1", "--impl", "reference"]
+#: seconds per call of each method under the fake timer
+TIMES = {"dense": 1e-3, "rigl": 6e-4, "srigl": 3e-4, "dynadiag": 2.5e-4}
+
+
+def fake_interleaved(slow: dict[str, float]) -> Callable[..., dict[str, timing.Samples]]:
+    """A stand-in for timing.interleaved: fixed per-method times with a small per-round wobble, ``slow`` factors."""
+
+    def interleaved(fns, *, rounds: int, **_) -> dict[str, timing.Samples]:  # noqa: ANN001, ANN003
+        return {name: timing.Samples(1, [TIMES[name] * slow.get(name, 1.0) * (1 + 0.01 * (r % 3)) for r in range(rounds)])
+                for name in fns}
+
+    return interleaved
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Path:
+    monkeypatch.setattr(timing, "interleaved", fake_interleaved({}))
+    out = tmp_path / "baselines" / "cpu-quick"
+    assert main(["baseline", "update", "--out", str(out), *TINY]) == 0
+    assert f"baseline {out} updated: 4 rows" in capsys.readouterr().out
+    return out
+
+
+def test_update_writes_a_run_folder_with_the_suite_options(base: Path) -> None:
+    assert json.loads((base / "baseline.json").read_text()) == {"suite": "inference", "suite_args": TINY}
+    assert json.loads((base / "run.json").read_text())["suite"] == "inference"
+    rows = [json.loads(line) for line in (base / "rows.jsonl").read_text().splitlines()]
+    assert [row["method"] for row in rows] == ["dense", "rigl", "srigl", "dynadiag"]
+    assert sorted(p.name for p in base.parent.iterdir()) == ["cpu-quick"]  # no temporary folders left
+
+
+def test_check_of_unchanged_code_passes(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    new = tmp_path / "check"
+    assert main(["baseline", "check", "--baseline", str(base), "--out", str(new)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("### dstbench compare (inference): 0 regressed, 0 improved, 0 not comparable, 5 unchanged")
+    assert "vs dense [95% CI]" not in captured.out and "vs dense [95% CI]" in captured.err  # suite table: stderr
+    assert json.loads((new / "run.json").read_text())["suite"] == "inference"
+
+
+def test_check_catches_a_slower_kernel(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(timing, "interleaved", fake_interleaved({"dynadiag": 2.0}))
+    assert main(["baseline", "check", "--baseline", str(base), "--out", str(tmp_path / "check"), "--format", "json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert {(c["method"], c["metric"]) for c in data["comparisons"] if c["status"] == "regressed"} == {
+        ("dynadiag", "vs dense"), ("dynadiag", "vs CSR")}
+
+
+def test_update_replaces_the_baseline(base: Path) -> None:
+    assert main(["baseline", "update", "--out", str(base), *TINY[:-2], "--impl", "reference", "--batch", "3"]) == 0
+    rows = [json.loads(line) for line in (base / "rows.jsonl").read_text().splitlines()]
+    assert {row["batch"] for row in rows} == {3}
+    assert sorted(p.name for p in base.parent.iterdir()) == ["cpu-quick"]
+
+
+def test_other_machine_class_skips_the_check(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    meta = json.loads((base / "run.json").read_text())
+    meta["env"]["cpu_model"] = "Some Other CPU"
+    (base / "run.json").write_text(json.dumps(meta))
+    new = tmp_path / "check"
+    assert main(["baseline", "check", "--baseline", str(base), "--out", str(new)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dstbench baseline check: skipped") and "'Some Other CPU'" in out
+    assert not new.exists()
+    assert main(["baseline", "check", "--baseline", str(base), "--out", str(new), "--allow-machine-mismatch"]) == 0
+    assert "5 unchanged" in capsys.readouterr().out
+
+
+def one_error_line(capsys: pytest.CaptureFixture) -> str:
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("dstbench: error")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_bad_input_is_one_line_and_exit_2(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    no_info, with_out = tmp_path / "no-info", tmp_path / "with-out"
+    for folder in (no_info, with_out):
+        folder.mkdir()
+        for name in ("run.json", "rows.jsonl"):
+            (folder / name).write_text((base / name).read_text())
+    (with_out / "baseline.json").write_text(json.dumps({"suite": "inference", "suite_args": ["--out", "x"]}))
+    cases = [
+        (["check", "--baseline", str(tmp_path / "missing")], "does not exist"),
+        (["check", "--baseline", str(no_info)], "no baseline.json"),
+        (["check", "--baseline", str(base), "--threshold", "x"], "--threshold"),
+        (["check", "--baseline", str(base), "--rounds", "3"], "takes no suite options"),
+        (["update", "--out", str(busy), *TINY], "not a dstbench baseline"),
+        (["check", "--baseline", str(with_out), "--out", str(tmp_path / "new")], "hold --out"),
+        (["update", "--out", str(base), "--suite", "training"], "leave out --suite"),
+        (["update", "--out", str(base), *TINY, "--sparsity", "2"], "sparsity must be in [0, 1)"),
+    ]
+    before = (base / "rows.jsonl").read_text()
+    for argv, message in cases:
+        assert main(["baseline", *argv]) == 2, argv
+        assert message in one_error_line(capsys), argv
+    assert (busy / "keep.txt").read_text() == "mine"
+    assert (base / "rows.jsonl").read_text() == before
+    assert sorted(p.name for p in base.parent.iterdir()) == ["cpu-quick"]
+
+
+def test_defaults_point_at_the_committed_quick_baseline() -> None:
+    assert baseline.DEFAULT_DIR == Path("results/baselines/cpu-quick")
+    assert baseline.DEFAULT_SUITE_ARGS == ("--quick",)
