@@ -3,29 +3,47 @@
 A method owns the topology of every sparse layer of a model::
 
     method = make_method("srigl", sparsity=0.9, distribution="erk", total_steps=T)
-    model = method.prepare(model)       # masks / parametrizations, trains with any optimizer
-    for batch in loader:
-        loss.backward(); optimizer.step()
-        method.step(optimizer)          # topology update when the schedule says so
+    model = method.prepare(model)       # masks / layer swaps; build the optimizer after this
+    for x, y in loader:
+        optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()
+        method.step(optimizer)          # topology update when the schedule says so (before zero_grad)
     fast = method.to_inference(model)   # layers in the method's fast format
-    state = method.state_dict()         # masks, importances, schedule position
+    state = method.state_dict()         # masks, importances, schedule position, RNG state
+
+Which layers are sparse (``selection.select_layers``): by default every
+``nn.Linear`` and ``nn.Conv2d`` (DynaDiag: ``nn.Linear`` only) except the
+classifier head (the model's last ``nn.Linear``) and the linears inside an
+``nn.MultiheadAttention`` (it reads their weights directly). Options:
+``sparse_head=True`` sparsifies the head too, ``dense_first_layer=True``
+keeps the first selected layer dense, ``include(name, module) -> bool``
+replaces the default rule (the head is then sparse if ``include`` accepts it).
 
 ``sparsify_linear`` builds one layer in the inference format straight from
 an ``nn.Linear`` (one-shot, by magnitude), which is what the inference suite
 times.
+
+Distributed training: call ``prepare`` before wrapping the model in
+``DistributedDataParallel``. Every random choice comes from the method's own
+seeded ``torch.Generator`` and every topology decision from the weights and
+the gradients after DDP's all-reduce, so all ranks take the same decisions;
+with ``sync_topology=True`` (default) the topology is also broadcast from
+rank 0 after ``prepare`` and after every update when ``torch.distributed``
+is initialised (``broadcast_topology``).
 """
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from typing import Any, Callable, ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from dstbench.errors import check_sparsity
+from dstbench.errors import UserError, check_sparsity
 
-LayerFilter = Callable[[str, nn.Linear], bool]
+LayerFilter = Callable[[str, nn.Module], bool]
+DISTRIBUTIONS = ("erk", "uniform")
 
 
 class SparsityMethod(ABC):
@@ -34,17 +52,74 @@ class SparsityMethod(ABC):
     Args:
         sparsity: fraction of weights removed in the sparse layers, in [0, 1).
         impl: kernel implementation for the fast formats ("auto", "cpu", "cuda", "reference").
-        options: method-specific options (schedule, distribution, ...).
+        distribution: layer densities, "erk" or "uniform"; None takes the method's paper default.
+        total_steps: optimizer steps of the whole training run (needed by ``prepare`` of the
+            dynamic methods: the schedules are fractions of it).
+        delta_t: steps between topology updates (RigL, SRigL).
+        t_end: fraction of ``total_steps`` after which the topology stops changing (RigL, SRigL).
+        drop_fraction: alpha, the initial fraction of active weights dropped per update.
+        dense_first_layer: keep the first selected layer dense.
+        sparse_head: sparsify the classifier head (the last ``nn.Linear``) too.
+        include: ``include(name, module) -> bool`` replaces the default layer rule.
+        seed: seed of the method's own ``torch.Generator`` (initial masks, tie-breaking).
+        sync_topology: broadcast the topology from rank 0 when ``torch.distributed`` is initialised.
+
+    Raises:
+        UserError: for a value out of range or an option the method does not have.
     """
 
     name: ClassVar[str] = "base"
     #: the inference format: "dense", "csr", "condensed" or "diagonal"
     inference_format: ClassVar[str] = "dense"
+    #: the layer types the method sparsifies during training
+    layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Conv2d)
+    #: the layer-density distribution of the method's paper
+    default_distribution: ClassVar[str] = "erk"
 
-    def __init__(self, sparsity: float = 0.9, *, impl: str = "auto", **options: Any) -> None:
+    def __init__(
+        self,
+        sparsity: float = 0.9,
+        *,
+        impl: str = "auto",
+        distribution: str | None = None,
+        total_steps: int | None = None,
+        delta_t: int = 100,
+        t_end: float = 0.75,
+        drop_fraction: float = 0.3,
+        dense_first_layer: bool = False,
+        sparse_head: bool = False,
+        include: LayerFilter | None = None,
+        seed: int = 0,
+        sync_topology: bool = True,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise UserError(f"method {self.name!r} has no option(s) {', '.join(sorted(unknown))}; "
+                            "see the method's docstring for its options")
         self.sparsity = check_sparsity(sparsity)
         self.impl = impl
-        self.options = options
+        self.distribution = self.default_distribution if distribution is None else distribution
+        if self.distribution not in DISTRIBUTIONS:
+            raise UserError(f"unknown distribution {distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}")
+        if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
+            raise UserError(f"total_steps must be a positive integer (optimizer steps of the run), got {total_steps!r}")
+        if not isinstance(delta_t, int) or delta_t < 1:
+            raise UserError(f"delta_t must be a positive integer number of steps, got {delta_t!r}")
+        if not 0.0 <= float(t_end) <= 1.0:
+            raise UserError(f"t_end must be a fraction of training in [0, 1], got {t_end!r}")
+        if not 0.0 <= float(drop_fraction) <= 1.0:
+            raise UserError(f"drop_fraction must be in [0, 1], got {drop_fraction!r}")
+        self.total_steps = total_steps
+        self.delta_t = delta_t
+        self.t_end = float(t_end)
+        self.drop_fraction = float(drop_fraction)
+        self.dense_first_layer = bool(dense_first_layer)
+        self.sparse_head = bool(sparse_head)
+        self.include = include
+        self.seed = int(seed)
+        self.sync_topology = bool(sync_topology)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.step_count = 0
 
     @abstractmethod
     def sparsify_linear(self, linear: nn.Linear) -> nn.Module:
@@ -53,14 +128,15 @@ class SparsityMethod(ABC):
     # --- training -----------------------------------------------------------------
     @abstractmethod
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Make ``model`` sparse-trainable (masks, parametrizations, layer swaps) and return it.
+        """Make ``model`` sparse-trainable (masks, layer swaps) in place and return it.
 
         The returned model trains with any optimizer; build the optimizer after
-        ``prepare``. Deterministic given the method's ``seed`` option.
+        ``prepare``. Deterministic given the method's ``seed``.
         """
 
     def step(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
-        """Call once after every ``optimizer.step()``; returns True if the topology changed."""
+        """Call once after every ``optimizer.step()`` (before ``zero_grad``); True if the topology changed."""
+        self.step_count += 1
         return False
 
     @abstractmethod
@@ -68,19 +144,30 @@ class SparsityMethod(ABC):
         """A copy of the prepared ``model`` with its sparse layers in the fast inference format."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue training bit-identically (masks, importances, step)."""
-        return {}
+        """Everything needed to continue training bit-identically (topology, step, RNG state)."""
+        return {"step": self.step_count, "rng": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore ``state_dict()`` into a method whose ``prepare`` was already called on the model."""
+        """Restore ``state_dict()`` into a method whose ``prepare`` was already called on the model.
 
-    def summary(self, model: nn.Module) -> dict[str, float]:
-        """Achieved sparsity over the sparse layers, non-zero parameter count and inference FLOPs per sample.
-
-        Keys: ``sparsity`` (fraction of zero weights in sparse layers), ``params`` (non-zero
-        parameters of the whole model, biases included), ``flops`` (multiply-adds x2 per sample).
+        Load the model's and the optimizer's state dicts as well; the order does not matter.
         """
-        raise NotImplementedError
+        self.step_count = int(state["step"])
+        self.generator.set_state(state["rng"])
+
+    @abstractmethod
+    def summary(self, model: nn.Module, example_input: Tensor | None = None) -> dict[str, float]:
+        """Achieved sparsity, non-zero parameters and inference FLOPs per sample (see ``summary.py``).
+
+        Keys: ``sparsity`` (fraction of zero weights over the selected layers), ``params``
+        (parameters of the inference model, biases included, zeros of sparse layers excluded),
+        ``flops`` (2 x multiply-adds of the Linear/Conv2d layers per sample). ``example_input``,
+        a batch of B samples, is needed for models with convolutions (spatial sizes) and
+        for sequence models (tokens per sample); without it every Linear counts once per sample.
+        """
+
+    def broadcast_topology(self) -> None:
+        """Broadcast the topology from rank 0 when ``torch.distributed`` is initialised; else nothing."""
 
     def sparsify_model(self, model: nn.Module, include: LayerFilter | None = None) -> nn.Module:
         """Replace, in place, every ``nn.Linear`` that ``include(name, layer)`` accepts by ``sparsify_linear``.
@@ -92,9 +179,30 @@ class SparsityMethod(ABC):
                 replace_module(model, name, self.sparsify_linear(layer))
         return model
 
+    def _require_total_steps(self) -> int:
+        if self.total_steps is None:
+            raise UserError(f"method {self.name!r} needs total_steps (the number of optimizer steps of the run)")
+        return self.total_steps
+
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Set the submodule at dotted path ``name`` to ``new``."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def inference_copy(model: nn.Module, convert: Callable[[str, nn.Module], nn.Module | None]) -> nn.Module:
+    """A deep copy of ``model`` in eval mode where ``convert(name, module)`` replaces modules it returns non-None for."""
+    fast = copy.deepcopy(model)
+    for name, module in list(fast.named_modules()):
+        new = convert(name, module)
+        if new is not None:
+            replace_module(fast, name, new)
+    return fast.eval()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper, else ``model``."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model

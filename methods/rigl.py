@@ -1,12 +1,30 @@
-"""RigL (Evci et al. 2020): unstructured prune by |w|, regrow by |grad|; inference through CSR."""
+"""RigL (Evci et al. 2020): unstructured prune by |w|, regrow by |grad|; inference through CSR.
+
+Training (``MaskedDST``): ERK (default) or uniform layer densities, random
+initial masks with round(density * numel) weights from the method's
+generator. After every ``delta_t``-th optimizer step before
+``t_end * total_steps``, per layer, as in the reference code
+(``SparseRigLOptimizer.generic_mask_update``):
+
+1. drop n = floor(alpha_t * nnz) of the active weights with the smallest |w|
+   (alpha_t = alpha * (1 + cos(pi * t / T_end)) / 2), keeping the other nnz - n;
+2. grow n positions with the largest dense |grad| among all positions not
+   kept, so a weight dropped in 1. may be grown back;
+3. positions grown that were inactive start at w = 0 with a zeroed optimizer
+   state; a weight dropped and grown back keeps its value and state (the
+   reference's default ``reinit_when_same=False``).
+
+The optimizer step is not skipped on update steps (as in the PyTorch ports).
+"""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from dstbench.kernels.layers import CSRLinear
-from dstbench.methods.base import SparsityMethod
+from dstbench.methods.mask_training import MaskedDST
+from dstbench.methods.masking import top_mask
 from dstbench.registry import register_method
 
 
@@ -18,7 +36,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 @register_method("rigl")
-class RigL(SparsityMethod):
+class RigL(MaskedDST):
     """Unstructured dynamic sparse training; inference format CSR."""
 
     inference_format = "csr"
@@ -26,3 +44,17 @@ class RigL(SparsityMethod):
     def sparsify_linear(self, linear: nn.Linear) -> nn.Module:
         w = linear.weight.detach()
         return CSRLinear(w * magnitude_mask(w, self.sparsity), linear.bias)
+
+    def initial_mask(self, name: str, shape: tuple[int, int]) -> Tensor:
+        scores = torch.rand(shape, generator=self.generator)
+        return top_mask(scores, self.targets[name])
+
+    def update_mask(self, name: str, weight: Tensor, grad: Tensor, mask: Tensor, drop_fraction: float) -> Tensor:
+        nnz = int(mask.sum())
+        n_drop = int(drop_fraction * nnz)
+        keep = top_mask(weight.abs().float().masked_fill(~mask, -1.0), nnz - n_drop)
+        grow = top_mask(grad.abs().float().masked_fill(keep, -1.0), n_drop)
+        return keep | grow
+
+    def inference_linear(self, linear: nn.Linear, mask: Tensor) -> nn.Module:
+        return CSRLinear(linear.weight.detach() * mask, linear.bias)

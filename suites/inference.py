@@ -57,7 +57,7 @@ DEFAULTS = {
 }
 QUICK = {"cases": "b16-fc1", "sparsity": "0.9", "batch": "1,256", "rounds": 7, "min_time": 0.05}
 #: rounds of the end-to-end case in --quick (a ViT-B/16 forward takes ~0.3 s on 2 cores)
-QUICK_E2E_ROUNDS = 3
+QUICK_E2E_ROUNDS = 6
 _SHAPE = re.compile(r"^(\d+)x(\d+)$")
 
 

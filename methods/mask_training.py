@@ -1,0 +1,153 @@
+"""The training loop shared by the mask-based methods (RigL, SRigL): prepare, scheduled updates, state, inference copy.
+
+Subclasses give the initial mask and the update rule, both on the weight
+seen as a matrix (out, fan_in) with fan_in = in (* kh * kw), and the
+inference layer for a masked ``nn.Linear``. Convolutions are trained with
+masks the same way; ``to_inference`` keeps them as dense ``nn.Conv2d``
+whose masked weights are zero (there is no sparse conv kernel here).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dstbench.errors import UserError
+from dstbench.methods.base import SparsityMethod, inference_copy, unwrap
+from dstbench.methods.distributions import kept_weights, layer_densities
+from dstbench.methods.masking import MaskedWeight, broadcast_, distributed_ready, reset_optimizer_state
+from dstbench.methods.schedules import UpdateSchedule
+from dstbench.methods.selection import head_name, select_layers
+from dstbench.methods.summary import LayerCount, summarize
+
+
+class MaskedDST(SparsityMethod):
+    """Dynamic sparse training with a boolean mask per selected layer.
+
+    After ``prepare``: ``masked`` maps layer name -> MaskedWeight, ``densities``
+    maps every selected layer (ERK may keep some dense; they get no mask) to its
+    target density, ``targets`` maps masked layers to their kept-weight budget.
+    """
+
+    def __init__(self, sparsity: float = 0.9, **options: Any) -> None:
+        super().__init__(sparsity, **options)
+        self.masked: dict[str, MaskedWeight] = {}
+        self.densities: dict[str, float] = {}
+        self.targets: dict[str, int] = {}
+        self.head: str | None = None
+        self.schedule: UpdateSchedule | None = None
+
+    # --- subclass hooks -----------------------------------------------------------
+    @abstractmethod
+    def initial_mask(self, name: str, shape: tuple[int, int]) -> Tensor:
+        """Boolean (out, fan_in) CPU mask with ``self.targets[name]``-consistent nnz, drawn from ``self.generator``."""
+
+    @abstractmethod
+    def update_mask(self, name: str, weight: Tensor, grad: Tensor, mask: Tensor, drop_fraction: float) -> Tensor:
+        """The new boolean (out, fan_in) mask from |weight|, |dense grad| and the current mask."""
+
+    @abstractmethod
+    def inference_linear(self, linear: nn.Linear, mask: Tensor) -> nn.Module:
+        """The masked ``linear`` in the method's inference format."""
+
+    # --- SparsityMethod -------------------------------------------------------------
+    def prepare(self, model: nn.Module) -> nn.Module:
+        total = self._require_total_steps()
+        if self.densities:
+            raise UserError(f"{self.name}: prepare() was already called; make a new method for another model")
+        selected = select_layers(model, self.layer_types, include=self.include, sparse_head=self.sparse_head,
+                                 dense_first_layer=self.dense_first_layer)
+        densities = layer_densities([tuple(m.weight.shape) for _, m in selected], self.sparsity, self.distribution)
+        self.schedule = UpdateSchedule(self.delta_t, int(self.t_end * total), self.drop_fraction)
+        self.head = head_name(model)
+        for (name, module), density in zip(selected, densities):
+            self.densities[name] = density
+            weight = module.weight
+            if density >= 1.0:
+                continue
+            self.targets[name] = kept_weights(weight.numel(), density)
+            rows = weight.shape[0]
+            mask = self.initial_mask(name, (rows, weight.numel() // rows)).reshape(weight.shape).to(weight.device)
+            self.masked[name] = MaskedWeight(weight, mask, self._dense_grad_wanted)
+            self.masked[name].apply()
+        if self.sync_topology and distributed_ready():
+            self.broadcast_topology()
+        return model
+
+    def _dense_grad_wanted(self) -> bool:
+        return self.schedule is not None and self.schedule.is_update(self.step_count + 1)
+
+    def step(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        if self.schedule is None:
+            raise UserError(f"{self.name}: call prepare(model) before step()")
+        self.step_count += 1
+        if not self.schedule.is_update(self.step_count):
+            for mw in self.masked.values():
+                mw.apply()
+            return False
+        if optimizer is None and self.masked:
+            raise UserError(f"{self.name}: pass the optimizer to step(optimizer) so grown weights get a fresh optimizer state")
+        drop = self.schedule.drop_fraction(self.step_count)
+        changed = False
+        for name, mw in self.masked.items():
+            changed |= self._update_layer(name, mw, optimizer, drop)
+        if self.sync_topology and distributed_ready():
+            self.broadcast_topology()
+        return changed
+
+    @torch.no_grad()
+    def _update_layer(self, name: str, mw: MaskedWeight, optimizer: torch.optim.Optimizer | None, drop: float) -> bool:
+        param = mw.param
+        if param.grad is None:
+            raise UserError(f"{self.name}: layer {name} has no gradient at a topology update; call step() after "
+                            "optimizer.step() and before optimizer.zero_grad()")
+        mw.apply()
+        rows = param.shape[0]
+        old = mw.mask.reshape(rows, -1).clone()
+        new = self.update_mask(name, param.detach().reshape(rows, -1), param.grad.reshape(rows, -1), old, drop)
+        grown = (new & ~old).reshape(param.shape)
+        param.masked_fill_(grown, 0.0)
+        mw.set_mask(new.reshape(param.shape))
+        reset_optimizer_state(optimizer, param, (new & old).reshape(param.shape))
+        return bool((new != old).any())
+
+    def broadcast_topology(self) -> None:
+        """Broadcast every mask from rank 0 and re-apply it (no-op without torch.distributed)."""
+        if not distributed_ready():
+            return
+        for mw in self.masked.values():
+            broadcast_(mw.mask)
+            mw.apply()
+
+    def to_inference(self, model: nn.Module) -> nn.Module:
+        def convert(name: str, module: nn.Module) -> nn.Module | None:
+            if name in self.masked and isinstance(module, nn.Linear):
+                return self.inference_linear(module, self.masked[name].mask)
+            return None
+
+        return inference_copy(unwrap(model), convert)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["masks"] = {name: mw.mask.detach().cpu().clone() for name, mw in self.masked.items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state["masks"]) != set(self.masked):
+            raise UserError(f"{self.name}: the saved masks are for layers {sorted(state['masks'])}, "
+                            f"this model has {sorted(self.masked)}; prepare the same model first")
+        super().load_state_dict(state)
+        for name, mask in state["masks"].items():
+            self.masked[name].set_mask(mask.to(self.masked[name].mask.device))
+
+    def summary(self, model: nn.Module, example_input: Tensor | None = None) -> dict[str, float]:
+        model = unwrap(model)
+        counts = {}
+        for name in self.densities:
+            numel = model.get_submodule(name).weight.numel()
+            nnz = self.masked[name].nnz if name in self.masked else numel
+            counts[name] = LayerCount(nnz=nnz, numel=numel, trained=numel)
+        return summarize(model, counts, example_input)
