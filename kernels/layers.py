@@ -7,6 +7,8 @@ they timed.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -49,7 +51,9 @@ class CSRLinear(nn.Module):
     def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.register_buffer("weight", weight.detach().to_sparse_csr())
+        with warnings.catch_warnings():  # torch flags all of sparse CSR as beta; the flag says nothing about this use
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            self.register_buffer("weight", weight.detach().to_sparse_csr())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     @property
