@@ -1,9 +1,259 @@
-"""Placeholder until the cpu kernels land: reports itself unavailable."""
+"""Compiled, multi-threaded, vectorized CPU kernels for the diagonal and condensed formats.
+
+The backend contract of ``kernels.ops``: the five functions of
+``kernels.reference`` with the same signatures (``diag_mm`` with its
+``transpose`` flag), plus ``unavailable_reason``. Inputs are 2-D CPU tensors
+of float32, float64 or bfloat16 (bfloat16 accumulates in float32, float64 in
+float64); condensed indices are int16 or int32 (int64 is narrowed to int32).
+
+The C++ sources (``diagonal.cpp``, ``condensed.cpp``, ``common.cpp``; no
+torch headers) are compiled with OpenMP and ``-march=native`` on first use
+by ``build.py`` into a cache, then loaded with ctypes. Each call passes raw
+data pointers and sizes, and ``torch.get_num_threads()`` as the thread
+count; ctypes drops the GIL for the call. The kernels write every output
+element, so outputs come from ``torch.empty``; their scratch buffers are
+kept per calling thread for reuse (a fresh multi-megabyte buffer costs a
+page fault per 4 KiB page). Index, offset and row ranges are checked in C++
+and reported as UserError. The algorithms are described at the top of each
+``.cpp`` file.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import threading
+
 import torch
+from torch import Tensor
+
+from dstbench.errors import UserError
+from dstbench.kernels.cpu import build
+
+__all__ = [
+    "condensed_input_grad",
+    "condensed_mm",
+    "condensed_values_grad",
+    "diag_mm",
+    "diag_values_grad",
+    "unavailable_reason",
+]
+
+_SCALARS = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16"}
+_INDICES = {torch.int16: "i16", torch.int32: "i32"}
+_STATUS = {  # return codes of the C++ entry points (enum Status in common.cpp)
+    1: "diagonal offsets must lie in [0, max(out, in)); rebuild the DiagonalWeight",
+    2: "condensed indices must lie in [0, in_features); rebuild the CondensedWeight",
+    3: "condensed active_rows must lie in [0, out_features); rebuild the CondensedWeight",
+}
+_NO_MEMORY = 4
+
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_SIGNATURES = {
+    "dst_diag_mm": [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT],
+    "dst_diag_values_grad": [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT],
+    "dst_condensed_mm": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT],
+    "dst_condensed_values_grad": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT],
+    "dst_condensed_input_grad": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT],
+}
+
+
+class _Library:
+    """The compiled library, loaded on first use; ``error`` holds why it could not be."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded = False
+        self.functions: dict[tuple, ctypes._CFuncPtr] = {}
+        self.error: str | None = None
+
+    def load(self) -> str | None:
+        """Build (or find in the cache) and load the library once; returns the failure reason or None."""
+        if self._loaded:
+            return self.error
+        with self._lock:
+            if not self._loaded:
+                try:
+                    path, _ = build.ensure_built()
+                    self.functions = _bind(ctypes.CDLL(str(path)))
+                except build.BuildError as exc:
+                    self.error = str(exc)
+                except (OSError, AttributeError) as exc:
+                    self.error = f"the compiled CPU kernels failed to load: {exc}"
+                self._loaded = True
+        return self.error
+
+
+def _bind(lib: ctypes.CDLL) -> dict[tuple, ctypes._CFuncPtr]:
+    """The entry points keyed by (name, dtype) or, for the condensed ones, (name, dtype, index dtype)."""
+    functions = {}
+    for name, argtypes in _SIGNATURES.items():
+        for dtype, suffix in _SCALARS.items():
+            keys = {(name, dtype): f"{name}_{suffix}"}
+            if name.startswith("dst_condensed"):
+                keys = {(name, dtype, i): f"{name}_{suffix}_{isuffix}" for i, isuffix in _INDICES.items()}
+            for key, symbol in keys.items():
+                fn = getattr(lib, symbol)
+                fn.argtypes = argtypes
+                fn.restype = ctypes.c_int
+                functions[key] = fn
+    return functions
+
+
+_library = _Library()
 
 
 def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
-    return "the cpu kernels are not built yet"
+    """Why these kernels cannot run on ``device`` for ``dtype``, or None if they can (builds on first call)."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return f"not a CPU tensor (device {device})"
+    if dtype not in _SCALARS:
+        return f"dtype {dtype} unsupported (float32, float64, bfloat16)"
+    return _library.load()
+
+
+def _kernel(key: tuple, a: Tensor, b: Tensor) -> ctypes._CFuncPtr:
+    """The entry point for ``key`` + (dtype, ...) after checking that a and b are 2-D CPU tensors of one float dtype."""
+    dtype = a.dtype
+    if b.dtype != dtype or dtype not in _SCALARS or not a.is_cpu or not b.is_cpu:
+        for t in (a, b):
+            if not t.is_cpu or t.dtype not in _SCALARS:
+                raise UserError(f"the CPU kernels take CPU tensors of float32, float64 or bfloat16, got {t.dtype} on {t.device}")
+        raise UserError(f"mixed dtypes: {b.dtype} next to {dtype}; convert the layer or the input")
+    if a.dim() != 2 or b.dim() != 2:
+        raise UserError(f"the CPU kernels take 2-D tensors, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    reason = _library.load()
+    if reason:
+        raise UserError(f"the CPU kernels cannot run: {reason}")
+    return _library.functions[(key[0], dtype, *key[1:])]
+
+
+def _run(fn: ctypes._CFuncPtr, *args) -> None:
+    status = fn(*args, torch.get_num_threads())
+    if status == _NO_MEMORY:
+        raise MemoryError("the CPU kernels ran out of memory for their scratch buffers")
+    if status:
+        raise UserError(_STATUS[status])
+
+
+def _ids(t: Tensor, n: int, what: str) -> Tensor:
+    """``t`` as a contiguous int64 CPU tensor of shape (n,)."""
+    if t.dtype is not torch.int64:
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise UserError(f"{what} must be an integer tensor, got {t.dtype}")
+        t = t.to(torch.int64)
+    if t.shape != (n,):
+        raise UserError(f"{what} must have shape ({n},), got {tuple(t.shape)}")
+    if not t.is_cpu:
+        raise UserError(f"{what} is on {t.device}; the CPU kernels need it on the CPU")
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _check_diag(offsets: Tensor, values: Tensor, w_out: int, w_in: int) -> Tensor:
+    if w_out < 1 or w_in < 1:
+        raise UserError(f"a diagonal weight needs out, in >= 1, got ({w_out}, {w_in})")
+    k = offsets.shape[0] if offsets.dim() == 1 else -1
+    if values.shape != (k, min(w_out, w_in)):
+        raise UserError(
+            f"diagonal values must have shape (K, D) = ({offsets.numel()}, {min(w_out, w_in)}) for a "
+            f"({w_out}, {w_in}) weight, got {tuple(values.shape)} (offsets {tuple(offsets.shape)})"
+        )
+    return _ids(offsets, k, "diagonal offsets")
+
+
+def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, transpose: bool = False) -> Tensor:
+    """y = x @ W.T for the diagonal weight (offsets (K,), values (K, D)); x (B, in) -> (B, out_features).
+
+    With ``transpose=True``, W has shape (x.shape[1], out_features) and y = x @ W (the input gradient).
+    """
+    fn = _kernel(("dst_diag_mm",), x, values)
+    batch, n_src = x.shape
+    w_out, w_in = (n_src, out_features) if transpose else (out_features, n_src)
+    offsets = _check_diag(offsets, values, w_out, w_in)
+    if offsets.shape[0] == 0 or batch == 0:
+        return x.new_zeros(batch, out_features)
+    x, values = x.contiguous(), values.contiguous()
+    y = torch.empty(batch, out_features, dtype=x.dtype)
+    dst_long = (w_out >= w_in) != transpose
+    _run(fn, x.data_ptr(), offsets.data_ptr(), values.data_ptr(), y.data_ptr(), batch, n_src, out_features,
+         offsets.shape[0], int(dst_long))
+    return y
+
+
+def diag_values_grad(dy: Tensor, x: Tensor, offsets: Tensor) -> Tensor:
+    """dV[k, j] = sum_b dy[b, row(k, j)] * x[b, col(k, j)]; dy (B, out), x (B, in) -> (K, min(out, in))."""
+    fn = _kernel(("dst_diag_values_grad",), dy, x)
+    if dy.shape[0] != x.shape[0]:
+        raise UserError(f"dy and x need the same batch size, got {dy.shape[0]} and {x.shape[0]}")
+    (batch, n_out), n_in = dy.shape, x.shape[1]
+    if offsets.dim() != 1:
+        raise UserError(f"diagonal offsets must have shape (K,), got {tuple(offsets.shape)}")
+    offsets = _ids(offsets, offsets.shape[0], "diagonal offsets")
+    k, d = offsets.shape[0], min(n_out, n_in)
+    if k == 0 or batch == 0 or d == 0:
+        return x.new_zeros(k, d)
+    dv = torch.empty(k, d, dtype=x.dtype)
+    _run(fn, dy.contiguous().data_ptr(), x.contiguous().data_ptr(), offsets.data_ptr(), dv.data_ptr(), batch, n_out,
+         n_in, k)
+    return dv
+
+
+def _condensed_ids(indices: Tensor, active_rows: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:
+    if indices.shape != shape:
+        raise UserError(f"condensed indices must have the values' shape {tuple(shape)}, got {tuple(indices.shape)}")
+    if indices.dtype is torch.int64:
+        indices = indices.to(torch.int32)
+    if indices.dtype not in _INDICES:
+        raise UserError(f"condensed indices must be int16 or int32, got {indices.dtype}")
+    if not indices.is_cpu:
+        raise UserError(f"condensed indices are on {indices.device}; the CPU kernels need them on the CPU")
+    return indices.contiguous(), _ids(active_rows, shape[0], "active_rows")
+
+
+def condensed_mm(x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, out_features: int) -> Tensor:
+    """y[b, active_rows[i]] = sum_j values[i, j] * x[b, indices[i, j]]; x (B, in) -> (B, out), other columns 0."""
+    fn = _kernel(("dst_condensed_mm", indices.dtype if indices.dtype in _INDICES else torch.int32), x, values)
+    indices, rows = _condensed_ids(indices, active_rows, values.shape)
+    (batch, n_in), (n_active, k) = x.shape, values.shape
+    if out_features < 1:
+        raise UserError(f"out_features must be >= 1, got {out_features}")
+    if n_active == 0 or k == 0 or batch == 0:
+        return x.new_zeros(batch, out_features)
+    x, values = x.contiguous(), values.contiguous()
+    y = torch.empty(batch, out_features, dtype=x.dtype)
+    _run(fn, x.data_ptr(), values.data_ptr(), indices.data_ptr(), rows.data_ptr(), y.data_ptr(), batch, n_in,
+         out_features, n_active, k)
+    return y
+
+
+def condensed_values_grad(dy: Tensor, x: Tensor, indices: Tensor, active_rows: Tensor) -> Tensor:
+    """dValues[i, j] = sum_b dy[b, active_rows[i]] * x[b, indices[i, j]] -> (n_active, k)."""
+    fn = _kernel(("dst_condensed_values_grad", indices.dtype if indices.dtype in _INDICES else torch.int32), dy, x)
+    if dy.shape[0] != x.shape[0]:
+        raise UserError(f"dy and x need the same batch size, got {dy.shape[0]} and {x.shape[0]}")
+    if indices.dim() != 2:
+        raise UserError(f"condensed indices must have shape (n_active, k), got {tuple(indices.shape)}")
+    indices, rows = _condensed_ids(indices, active_rows, indices.shape)
+    (batch, n_out), n_in = dy.shape, x.shape[1]
+    n_active, k = indices.shape
+    if n_active == 0 or k == 0 or batch == 0:
+        return x.new_zeros(n_active, k)
+    dv = torch.empty(n_active, k, dtype=x.dtype)
+    _run(fn, dy.contiguous().data_ptr(), x.contiguous().data_ptr(), indices.data_ptr(), rows.data_ptr(),
+         dv.data_ptr(), batch, n_in, n_out, n_active, k)
+    return dv
+
+
+def condensed_input_grad(dy: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int) -> Tensor:
+    """dx[b, c] = sum over entries (i, j) with indices[i, j] == c of values[i, j] * dy[b, active_rows[i]] -> (B, in)."""
+    fn = _kernel(("dst_condensed_input_grad", indices.dtype if indices.dtype in _INDICES else torch.int32), dy, values)
+    indices, rows = _condensed_ids(indices, active_rows, values.shape)
+    (batch, n_out), (n_active, k) = dy.shape, values.shape
+    if in_features < 1:
+        raise UserError(f"in_features must be >= 1, got {in_features}")
+    if n_active == 0 or k == 0 or batch == 0:
+        return dy.new_zeros(batch, in_features)
+    dx = torch.empty(batch, in_features, dtype=dy.dtype)
+    _run(fn, dy.contiguous().data_ptr(), values.contiguous().data_ptr(), indices.data_ptr(), rows.data_ptr(),
+         dx.data_ptr(), batch, in_features, n_out, n_active, k)
+    return dx

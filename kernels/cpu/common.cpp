@@ -1,0 +1,234 @@
+// Shared parts of the CPU kernels: SIMD vector types, bfloat16 conversion,
+// loads/stores, scratch buffers and a converting transpose.
+//
+// build.py prepends this file to diagonal.cpp and to condensed.cpp, making two
+// translation units (with #line directives, so errors name the right file);
+// everything here is inline or a template.
+// Vectors are GCC/Clang vector extensions sized to the widest ISA the
+// compiler targets (-march=native): 64 bytes with AVX-512, 32 with AVX, else 16.
+// Accumulation is in float for float32 and bfloat16 data, double for float64.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <omp.h>
+#include <type_traits>
+#include <vector>
+
+namespace dst {
+
+#if defined(__AVX512F__)
+constexpr int VBYTES = 64;
+#elif defined(__AVX__)
+constexpr int VBYTES = 32;
+#else
+constexpr int VBYTES = 16;
+#endif
+
+typedef float vf __attribute__((vector_size(VBYTES)));
+typedef double vd __attribute__((vector_size(VBYTES)));
+typedef uint16_t vh __attribute__((vector_size(VBYTES / 2)));
+typedef uint32_t vu __attribute__((vector_size(VBYTES)));
+
+// Return codes of the extern "C" entry points (mirrored in kernels/cpu/__init__.py).
+enum Status { OK = 0, BAD_OFFSET = 1, BAD_INDEX = 2, BAD_ROW = 3, NO_MEMORY = 4 };
+
+// Work (multiply-adds) below which a call runs on one thread: a parallel
+// region costs a few microseconds.
+constexpr int64_t PARALLEL_MIN_WORK = 1 << 15;
+
+struct bf16 {
+    uint16_t bits;
+};
+
+template <class T>
+struct Acc {  // float32 and bfloat16 accumulate in float
+    typedef float A;
+    typedef vf V;
+};
+template <>
+struct Acc<double> {
+    typedef double A;
+    typedef vd V;
+};
+
+template <class T>
+constexpr int lanes() {
+    return VBYTES / int(sizeof(typename Acc<T>::A));
+}
+
+inline float to_acc(float v) { return v; }
+inline double to_acc(double v) { return v; }
+inline float to_acc(bf16 v) {
+    uint32_t u = uint32_t(v.bits) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// Accumulator -> storage type; bfloat16 rounds to nearest even, NaN -> quiet NaN (as torch does).
+template <class T>
+inline T from_acc(typename Acc<T>::A a) {
+    return a;
+}
+template <>
+inline bf16 from_acc<bf16>(float a) {
+    uint32_t u;
+    std::memcpy(&u, &a, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{0x7fc0};
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return bf16{uint16_t(u >> 16)};
+}
+
+// One element converted between storage and accumulator types; the unused pointer argument
+// names the target type.
+inline float convert(float v, float*) { return v; }
+inline double convert(double v, double*) { return v; }
+inline float convert(bf16 v, float*) { return to_acc(v); }
+inline bf16 convert(float v, bf16*) { return from_acc<bf16>(v); }
+
+inline vf vload(const float* p) {
+    vf r;
+    std::memcpy(&r, p, sizeof r);
+    return r;
+}
+inline vd vload(const double* p) {
+    vd r;
+    std::memcpy(&r, p, sizeof r);
+    return r;
+}
+inline vf vload(const bf16* p) {
+    vh h;
+    std::memcpy(&h, p, sizeof h);
+    vu u = __builtin_convertvector(h, vu) << 16;
+    vf r;
+    std::memcpy(&r, &u, sizeof r);
+    return r;
+}
+
+// Store the first n lanes of v to p (storage type T).
+template <class T, class V>
+inline void vstore(T* p, const V& v, int n) {
+    constexpr int W = int(sizeof(V) / sizeof(v[0]));
+    if constexpr (std::is_same<T, typename std::remove_cv<decltype(v[0] + 0)>::type>::value) {
+        if (n == W) {
+            std::memcpy(p, &v, sizeof v);
+            return;
+        }
+    }
+    for (int l = 0; l < n; ++l) p[l] = from_acc<T>(v[l]);
+}
+
+// Sum of the lanes of v, by halving: each step adds the upper half onto the lower one.
+template <class A, int BYTES>
+inline A hsum_bytes(const void* v) {
+    if constexpr (BYTES == int(sizeof(A))) {
+        A a;
+        std::memcpy(&a, v, sizeof a);
+        return a;
+    } else {
+        typedef A half __attribute__((vector_size(BYTES / 2)));
+        half lo, hi;
+        std::memcpy(&lo, v, sizeof lo);
+        std::memcpy(&hi, static_cast<const char*>(v) + BYTES / 2, sizeof hi);
+        const half s = lo + hi;
+        if constexpr (BYTES / 2 == int(sizeof(A)))
+            return s[0];
+        else
+            return hsum_bytes<A, BYTES / 2>(&s);
+    }
+}
+
+template <class V>
+inline auto hsum(const V& v) -> decltype(v[0] + 0) {
+    return hsum_bytes<decltype(v[0] + 0), int(sizeof(V))>(&v);
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Freed scratch blocks of the calling thread, kept for reuse: a fresh multi-megabyte block
+// costs a page fault per 4 KiB page on first touch, often more than the kernel itself.
+class BlockCache {
+   public:
+    ~BlockCache() {
+        for (const Block& b : free_) std::free(b.p);
+    }
+    void* take(size_t bytes, size_t& got) {
+        size_t best = free_.size();
+        for (size_t i = 0; i < free_.size(); ++i)
+            if (free_[i].bytes >= bytes && (best == free_.size() || free_[i].bytes < free_[best].bytes)) best = i;
+        if (best < free_.size()) {
+            const Block b = free_[best];
+            free_.erase(free_.begin() + best);
+            got = b.bytes;
+            return b.p;
+        }
+        got = bytes;
+        return std::aligned_alloc(64, bytes);
+    }
+    void give(void* p, size_t bytes) {
+        free_.push_back({p, bytes});
+        if (free_.size() > MAX_BLOCKS) {  // drop the smallest
+            auto smallest = std::min_element(free_.begin(), free_.end(),
+                                             [](const Block& a, const Block& b) { return a.bytes < b.bytes; });
+            std::free(smallest->p);
+            free_.erase(smallest);
+        }
+    }
+
+   private:
+    struct Block {
+        void* p;
+        size_t bytes;
+    };
+    static constexpr size_t MAX_BLOCKS = 6;
+    std::vector<Block> free_;
+};
+
+inline BlockCache& block_cache() {
+    static thread_local BlockCache cache;
+    return cache;
+}
+
+// 64-byte aligned scratch memory from the calling thread's BlockCache, returned on scope exit;
+// ok() is false if allocation failed. Create it outside parallel regions.
+template <class T>
+struct Scratch {
+    T* p = nullptr;
+    size_t bytes = 0;
+    explicit Scratch(int64_t n, bool zero = false) {
+        const size_t want = size_t(ceil_div(std::max<int64_t>(n, 1) * int64_t(sizeof(T)), 64) * 64);
+        p = static_cast<T*>(block_cache().take(want, bytes));
+        if (p && zero) std::memset(static_cast<void*>(p), 0, want);
+    }
+    ~Scratch() {
+        if (p) block_cache().give(p, bytes);
+    }
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    bool ok() const { return p != nullptr; }
+};
+
+// dst[c * ldd + r] = src[r * lds + (cols ? cols[c] : c)] for r < R, c < C, converted to TD;
+// dst[c * ldd + r] = 0 for R <= r < Rpad. Blocked 32 x 32 so both sides stay in L1.
+template <class TS, class TD>
+void transpose(const TS* src, int64_t R, int64_t lds, const int64_t* cols, int64_t C, TD* dst, int64_t ldd,
+               int64_t Rpad, int nt) {
+    constexpr int64_t BS = 32;
+    const int64_t nrb = ceil_div(Rpad, BS), nblocks = ceil_div(C, BS) * nrb;
+#pragma omp parallel for num_threads(nt) schedule(static) if (Rpad * C > 4 * PARALLEL_MIN_WORK)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+        const int64_t c0 = (blk / nrb) * BS, r0 = (blk % nrb) * BS;
+        const int64_t c1 = std::min(C, c0 + BS), r1 = std::min(Rpad, r0 + BS), rv = std::min(R, r1);
+        for (int64_t c = c0; c < c1; ++c) {
+            const TS* s = src + (cols ? cols[c] : c);
+            TD* d = dst + c * ldd;
+            for (int64_t r = r0; r < rv; ++r) d[r] = convert(s[r * lds], static_cast<TD*>(nullptr));
+            for (int64_t r = std::max(r0, rv); r < r1; ++r) d[r] = TD{};
+        }
+    }
+}
+
+}  // namespace dst

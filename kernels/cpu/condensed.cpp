@@ -1,0 +1,422 @@
+// Condensed format (SRigL's constant fan-in): y[b, rows[i]] = sum_j v[i, j] * x[b, idx[i, j]].
+//
+// Small batches (B <= SMALL_BATCH) run gather-dots along each active row,
+// each thread on its own share of the rows. Larger batches work on transposed
+// operands, padded to Bp = a multiple of the SIMD width W: xT (in, Bp), so every nonzero is one
+// broadcast multiply-add over a contiguous run of batch lanes. The lanes are
+// split into groups of at most MAX_VECTORS vectors (one group per thread when
+// there are enough); a row's accumulators for its group stay in registers.
+//
+// condensed_mm        per row and lane group: acc += v[i, j] * xT[idx[i, j], group]; then
+//                     scattered into y's column rows[i]. Ablated columns are zeroed.
+// values_grad         dV[i, j] = <dyT[i, :], xT[idx[i, j], :]>, four entries at a time.
+// input_grad          dxT[idx[i, j], group] += v[i, j] * dyT[i, group], the dy vectors of a row held in
+//                     registers; race-free because each thread owns its lane group (or, when there are
+//                     fewer groups than threads, a private dxT that is summed afterwards).
+//
+// Indices are range-checked by the thread that uses them, just before it does (vectorized, a
+// few percent of the time); a bad one makes the call return BAD_INDEX without touching memory
+// out of bounds.
+
+namespace dst {
+
+constexpr int64_t SMALL_BATCH = 2;
+constexpr int MAX_VECTORS = 8;
+// Lane groups are sized so that the slice of xT (or dxT) one group reads, rows x group width,
+// stays within this many bytes (an L2-sized share), but at least MIN_VECTORS vectors wide.
+constexpr int64_t GROUP_BYTES = 1 << 20;
+constexpr int64_t MIN_VECTORS = 2;
+
+inline int64_t group_vectors(int64_t rows) {
+    return std::clamp<int64_t>(GROUP_BYTES / (rows * VBYTES), MIN_VECTORS, MAX_VECTORS);
+}
+constexpr int64_t ROW_CHUNK = 16;
+
+template <class I>
+bool indices_ok(const I* idx, int64_t n, int64_t nin) {
+    const uint32_t limit = uint32_t(std::min<int64_t>(nin, INT32_MAX));
+    uint32_t bad = 0;  // negative ids wrap to huge unsigned values
+#pragma omp simd reduction(| : bad)
+    for (int64_t e = 0; e < n; ++e) bad |= uint32_t(uint32_t(int32_t(idx[e])) >= limit);
+    return bad == 0;
+}
+
+// Eight non-negative indices from p, read as 64-bit words.
+inline void unpack8(const int16_t* p, uint32_t c[8]) {
+    uint64_t w[2];
+    std::memcpy(w, p, sizeof w);
+    for (int l = 0; l < 8; ++l) c[l] = uint16_t(w[l / 4] >> (16 * (l % 4)));
+}
+inline void unpack8(const int32_t* p, uint32_t c[8]) {
+    uint64_t w[4];
+    std::memcpy(w, p, sizeof w);
+    for (int l = 0; l < 8; ++l) c[l] = uint32_t(w[l / 2] >> (32 * (l % 2)));
+}
+
+// indices_ok for rows [i0, i1) of idx (n_active, k); on failure sets *bad (shared by the team).
+template <class I>
+bool claim_rows(const I* idx, int64_t k, int64_t nin, int64_t i0, int64_t i1, int* bad) {
+    if (indices_ok(idx + i0 * k, (i1 - i0) * k, nin)) return true;
+#pragma omp atomic write
+    *bad = 1;
+    return false;
+}
+
+// This thread's share [i0, i1) of n rows, inside a parallel region.
+inline void thread_rows(int64_t n, int64_t& i0, int64_t& i1) {
+    const int64_t p = omp_get_thread_num(), np = omp_get_num_threads();
+    i0 = p * n / np;
+    i1 = (p + 1) * n / np;
+}
+
+inline bool rows_ok(const int64_t* rows, int64_t n, int64_t nout) {
+    for (int64_t i = 0; i < n; ++i)
+        if (rows[i] < 0 || rows[i] >= nout) return false;
+    return true;
+}
+
+// Lane groups: nv vectors split evenly into groups of at most `most` vectors, at least min(nt, nv) of them.
+struct LaneGroups {
+    int64_t nv, ng;
+    LaneGroups(int64_t nv_, int nt, int64_t most)
+        : nv(nv_), ng(std::max(ceil_div(nv_, most), std::min<int64_t>(nt, nv_))) {}
+    int64_t begin(int64_t g) const { return g * nv / ng; }
+    int size(int64_t g) const { return int(begin(g + 1) - begin(g)); }
+};
+
+template <class T, class I>
+struct Condensed {
+    using A = typename Acc<T>::A;
+    using V = typename Acc<T>::V;
+    static constexpr int W = lanes<T>();
+
+    const T* v;
+    const I* idx;
+    const int64_t* rows;
+    int64_t n, k, nin, nout, B, Bp;
+
+    // Small batches: y[b, rows[i]] = gather-dot of row i with x[b], for i in [i0, i1). Eight entries at
+    // a time: their indices come in with two or four 64-bit loads (fewer load slots than one load each,
+    // and the gathers of x are the bottleneck), the x values are packed into one vector and multiplied
+    // with a vector load of the values.
+    void gather_rows(const T* x, int64_t i0, int64_t i1, T* y) const {
+        typedef A G __attribute__((vector_size(8 * sizeof(A))));
+        for (int64_t i = i0; i < i1; ++i) {
+            const T* vi = v + i * k;
+            const I* ii = idx + i * k;
+            for (int64_t b = 0; b < B; ++b) {
+                const T* xb = x + b * nin;
+                G acc = G{};
+                int64_t j = 0;
+                for (; j + 8 <= k; j += 8) {
+                    uint32_t c[8];
+                    unpack8(ii + j, c);
+                    const G xs = {to_acc(xb[c[0]]), to_acc(xb[c[1]]), to_acc(xb[c[2]]), to_acc(xb[c[3]]),
+                                  to_acc(xb[c[4]]), to_acc(xb[c[5]]), to_acc(xb[c[6]]), to_acc(xb[c[7]])};
+                    const G vs = {to_acc(vi[j]),     to_acc(vi[j + 1]), to_acc(vi[j + 2]), to_acc(vi[j + 3]),
+                                  to_acc(vi[j + 4]), to_acc(vi[j + 5]), to_acc(vi[j + 6]), to_acc(vi[j + 7])};
+                    acc += vs * xs;
+                }
+                A s = hsum(acc);
+                for (; j < k; ++j) s += to_acc(vi[j]) * to_acc(xb[ii[j]]);
+                y[b * nout + rows[i]] = from_acc<T>(s);
+            }
+        }
+    }
+
+    // y[:, rows[i]] for i in [i0, i1) (at most ROW_CHUNK rows) and lanes [c0, c0 + NV * W), from xT (nin, Bp).
+    // The rows' results are staged in `out` and then written batch row by batch row, so each
+    // batch row of y is touched once per chunk (one page, not one per row).
+    template <int NV>
+    void mm_rows(const A* xT, int64_t c0, int64_t i0, int64_t i1, T* y) const {
+        alignas(64) A out[ROW_CHUNK][NV * W];
+        for (int64_t i = i0; i < i1; ++i) {
+            V acc[NV];
+            for (int q = 0; q < NV; ++q) acc[q] = V{};
+            const T* vi = v + i * k;
+            const I* ii = idx + i * k;
+            for (int64_t j = 0; j < k; ++j) {
+                const V a = V{} + to_acc(vi[j]);
+                const A* p = xT + int64_t(ii[j]) * Bp + c0;
+                for (int q = 0; q < NV; ++q) acc[q] += a * vload(p + q * W);
+            }
+            std::memcpy(out[i - i0], acc, sizeof acc);
+        }
+        const int64_t nb = std::min<int64_t>(NV * W, B - c0);
+        for (int64_t l = 0; l < nb; ++l) {
+            T* yb = y + (c0 + l) * nout;
+            for (int64_t i = i0; i < i1; ++i) yb[rows[i]] = from_acc<T>(out[i - i0][l]);
+        }
+    }
+
+    // Small batches: dv[i, j] = sum_b dy[b, rows[i]] * x[b, idx[i, j]] for i in [i0, i1).
+    void gather_grad_rows(const T* dy, const T* x, int64_t i0, int64_t i1, T* dv) const {
+        for (int64_t i = i0; i < i1; ++i) {
+            const I* ii = idx + i * k;
+            T* di = dv + i * k;
+            A d[SMALL_BATCH];
+            for (int64_t b = 0; b < B; ++b) d[b] = to_acc(dy[b * nout + rows[i]]);
+#pragma omp simd
+            for (int64_t j = 0; j < k; ++j) {
+                A s = 0;
+                for (int64_t b = 0; b < B; ++b) s += d[b] * to_acc(x[b * nin + ii[j]]);
+                di[j] = from_acc<T>(s);
+            }
+        }
+    }
+
+    // dv[i, j] = <dyT[i, :], xT[idx[i, j], :]> over all Bp lanes for i in [i0, i1); four entries
+    // share each load of dyT.
+    void dot_rows(const A* dyT, const A* xT, int64_t i0, int64_t i1, T* dv) const {
+        const int64_t nv = Bp / W;
+        for (int64_t i = i0; i < i1; ++i) {
+            const A* d = dyT + i * Bp;
+            const I* ii = idx + i * k;
+            T* di = dv + i * k;
+            int64_t j = 0;
+            for (; j + 4 <= k; j += 4) {
+                const A* p0 = xT + int64_t(ii[j]) * Bp;
+                const A* p1 = xT + int64_t(ii[j + 1]) * Bp;
+                const A* p2 = xT + int64_t(ii[j + 2]) * Bp;
+                const A* p3 = xT + int64_t(ii[j + 3]) * Bp;
+                V a0 = V{}, a1 = V{}, a2 = V{}, a3 = V{};
+                for (int64_t q = 0; q < nv; ++q) {
+                    const V dq = vload(d + q * W);
+                    a0 += dq * vload(p0 + q * W);
+                    a1 += dq * vload(p1 + q * W);
+                    a2 += dq * vload(p2 + q * W);
+                    a3 += dq * vload(p3 + q * W);
+                }
+                di[j] = from_acc<T>(hsum(a0));
+                di[j + 1] = from_acc<T>(hsum(a1));
+                di[j + 2] = from_acc<T>(hsum(a2));
+                di[j + 3] = from_acc<T>(hsum(a3));
+            }
+            for (; j < k; ++j) {
+                const A* p = xT + int64_t(ii[j]) * Bp;
+                V a = V{};
+                for (int64_t q = 0; q < nv; ++q) a += vload(d + q * W) * vload(p + q * W);
+                di[j] = from_acc<T>(hsum(a));
+            }
+        }
+    }
+
+    // Small batches: acc[b, idx[i, j]] += v[i, j] * dy[b, rows[i]] for i in [i0, i1).
+    void scatter_small_rows(const T* dy, int64_t i0, int64_t i1, A* acc) const {
+        for (int64_t i = i0; i < i1; ++i) {
+            const T* vi = v + i * k;
+            const I* ii = idx + i * k;
+            for (int64_t b = 0; b < B; ++b) {
+                const A d = to_acc(dy[b * nout + rows[i]]);
+                A* m = acc + b * nin;
+                for (int64_t j = 0; j < k; ++j) m[ii[j]] += to_acc(vi[j]) * d;
+            }
+        }
+    }
+
+    // buf[idx[i, j], lanes] += v[i, j] * dyT[i, lanes] for i in [i0, i1), lanes [c0, c0 + NV * W).
+    template <int NV>
+    void scatter_rows(const A* dyT, int64_t c0, int64_t i0, int64_t i1, A* buf) const {
+        for (int64_t i = i0; i < i1; ++i) {
+            V d[NV];
+            for (int q = 0; q < NV; ++q) d[q] = vload(dyT + i * Bp + c0 + q * W);
+            const T* vi = v + i * k;
+            const I* ii = idx + i * k;
+            for (int64_t j = 0; j < k; ++j) {
+                const A a = to_acc(vi[j]);
+                A* p = buf + int64_t(ii[j]) * Bp + c0;
+                for (int q = 0; q < NV; ++q) {
+                    const V t = vload(p + q * W) + a * d[q];
+                    std::memcpy(p + q * W, &t, sizeof t);
+                }
+            }
+        }
+    }
+};
+
+template <class F>
+void dispatch_vectors(int nv, F&& f) {
+    switch (nv) {
+        case 8: f(std::integral_constant<int, 8>{}); break;
+        case 7: f(std::integral_constant<int, 7>{}); break;
+        case 6: f(std::integral_constant<int, 6>{}); break;
+        case 5: f(std::integral_constant<int, 5>{}); break;
+        case 4: f(std::integral_constant<int, 4>{}); break;
+        case 3: f(std::integral_constant<int, 3>{}); break;
+        case 2: f(std::integral_constant<int, 2>{}); break;
+        default: f(std::integral_constant<int, 1>{}); break;
+    }
+}
+
+// Output columns of ablated rows (not in rows[0, n)) are zero.
+template <class T>
+void zero_idle_columns(const int64_t* rows, int64_t n, T* y, int64_t B, int64_t nout) {
+    bool all = n == nout;  // the common case: rows = 0, 1, ..., nout - 1
+    for (int64_t i = 0; all && i < n; ++i) all = rows[i] == i;
+    if (all) return;
+    std::vector<char> active(nout, 0);
+    for (int64_t i = 0; i < n; ++i) active[rows[i]] = 1;
+    std::vector<int64_t> idle;
+    for (int64_t c = 0; c < nout; ++c)
+        if (!active[c]) idle.push_back(c);
+    for (int64_t b = 0; b < B && !idle.empty(); ++b)
+        for (int64_t c : idle) y[b * nout + c] = T{};
+}
+
+template <class T, class I>
+int condensed_mm(const T* x, const T* v, const I* idx, const int64_t* rows, T* y, int64_t B, int64_t nin,
+                 int64_t nout, int64_t n, int64_t k, int nt) {
+    using A = typename Acc<T>::A;
+    constexpr int W = lanes<T>();
+    if (!rows_ok(rows, n, nout)) return BAD_ROW;
+    zero_idle_columns(rows, n, y, B, nout);
+    const Condensed<T, I> c{v, idx, rows, n, k, nin, nout, B, ceil_div(B, W) * W};
+    const int64_t work = B * n * k;
+    int bad = 0;
+    if (B <= SMALL_BATCH) {
+#pragma omp parallel num_threads(nt) if (work > PARALLEL_MIN_WORK)
+        {
+            int64_t i0, i1;
+            thread_rows(n, i0, i1);
+            if (claim_rows(idx, k, nin, i0, i1, &bad)) c.gather_rows(x, i0, i1, y);
+        }
+        return bad ? BAD_INDEX : OK;
+    }
+    Scratch<A> xT(nin * c.Bp);
+    if (!xT.ok()) return NO_MEMORY;
+    transpose(x, B, nin, nullptr, nin, xT.p, c.Bp, c.Bp, nt);
+    const LaneGroups lg(c.Bp / W, nt, group_vectors(nin));
+    const int64_t nchunks = ceil_div(n, ROW_CHUNK), nitems = lg.ng * nchunks;
+#pragma omp parallel for num_threads(nt) schedule(static) if (work > PARALLEL_MIN_WORK)
+    for (int64_t item = 0; item < nitems; ++item) {
+        const int64_t g = item / nchunks, i0 = (item % nchunks) * ROW_CHUNK, i1 = std::min(n, i0 + ROW_CHUNK);
+        if (!claim_rows(idx, k, nin, i0, i1, &bad)) continue;
+        dispatch_vectors(lg.size(g), [&](auto nv) { c.template mm_rows<nv()>(xT.p, lg.begin(g) * W, i0, i1, y); });
+    }
+    return bad ? BAD_INDEX : OK;
+}
+
+template <class T, class I>
+int condensed_values_grad(const T* dy, const T* x, const I* idx, const int64_t* rows, T* dv, int64_t B,
+                          int64_t nin, int64_t nout, int64_t n, int64_t k, int nt) {
+    using A = typename Acc<T>::A;
+    constexpr int W = lanes<T>();
+    if (!rows_ok(rows, n, nout)) return BAD_ROW;
+    const Condensed<T, I> c{nullptr, idx, rows, n, k, nin, nout, B, ceil_div(B, W) * W};
+    const int64_t work = B * n * k;
+    int bad = 0;
+    if (B <= SMALL_BATCH) {
+#pragma omp parallel num_threads(nt) if (work > PARALLEL_MIN_WORK)
+        {
+            int64_t i0, i1;
+            thread_rows(n, i0, i1);
+            if (claim_rows(idx, k, nin, i0, i1, &bad)) c.gather_grad_rows(dy, x, i0, i1, dv);
+        }
+        return bad ? BAD_INDEX : OK;
+    }
+    Scratch<A> xT(nin * c.Bp), dyT(n * c.Bp);
+    if (!xT.ok() || !dyT.ok()) return NO_MEMORY;
+    transpose(x, B, nin, nullptr, nin, xT.p, c.Bp, c.Bp, nt);
+    transpose(dy, B, nout, rows, n, dyT.p, c.Bp, c.Bp, nt);
+#pragma omp parallel num_threads(nt) if (work > PARALLEL_MIN_WORK)
+    {
+        int64_t i0, i1;
+        thread_rows(n, i0, i1);
+        if (claim_rows(idx, k, nin, i0, i1, &bad)) c.dot_rows(dyT.p, xT.p, i0, i1, dv);
+    }
+    return bad ? BAD_INDEX : OK;
+}
+
+template <class T, class I>
+int condensed_input_grad(const T* dy, const T* v, const I* idx, const int64_t* rows, T* dx, int64_t B,
+                         int64_t nin, int64_t nout, int64_t n, int64_t k, int nt) {
+    using A = typename Acc<T>::A;
+    constexpr int W = lanes<T>();
+    if (!rows_ok(rows, n, nout)) return BAD_ROW;
+    const Condensed<T, I> c{v, idx, rows, n, k, nin, nout, B, ceil_div(B, W) * W};
+    const int64_t work = B * n * k;
+    int bad = 0;
+    if (B <= SMALL_BATCH) {  // per-thread private dx, summed afterwards
+        const int parts = work > PARALLEL_MIN_WORK ? std::max(nt, 1) : 1;
+        Scratch<A> acc(parts * B * nin, true);
+        if (!acc.ok()) return NO_MEMORY;
+#pragma omp parallel num_threads(parts)
+        {
+            int64_t i0, i1;
+            thread_rows(n, i0, i1);
+            if (claim_rows(idx, k, nin, i0, i1, &bad))
+                c.scatter_small_rows(dy, i0, i1, acc.p + omp_get_thread_num() * B * nin);
+        }
+        for (int64_t e = 0; e < B * nin; ++e) {
+            A s = acc.p[e];
+            for (int p = 1; p < parts; ++p) s += acc.p[p * B * nin + e];
+            dx[e] = from_acc<T>(s);
+        }
+        return bad ? BAD_INDEX : OK;
+    }
+    const LaneGroups lg(c.Bp / W, nt, group_vectors(nin));
+    const int64_t parts = lg.ng >= nt ? 1 : std::max<int64_t>(1, nt / lg.ng);
+    Scratch<A> dyT(n * c.Bp), buf(parts * nin * c.Bp, true);
+    if (!dyT.ok() || !buf.ok()) return NO_MEMORY;
+    transpose(dy, B, nout, rows, n, dyT.p, c.Bp, c.Bp, nt);
+    const int64_t nitems = lg.ng * parts, size = nin * c.Bp;
+#pragma omp parallel for num_threads(nt) schedule(static) if (work > PARALLEL_MIN_WORK)
+    for (int64_t item = 0; item < nitems; ++item) {
+        const int64_t g = item / parts, p = item % parts, i0 = p * n / parts, i1 = (p + 1) * n / parts;
+        if (!claim_rows(idx, k, nin, i0, i1, &bad)) continue;
+        dispatch_vectors(lg.size(g), [&](auto nv) {
+            c.template scatter_rows<nv()>(dyT.p, lg.begin(g) * W, i0, i1, buf.p + p * size);
+        });
+    }
+    if (parts > 1) {
+#pragma omp parallel for num_threads(nt) schedule(static) if (size > PARALLEL_MIN_WORK)
+        for (int64_t e = 0; e < size; ++e)
+            for (int64_t p = 1; p < parts; ++p) buf.p[e] += buf.p[p * size + e];
+    }
+    transpose(buf.p, nin, c.Bp, nullptr, B, dx, nin, nin, nt);
+    return bad ? BAD_INDEX : OK;
+}
+
+}  // namespace dst
+
+#define DST_CONDENSED_ENTRY(SUFFIX, T, ISUFFIX, I)                                                               \
+    extern "C" int dst_condensed_mm_##SUFFIX##_##ISUFFIX(const void* x, const void* v, const void* idx,            \
+                                                          const int64_t* rows, void* y, int64_t B, int64_t nin,     \
+                                                          int64_t nout, int64_t n, int64_t k, int nt) {            \
+        try {                                                                                                    \
+            return dst::condensed_mm(static_cast<const T*>(x), static_cast<const T*>(v),                         \
+                                     static_cast<const I*>(idx), rows, static_cast<T*>(y), B, nin, nout, n, k,   \
+                                     nt);                                                                        \
+        } catch (const std::bad_alloc&) {                                                                        \
+            return dst::NO_MEMORY;                                                                               \
+        }                                                                                                        \
+    }                                                                                                            \
+    extern "C" int dst_condensed_values_grad_##SUFFIX##_##ISUFFIX(                                               \
+        const void* dy, const void* x, const void* idx, const int64_t* rows, void* dv, int64_t B, int64_t nin,     \
+        int64_t nout, int64_t n, int64_t k, int nt) {                                                            \
+        try {                                                                                                    \
+            return dst::condensed_values_grad(static_cast<const T*>(dy), static_cast<const T*>(x),               \
+                                              static_cast<const I*>(idx), rows, static_cast<T*>(dv), B, nin,     \
+                                              nout, n, k, nt);                                                   \
+        } catch (const std::bad_alloc&) {                                                                        \
+            return dst::NO_MEMORY;                                                                               \
+        }                                                                                                        \
+    }                                                                                                            \
+    extern "C" int dst_condensed_input_grad_##SUFFIX##_##ISUFFIX(                                                \
+        const void* dy, const void* v, const void* idx, const int64_t* rows, void* dx, int64_t B, int64_t nin,     \
+        int64_t nout, int64_t n, int64_t k, int nt) {                                                            \
+        try {                                                                                                    \
+            return dst::condensed_input_grad(static_cast<const T*>(dy), static_cast<const T*>(v),                \
+                                             static_cast<const I*>(idx), rows, static_cast<T*>(dx), B, nin,      \
+                                             nout, n, k, nt);                                                    \
+        } catch (const std::bad_alloc&) {                                                                        \
+            return dst::NO_MEMORY;                                                                               \
+        }                                                                                                        \
+    }
+
+DST_CONDENSED_ENTRY(f32, float, i16, int16_t)
+DST_CONDENSED_ENTRY(f32, float, i32, int32_t)
+DST_CONDENSED_ENTRY(f64, double, i16, int16_t)
+DST_CONDENSED_ENTRY(f64, double, i32, int32_t)
+DST_CONDENSED_ENTRY(bf16, dst::bf16, i16, int16_t)
+DST_CONDENSED_ENTRY(bf16, dst::bf16, i32, int32_t)

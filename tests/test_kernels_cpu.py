@@ -1,0 +1,259 @@
+"""The compiled CPU kernels against the pure-torch reference and the dense product, forward and backward.
+
+Every comparison is done in float64 on the inputs as stored (bfloat16 inputs are upcast exactly),
+with a bound proportional to the sum of absolute terms. Also covers input validation, the build
+cache and the fallback when no compiler works.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dstbench.errors import UserError
+from dstbench.kernels import cpu, ops, reference
+from dstbench.kernels.cpu import build
+from dstbench.kernels.formats import CondensedWeight, DiagonalWeight, diagonal_coords
+
+_REASON = cpu.unavailable_reason(torch.device("cpu"), torch.float32)
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"CPU kernels unavailable: {_REASON}")
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7}
+
+
+def assert_close(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor, dtype: torch.dtype) -> None:
+    """|got - want| <= 8 * eps(dtype) * bound, with want and bound (the same sum over |terms|) in float64."""
+    assert got.shape == want.shape and got.dtype == dtype
+    err = (got.double() - want).abs()
+    limit = 8 * EPS[dtype] * bound + 1e-300
+    assert bool((err <= limit).all()), f"max error {err.max().item():.3g}, limit {limit.max().item():.3g}"
+
+
+def rand(*shape: int, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+
+def check_diagonal(out_f: int, in_f: int, batch: int, offsets: torch.Tensor, dtype: torch.dtype, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    d = min(out_f, in_f)
+    values = rand(offsets.numel(), d, gen=gen, dtype=dtype)
+    x, dy = rand(batch, in_f, gen=gen, dtype=dtype), rand(batch, out_f, gen=gen, dtype=dtype)
+    x64, v64, dy64 = x.double(), values.double(), dy.double()
+    rows, cols = diagonal_coords(offsets, out_f, in_f)
+    w = torch.zeros(out_f, in_f, dtype=torch.float64).index_put_((rows, cols), v64, accumulate=True)  # repeats add up
+
+    y = cpu.diag_mm(x, offsets, values, out_f)
+    assert_close(y, x64 @ w.T, x64.abs() @ w.abs().T, dtype)
+    assert_close(y, reference.diag_mm(x64, offsets, v64, out_f), x64.abs() @ w.abs().T, dtype)
+    dx = cpu.diag_mm(dy, offsets, values, in_f, transpose=True)
+    assert_close(dx, dy64 @ w, dy64.abs() @ w.abs(), dtype)
+    dv = cpu.diag_values_grad(dy, x, offsets)
+    assert_close(dv, reference.diag_values_grad(dy64, x64, offsets),
+                 reference.diag_values_grad(dy64.abs(), x64.abs(), offsets), dtype)
+
+
+DIAG_CASES = [  # out, in, batch, K
+    (1, 1, 1, 1), (5, 3, 1, 5), (3, 5, 2, 1), (1, 7, 3, 7), (7, 1, 4, 3), (6, 6, 1, 6), (6, 6, 9, 2),
+    (150, 40, 20, 30), (40, 150, 15, 150), (70, 70, 33, 12), (130, 7, 5, 130), (7, 130, 16, 40),
+    (37, 20, 3, 37), (20, 37, 7, 5), (3072, 768, 9, 31), (768, 3072, 1, 31), (100, 83, 2, 100),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("out_f, in_f, batch, k", DIAG_CASES)
+def test_diagonal_matches_reference_and_dense(out_f: int, in_f: int, batch: int, k: int, dtype: torch.dtype) -> None:
+    p = max(out_f, in_f)
+    offsets = torch.sort(torch.randperm(p, generator=torch.Generator().manual_seed(k))[:k]).values
+    check_diagonal(out_f, in_f, batch, offsets, dtype)
+
+
+@pytest.mark.parametrize("batch", [1, 6])
+@pytest.mark.parametrize("out_f, in_f", [(50, 20), (20, 50), (24, 24)])
+def test_diagonal_unsorted_and_repeated_offsets(out_f: int, in_f: int, batch: int) -> None:
+    p = max(out_f, in_f)
+    check_diagonal(out_f, in_f, batch, torch.tensor([p - 1, 3, 0, 3, p // 2]), torch.float64)
+
+
+@settings(max_examples=25, deadline=None)
+@given(out_f=st.integers(1, 80), in_f=st.integers(1, 80), batch=st.integers(1, 20), frac=st.floats(0.0, 1.0),
+       seed=st.integers(0, 2**16))
+def test_diagonal_property(out_f: int, in_f: int, batch: int, frac: float, seed: int) -> None:
+    p = max(out_f, in_f)
+    k = max(1, round(frac * p))
+    offsets = torch.sort(torch.randperm(p, generator=torch.Generator().manual_seed(seed))[:k]).values
+    check_diagonal(out_f, in_f, batch, offsets, torch.float64, seed)
+
+
+def check_condensed(out_f: int, in_f: int, batch: int, rows: torch.Tensor, k: int, dtype: torch.dtype,
+                    index: torch.dtype = torch.int16, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    n = rows.numel()
+    idx = torch.stack([torch.randperm(in_f, generator=gen)[:k] for _ in range(n)]) if n else torch.zeros(0, k)
+    idx = idx.to(index).reshape(n, k)
+    values = rand(n, k, gen=gen, dtype=dtype)
+    x, dy = rand(batch, in_f, gen=gen, dtype=dtype), rand(batch, out_f, gen=gen, dtype=dtype)
+    x64, v64, dy64 = x.double(), values.double(), dy.double()
+    w = CondensedWeight(v64, idx.to(torch.int32), rows, out_f, in_f).to_dense()
+
+    y = cpu.condensed_mm(x, values, idx, rows, out_f)
+    assert_close(y, x64 @ w.T, x64.abs() @ w.abs().T, dtype)
+    dx = cpu.condensed_input_grad(dy, values, idx, rows, in_f)
+    assert_close(dx, dy64 @ w, dy64.abs() @ w.abs(), dtype)
+    dv = cpu.condensed_values_grad(dy, x, idx, rows)
+    ref_idx = idx.to(torch.int64)
+    assert_close(dv, reference.condensed_values_grad(dy64, x64, ref_idx, rows),
+                 reference.condensed_values_grad(dy64.abs(), x64.abs(), ref_idx, rows), dtype)
+
+
+COND_CASES = [  # out, in, batch, n_active, k
+    (1, 1, 1, 1, 1), (5, 3, 1, 5, 3), (3, 5, 2, 2, 1), (1, 9, 3, 1, 4), (9, 1, 17, 5, 1), (6, 4, 4, 0, 2),
+    (40, 30, 33, 40, 30), (40, 30, 2, 20, 7), (30, 40, 16, 30, 10), (64, 64, 130, 50, 9), (3072, 768, 3, 3072, 77),
+    (400, 1600, 40, 350, 160),
+]
+
+
+@pytest.mark.parametrize("index", [torch.int16, torch.int32, torch.int64], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("out_f, in_f, batch, n_active, k", COND_CASES)
+def test_condensed_matches_dense(out_f: int, in_f: int, batch: int, n_active: int, k: int, dtype: torch.dtype,
+                                 index: torch.dtype) -> None:
+    rows = torch.sort(torch.randperm(out_f, generator=torch.Generator().manual_seed(1))[:n_active]).values
+    check_condensed(out_f, in_f, batch, rows, k, dtype, index)
+
+
+@settings(max_examples=25, deadline=None)
+@given(out_f=st.integers(1, 60), in_f=st.integers(1, 60), batch=st.integers(1, 40), active=st.floats(0.0, 1.0),
+       fan=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_condensed_property(out_f: int, in_f: int, batch: int, active: float, fan: float, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(out_f, generator=gen)[: round(active * out_f)]  # unsorted on purpose
+    check_condensed(out_f, in_f, batch, rows, max(1, round(fan * in_f)), torch.float64, seed=seed)
+
+
+def test_ablated_columns_are_zero_even_in_garbage_memory() -> None:
+    x = torch.randn(5, 8)
+    values, idx, rows = torch.ones(1, 2), torch.tensor([[0, 1]], dtype=torch.int16), torch.tensor([2])
+    for _ in range(3):  # torch.empty may hand back memory holding old results
+        y = cpu.condensed_mm(x, values, idx, rows, 6)
+        assert torch.equal(y[:, [0, 1, 3, 4, 5]], torch.zeros(5, 5))
+        torch.testing.assert_close(y[:, 2], x[:, 0] + x[:, 1])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_results_do_not_depend_on_the_thread_count(threads: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(37, 300, generator=gen, dtype=torch.float64), torch.randn(500, 300, generator=gen, dtype=torch.float64)
+    dw, cw = DiagonalWeight.top_k(w, 0.8), CondensedWeight.top_k(w, 0.8)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        y_d = cpu.diag_mm(x, dw.offsets, dw.values, 500)
+        y_c = cpu.condensed_mm(x, cw.values, cw.indices, cw.active_rows, 500)
+        dx_c = cpu.condensed_input_grad(y_c, cw.values, cw.indices, cw.active_rows, 300)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(y_d, x @ dw.to_dense().T)
+    torch.testing.assert_close(y_c, x @ cw.to_dense().T)
+    torch.testing.assert_close(dx_c, y_c @ cw.to_dense())
+
+
+def test_bfloat16_rounds_to_nearest_even() -> None:
+    x = torch.tensor([[1.0, 2.0**-8 + 2.0**-10]], dtype=torch.bfloat16)  # 1 + 2**-8 + 2**-10 needs rounding
+    y = cpu.condensed_mm(x, torch.ones(1, 2, dtype=torch.bfloat16), torch.tensor([[0, 1]], dtype=torch.int16),
+                         torch.tensor([0]), 1)
+    assert y.item() == (x.double().sum()).to(torch.bfloat16).item()
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: cpu.diag_mm(torch.ones(2, 3), torch.tensor([5]), torch.ones(1, 3), 5), "offsets"),
+        (lambda: cpu.diag_mm(torch.ones(2, 3), torch.tensor([0]), torch.ones(1, 4), 5), "shape"),
+        (lambda: cpu.diag_mm(torch.ones(2, 3), torch.tensor([0.0]), torch.ones(1, 3), 5), "integer"),
+        (lambda: cpu.diag_mm(torch.ones(2, 3, dtype=torch.float16), torch.tensor([0]),
+                             torch.ones(1, 3, dtype=torch.float16), 5), "float16"),
+        (lambda: cpu.diag_mm(torch.ones(2, 3), torch.tensor([0]), torch.ones(1, 3, dtype=torch.float64), 5), "mixed"),
+        (lambda: cpu.diag_mm(torch.ones(2, 2, 3), torch.tensor([0]), torch.ones(1, 3), 5), "2-D"),
+        (lambda: cpu.diag_values_grad(torch.ones(2, 5), torch.ones(3, 3), torch.tensor([0])), "batch"),
+        (lambda: cpu.condensed_mm(torch.ones(2, 3), torch.ones(1, 2), torch.tensor([[0, 3]], dtype=torch.int16),
+                                  torch.tensor([0]), 4), "indices"),
+        (lambda: cpu.condensed_mm(torch.ones(2, 3), torch.ones(1, 2), torch.tensor([[0, -1]], dtype=torch.int32),
+                                  torch.tensor([0]), 4), "indices"),
+        (lambda: cpu.condensed_mm(torch.ones(2, 3), torch.ones(1, 2), torch.tensor([[0, 1]], dtype=torch.int16),
+                                  torch.tensor([4]), 4), "active_rows"),
+        (lambda: cpu.condensed_mm(torch.ones(2, 3), torch.ones(1, 2), torch.tensor([[0, 1]], dtype=torch.uint8),
+                                  torch.tensor([0]), 4), "int16 or int32"),
+        (lambda: cpu.condensed_input_grad(torch.ones(2, 4), torch.ones(1, 2), torch.tensor([[0, 9]], dtype=torch.int16),
+                                          torch.tensor([0]), 3), "indices"),
+        (lambda: cpu.condensed_values_grad(torch.ones(2, 4), torch.ones(2, 3), torch.tensor([[0, 1]], dtype=torch.int16),
+                                           torch.tensor([7]), ), "active_rows"),
+    ],
+)
+def test_bad_input_raises_user_error(call, match: str) -> None:
+    with pytest.raises(UserError, match=match):
+        call()
+
+
+def test_unavailable_reason() -> None:
+    assert cpu.unavailable_reason(torch.device("cpu"), torch.bfloat16) is None
+    assert cpu.unavailable_reason(torch.device("cpu"), torch.float64) is None
+    assert "float16" in cpu.unavailable_reason(torch.device("cpu"), torch.float16)
+    assert "CPU" in cpu.unavailable_reason(torch.device("cuda"), torch.float32)
+
+
+def test_build_cache_hit_on_second_load() -> None:
+    path, _ = build.ensure_built()
+    again, hit = build.ensure_built()
+    assert hit and again == path and path.parent == build.cache_dir()
+
+
+def test_cache_key_depends_on_the_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DSTBENCH_CACHE", str(tmp_path))
+    default, _ = build.library_path()
+    monkeypatch.setenv("CXX", f"{build.compiler()[0]} -DDSTBENCH_OTHER_KEY")
+    other, _ = build.library_path()
+    assert default.parent == other.parent == tmp_path / "kernels" and default != other
+
+
+def _fake_compiler(tmp_path: Path, compile_exit: int) -> str:
+    script = tmp_path / "fake-c++"
+    script.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo fake 1.0; exit 0; fi\n'
+                      f'echo "fatal error: simulated breakage" >&2\nexit {compile_exit}\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script)
+
+
+@pytest.mark.parametrize("cxx, expected", [("false", "does not run"), (None, "simulated breakage")])
+def test_failing_compiler_gives_reason_and_ops_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          cxx: str | None, expected: str) -> None:
+    monkeypatch.setenv("DSTBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", cxx or _fake_compiler(tmp_path, 1))
+    monkeypatch.setattr(cpu, "_library", cpu._Library())  # a fresh, unloaded library
+    monkeypatch.setattr(ops, "_warned", set())
+    reason = cpu.unavailable_reason(torch.device("cpu"), torch.float32)
+    assert reason is not None and expected in reason
+    assert not list(tmp_path.rglob("*.so"))
+    x, offsets, values = torch.randn(3, 4), torch.tensor([0, 2]), torch.randn(2, 4)
+    with pytest.warns(UserWarning, match=expected):
+        y = ops.diag_mm(x, offsets, values, 6)
+    torch.testing.assert_close(y, reference.diag_mm(x, offsets, values, 6))
+    with pytest.raises(UserError, match=expected):
+        ops.diag_mm(x, offsets, values, 6, impl="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ops.diag_mm(x, offsets, values, 6)  # warned once only
+
+
+def test_no_compiler_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", os.devnull)
+    with pytest.raises(build.BuildError, match="no C\\+\\+ compiler"):
+        build.compiler()

@@ -1,0 +1,120 @@
+"""Autograd through kernels.ops (and the layers) for every implementation that runs on CPU: reference and cpu."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dstbench.errors import UserError
+from dstbench.kernels import cpu, ops
+from dstbench.kernels.formats import CondensedWeight, DiagonalWeight, diagonal_coords
+from dstbench.kernels.layers import CondensedLinear, DiagonalLinear
+
+CPU_OK = cpu.unavailable_reason(torch.device("cpu"), torch.float32) is None
+IMPLS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(not CPU_OK, reason="CPU kernels unavailable"))]
+GEOMETRIES = [(7, 4), (4, 7), (5, 5), (1, 3), (3, 1)]  # out > in, out < in, square, out == 1, in == 1
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def diag_inputs(out_f: int, in_f: int, batch: int, dtype: torch.dtype = torch.float64):
+    p, d = max(out_f, in_f), min(out_f, in_f)
+    offsets = torch.tensor(sorted({0, p // 2, p - 1}))
+    values = torch.randn(offsets.numel(), d, generator=gen(1), dtype=dtype, requires_grad=True)
+    x = torch.randn(batch, in_f, generator=gen(2), dtype=dtype, requires_grad=True)
+    return x, offsets, values
+
+
+def condensed_inputs(out_f: int, in_f: int, batch: int, dtype: torch.dtype = torch.float64):
+    k = max(1, in_f // 2)
+    rows = torch.arange(0, out_f, 2)  # every other row ablated
+    indices = torch.stack([torch.randperm(in_f, generator=gen(r))[:k] for r in range(rows.numel())]).to(torch.int16)
+    values = torch.randn(rows.numel(), k, generator=gen(1), dtype=dtype, requires_grad=True)
+    x = torch.randn(batch, in_f, generator=gen(2), dtype=dtype, requires_grad=True)
+    return x, values, indices, rows
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("out_f, in_f", GEOMETRIES)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_diag_gradcheck(impl: str, out_f: int, in_f: int, batch: int) -> None:
+    x, offsets, values = diag_inputs(out_f, in_f, batch)
+    assert torch.autograd.gradcheck(lambda a, v: ops.diag_mm(a, offsets, v, out_f, impl), (x, values))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("out_f, in_f", GEOMETRIES)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_condensed_gradcheck(impl: str, out_f: int, in_f: int, batch: int) -> None:
+    x, values, indices, rows = condensed_inputs(out_f, in_f, batch)
+    assert torch.autograd.gradcheck(lambda a, v: ops.condensed_mm(a, v, indices, rows, out_f, impl), (x, values))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("out_f, in_f", [(40, 24), (24, 40), (32, 32)])
+def test_diag_grads_match_dense(impl: str, dtype: torch.dtype, out_f: int, in_f: int) -> None:
+    x, offsets, values = diag_inputs(out_f, in_f, 9, dtype)
+    dy = torch.randn(9, out_f, generator=gen(3), dtype=dtype)
+    ops.diag_mm(x, offsets, values, out_f, impl).backward(dy)
+    x64 = x.detach().double().requires_grad_()
+    v64 = values.detach().double().requires_grad_()
+    rows, cols = diagonal_coords(offsets, out_f, in_f)
+    w = torch.zeros(out_f, in_f, dtype=torch.float64).index_put((rows, cols), v64)
+    (x64 @ w.T).backward(dy.double())
+    tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 0.1}[dtype]
+    torch.testing.assert_close(x.grad.double(), x64.grad, atol=tol, rtol=tol)
+    torch.testing.assert_close(values.grad.double(), v64.grad, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_condensed_grads_match_dense(impl: str, dtype: torch.dtype) -> None:
+    x, values, indices, rows = condensed_inputs(30, 20, 9, dtype)
+    dy = torch.randn(9, 30, generator=gen(3), dtype=dtype)
+    ops.condensed_mm(x, values, indices, rows, 30, impl).backward(dy)
+    x64 = x.detach().double().requires_grad_()
+    v64 = values.detach().double().requires_grad_()
+    r = rows.unsqueeze(1).expand_as(indices)
+    w = torch.zeros(30, 20, dtype=torch.float64).index_put((r, indices.long()), v64)
+    (x64 @ w.T).backward(dy.double())
+    tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 0.1}[dtype]
+    torch.testing.assert_close(x.grad.double(), x64.grad, atol=tol, rtol=tol)
+    torch.testing.assert_close(values.grad.double(), v64.grad, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_layers_take_non_contiguous_and_batched_input(impl: str) -> None:
+    w, bias = torch.randn(24, 16, generator=gen(0)), torch.randn(24, generator=gen(1))
+    diag = DiagonalLinear(DiagonalWeight.top_k(w, 0.5, bias), impl=impl)
+    cond = CondensedLinear(CondensedWeight.top_k(w, 0.5, bias), impl=impl)
+    x = torch.randn(16, 3, 5, generator=gen(2)).permute(1, 2, 0)  # (3, 5, 16), not contiguous
+    assert not x.is_contiguous()
+    for layer, dense in ((diag, DiagonalWeight.top_k(w, 0.5).to_dense()), (cond, CondensedWeight.top_k(w, 0.5).to_dense())):
+        assert layer.impl == impl
+        y = layer(x)
+        assert y.shape == (3, 5, 24)
+        torch.testing.assert_close(y, F.linear(x, dense, bias), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_non_contiguous_input_grad(impl: str) -> None:
+    x, offsets, values = diag_inputs(6, 4, 5)
+    xt = x.detach().t().contiguous().t().requires_grad_()  # same values, column-major
+    ops.diag_mm(xt, offsets, values, 6, impl).sum().backward()
+    x2 = x.detach().requires_grad_()
+    ops.diag_mm(x2, offsets, values.detach(), 6, "reference").sum().backward()
+    torch.testing.assert_close(xt.grad, x2.grad)
+
+
+@pytest.mark.skipif(not CPU_OK, reason="CPU kernels unavailable")
+def test_auto_picks_cpu_and_explicit_requests_are_checked() -> None:
+    assert ops.select_impl("cpu", torch.float32) == "cpu"
+    assert ops.select_impl("cpu", torch.bfloat16, "reference") == "reference"
+    with pytest.raises(UserError, match="float16"):
+        ops.select_impl("cpu", torch.float16, "cpu")
+    with pytest.raises(UserError, match="unknown kernel"):
+        ops.select_impl("cpu", torch.float32, "fast")
