@@ -70,6 +70,11 @@ def select_impl(device: torch.device | str, dtype: torch.dtype, requested: str =
     return "reference"
 
 
+def _needs_autograd(*tensors: Tensor) -> bool:
+    """False in inference, where the autograd.Function's ~5 µs per call is pure overhead."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _flatten(x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
     return x.reshape(-1, x.shape[-1]).contiguous(), tuple(x.shape[:-1])
 
@@ -119,7 +124,11 @@ def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, impl:
     """
     x2, lead = _flatten(x)
     impl = select_impl(x.device, x.dtype, impl)
-    y = _DiagMM.apply(x2, offsets, values.contiguous(), out_features, impl)
+    values = values.contiguous()
+    if _needs_autograd(x, values):
+        y = _DiagMM.apply(x2, offsets, values, out_features, impl)
+    else:
+        y = backend(impl).diag_mm(x2, offsets, values, out_features)
     return y.reshape(*lead, out_features)
 
 
@@ -135,5 +144,9 @@ def condensed_mm(
     """
     x2, lead = _flatten(x)
     impl = select_impl(x.device, x.dtype, impl)
-    y = _CondensedMM.apply(x2, values.contiguous(), indices.contiguous(), active_rows, out_features, impl)
+    values, indices = values.contiguous(), indices.contiguous()
+    if _needs_autograd(x, values):
+        y = _CondensedMM.apply(x2, values, indices, active_rows, out_features, impl)
+    else:
+        y = backend(impl).condensed_mm(x2, values, indices, active_rows, out_features)
     return y.reshape(*lead, out_features)
