@@ -19,14 +19,19 @@ call starts from a cold L2.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
-from torch.utils.benchmark import Timer
-from torch.utils.benchmark.utils.common import set_torch_threads
+
+# torch.utils.benchmark imports cpp_extension, which logs "No CUDA runtime is found"
+# on every CPU-only machine; that says nothing about the timings.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils.benchmark import Timer  # noqa: E402
+from torch.utils.benchmark.utils.common import set_torch_threads  # noqa: E402
 
 L2_MODES = ("warm", "flushed")
 #: upper bound on calls per block, for functions too fast to reach min_time
