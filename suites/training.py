@@ -1,1 +1,376 @@
-"""Placeholder for the training suite."""
+"""The training suite: samples/s of a full training step per method, with speedups over dense and over RigL.
+
+A step is what training does: forward, backward, ``optimizer.step()`` and
+``method.step(optimizer)`` on a fixed synthetic batch of 3x32x32 images
+(random labels). Models (``--models``): ``mlp``, 3072 -> 3072 -> 3072 -> 10,
+and ``vit_tiny``, a ViT with width 384, 6 blocks, 6 heads, MLP 1536 and
+patch 4 (65 tokens). Each method trains its own copy of the same
+initialisation with SGD (momentum 0.9) in its training representation:
+masked dense weights for RigL and SRigL, the diagonal kernels for DynaDiag.
+
+Schedule position. Every method is prepared for a run of
+``total_steps = 100 * delta_t`` steps, and the timed steps sit at a fixed
+position of that schedule (``method.step_count`` is set before each timed
+block; it is the schedule position of the ``SparsityMethod`` interface):
+
+- ``--phase dynamic`` (default): 10% into the run, where the topology still
+  changes (before RigL/SRigL's t_end and DynaDiag's freeze). A round times a
+  block of ordinary steps (no topology update among them; their mean is
+  ``regular``) and, separately, the one step that ends with a topology
+  update (``update``, which also computes the dense gradient for RigL and
+  SRigL). The step time of the round is the update amortized over
+  ``delta_t`` steps: ``regular + (update - regular) / delta_t``.
+- ``--phase settled``: 90% into the run, after every method's topology is
+  fixed (DynaDiag frozen); only ordinary steps exist there.
+
+Methods (dense and rigl always included, as the baselines) are timed in
+interleaved rounds in one process, the order rotated each round, so sample
+i of every method comes from round i and speedups are per-round paired
+ratios of medians with bootstrap intervals (``dstbench.stats``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from dstbench import records, registry, stats, timing
+from dstbench.errors import UserError
+from dstbench.methods.base import SparsityMethod
+from dstbench.registry import register_suite
+from dstbench.suites import base, loop, models
+from dstbench.table import Column, fmt_ratio_ci, format_table
+
+NAME = "training"
+DENSE, RIGL = "dense", "rigl"
+IMAGE = (3, 32, 32)
+CLASSES = 10
+#: name -> builder of the timed model for IMAGE inputs
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "mlp": lambda: models.mlp(IMAGE[0] * IMAGE[1] * IMAGE[2], CLASSES, hidden=(3072, 3072)),
+    "vit_tiny": lambda: models.vit(IMAGE, CLASSES, dim=384, depth=6, heads=6, mlp_dim=1536, patch=4),
+}
+PHASES = {"dynamic": 0.1, "settled": 0.9}
+DEFAULTS = dict(models="mlp,vit_tiny", sparsity="0.9", batch=64, rounds=10, min_time=0.5)
+QUICK = dict(models="mlp,vit_tiny", sparsity="0.9", batch=16, rounds=5, min_time=0.05)
+LR = 0.01
+
+
+@dataclass(frozen=True)
+class Group:
+    """Everything of a timed case but the method."""
+
+    model: str
+    sparsity: float
+    batch: int
+    phase: str
+    delta_t: int
+    device: str
+    threads: int
+    dtype: str = "float32"
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.model}/s{self.sparsity:g}/b{self.batch}/{self.phase}/dt{self.delta_t}/{self.device}/t{self.threads}"
+
+    def case_id(self, method: str) -> str:
+        return f"{self.group_id}/{method}"
+
+
+@dataclass
+class Config:
+    """The resolved options of one run (stored in run.json)."""
+
+    methods: list[str]
+    models: list[str]
+    sparsities: list[float]
+    batch: int
+    phase: str
+    delta_t: int
+    rounds: int
+    min_time: float
+    threads: int
+    device: str
+    impl: str
+    seed: int
+    quick: bool
+    out: str
+
+    def groups(self) -> list[Group]:
+        return [Group(m, s, self.batch, self.phase, self.delta_t, self.device, self.threads)
+                for m in self.models for s in self.sparsities]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The suite's options of ``dstbench run --suite training``."""
+    parser.add_argument("--quick", action="store_true",
+                        help=f"batch {QUICK['batch']}, {QUICK['rounds']} rounds, sparsity {QUICK['sparsity']} "
+                             "(explicit options override)")
+    parser.add_argument("--methods", help="comma-separated methods (default: all registered); dense and rigl are "
+                                          "always timed as the baselines of the speedups")
+    parser.add_argument("--models", help=f"comma-separated, among {', '.join(MODELS)} (default {DEFAULTS['models']})")
+    parser.add_argument("--sparsity", help=f"comma-separated sparsities in [0, 1) (default {DEFAULTS['sparsity']})")
+    parser.add_argument("--batch-size", type=int, help=f"images per step (default {DEFAULTS['batch']})")
+    parser.add_argument("--phase", default="dynamic", choices=tuple(PHASES),
+                        help="schedule position of the timed steps: dynamic (10%% in, topology changing; default) "
+                             "or settled (90%% in, topology fixed)")
+    parser.add_argument("--delta-t", type=int, default=100, help="steps between topology updates (default 100)")
+    parser.add_argument("--rounds", type=int, help=f"samples per method and case (default {DEFAULTS['rounds']})")
+    parser.add_argument("--min-time", type=float,
+                        help=f"seconds a timed block of regular steps lasts at least (default {DEFAULTS['min_time']})")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--impl", default="auto", help="kernel of the sparse layers: auto, cpu, cuda or reference")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, masks and the batch (default 0)")
+    parser.add_argument("--out", help="run folder (default results/training-<timestamp>); rerun into it to resume")
+
+
+def _preset(args: argparse.Namespace, key: str, attr: str | None = None) -> Any:
+    value = getattr(args, attr or key)
+    return value if value is not None else (QUICK if args.quick else DEFAULTS)[key]
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """Check every option and resolve the presets; raises UserError before anything is written."""
+    named = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
+    if args.methods is not None and not named:
+        raise UserError("--methods is empty; give for example --methods dense,dynadiag")
+    for name in named:
+        registry.method_class(name)
+    methods = list(dict.fromkeys([DENSE, RIGL] + (named or registry.list_methods())))
+    names = [m.strip() for m in _preset(args, "models").split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown or not names:
+        raise UserError(f"--models takes names among {', '.join(MODELS)}, got {_preset(args, 'models')!r}")
+    sparsities = base.sparsities(_preset(args, "sparsity"))
+    if not sparsities:
+        raise UserError("--sparsity is empty; give for example --sparsity 0.9")
+    batch = _preset(args, "batch", "batch_size")
+    rounds = _preset(args, "rounds")
+    min_time = _preset(args, "min_time")
+    if batch < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch}")
+    if rounds < 2:
+        raise UserError(f"--rounds must be >= 2 (the confidence intervals need several samples), got {rounds}")
+    if not min_time > 0:
+        raise UserError(f"--min-time must be a positive number of seconds, got {min_time}")
+    if args.delta_t < 3:
+        raise UserError(f"--delta-t must be >= 3 (a block of regular steps fits between two updates), got {args.delta_t}")
+    if args.impl not in ("auto", "cpu", "cuda", "reference"):
+        raise UserError(f"--impl must be auto, cpu, cuda or reference, got {args.impl!r}")
+    device = base.resolve_device(args.device)
+    return Config(methods=methods, models=list(dict.fromkeys(names)), sparsities=sparsities, batch=batch,
+                  phase=args.phase, delta_t=args.delta_t, rounds=rounds, min_time=float(min_time),
+                  threads=base.set_threads(args.threads), device=device.type, impl=args.impl, seed=args.seed,
+                  quick=args.quick, out=str(args.out or base.default_out(NAME)))
+
+
+class Trainee:
+    """One method's model, optimizer and fixed batch, stepped at a chosen schedule position.
+
+    Args:
+        method: the method, not yet prepared.
+        model: a fresh model (the same initialisation for every method of a group).
+        x, y: the batch, (B, 3, 32, 32) float32 and (B,) int64, on the model's device.
+    """
+
+    def __init__(self, method: SparsityMethod, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.method = method
+        self.model = method.prepare(model)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=0.9)
+        self.x, self.y = x, y
+
+    def step(self) -> None:
+        """One full training step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(self.model(self.x), self.y).backward()
+        self.optimizer.step()
+        self.method.step(self.optimizer)
+
+    def steps_from(self, position: int, n: int) -> None:
+        """Set the schedule position, then take ``n`` steps (positions position+1 .. position+n)."""
+        self.method.step_count = position
+        for _ in range(n):
+            self.step()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], None], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+@dataclass
+class Timing:
+    """One method's samples, in round order: amortized step, regular step and update step seconds."""
+
+    n_inner: int
+    step_s: list[float]
+    regular_s: list[float]
+    update_s: list[float]
+
+
+def positions(group: Group) -> tuple[int, int, int]:
+    """(total_steps, start of the regular blocks, position before the update step) of the group's phase.
+
+    The regular block starts right after an update position (a multiple of
+    delta_t), so up to delta_t - 1 steps from there are ordinary steps; the
+    update step is the next multiple of delta_t.
+    """
+    total = 100 * group.delta_t
+    start = round(PHASES[group.phase] * 100) * group.delta_t
+    return total, start, start + group.delta_t - 1
+
+
+def measure_group(group: Group, config: Config, methods: list[str],
+                  on_block: Callable[[], None] | None = None) -> tuple[dict[str, Timing], dict[str, Trainee]]:
+    """Time every method of a group in interleaved rounds; (method -> Timing, method -> Trainee)."""
+    device = torch.device(config.device)
+    total, start, before_update = positions(group)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    x = torch.randn((group.batch, *IMAGE), generator=gen).to(device)
+    y = torch.randint(0, CLASSES, (group.batch,), generator=gen).to(device)
+    trainees = {}
+    for name in methods:
+        torch.manual_seed(config.seed)
+        model = MODELS[group.model]().to(device)
+        method = registry.make_method(name, sparsity=group.sparsity, total_steps=total, delta_t=group.delta_t,
+                                      seed=config.seed, impl=config.impl)
+        trainees[name] = Trainee(method, model, x, y)
+    dynamic = group.phase == "dynamic"
+    cap = group.delta_t - 2 if dynamic else timing.MAX_CALLS
+    result: dict[str, Timing] = {}
+    for name, t in trainees.items():
+        timing.warm_up(lambda t=t: t.steps_from(start, 1), config.min_time / 2, device, min_calls=2)
+        if dynamic:
+            t.steps_from(before_update, 1)
+        block = (lambda n, t=t: _timed(lambda: t.steps_from(start, n), device))
+        result[name] = Timing(timing.calibrate(block, config.min_time, max_calls=cap), [], [], [])
+    for r in range(config.rounds):
+        shift = r % len(methods)
+        for name in methods[shift:] + methods[:shift]:
+            t, out = trainees[name], result[name]
+            regular = _timed(lambda: t.steps_from(start, out.n_inner), device) / out.n_inner
+            update = _timed(lambda: t.steps_from(before_update, 1), device) if dynamic else regular
+            out.regular_s.append(regular)
+            out.update_s.append(update)
+            out.step_s.append(regular + (update - regular) / group.delta_t)
+            if on_block is not None:
+                on_block()
+    return result, trainees
+
+
+def _ratio_columns(prefix: str, baseline: Timing | None, own: Timing) -> dict[str, float | None]:
+    if baseline is None:
+        return {prefix: None, f"{prefix}_lo": None, f"{prefix}_hi": None}
+    ci = stats.ratio_of_medians(baseline.step_s, own.step_s, paired=True)
+    return {prefix: ci.ratio, f"{prefix}_lo": ci.lo, f"{prefix}_hi": ci.hi}
+
+
+def _row(group: Group, name: str, trainee: Trainee, timings: dict[str, Timing]) -> dict[str, Any]:
+    own = timings[name]
+    pct = stats.percentiles(own.step_s, (50, 90, 99))
+    summary = trainee.method.summary(trainee.model, trainee.x[:2])
+    return {
+        "suite": NAME,
+        "case_id": group.case_id(name),
+        "group_id": group.group_id,
+        "method": name,
+        "impl": loop.training_impl(trainee.model, trainee.method),
+        **asdict(group),
+        "sparsity_achieved": summary["sparsity"],
+        "params": summary["params"],
+        "flops": summary["flops"],
+        "n": len(own.step_s),
+        "n_inner": own.n_inner,
+        "p50_s": pct[50],
+        "p90_s": pct[90],
+        "p99_s": pct[99],
+        "samples_per_s": group.batch / pct[50],
+        "regular_p50_s": stats.percentiles(own.regular_s, (50,))[50],
+        "update_p50_s": stats.percentiles(own.update_s, (50,))[50],
+        **_ratio_columns("speedup_vs_dense", timings.get(DENSE), own),
+        **_ratio_columns("speedup_vs_rigl", timings.get(RIGL), own),
+        "samples_s": own.step_s,
+        "regular_samples_s": own.regular_s,
+        "update_samples_s": own.update_s,
+    }
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """One line per row: samples/s, step p50 in ms, update-step p50, speedups with 95% intervals."""
+    return format_table(rows, [
+        Column("model", "model"),
+        Column("method", "method"),
+        Column("sparsity", lambda r: f"{r['sparsity']:g}", ">"),
+        Column("batch", "batch", ">"),
+        Column("impl", "impl"),
+        Column("n", "n", ">"),
+        Column("step ms", lambda r: f"{r['p50_s'] * 1e3:.2f}", ">"),
+        Column("update ms", lambda r: f"{r['update_p50_s'] * 1e3:.2f}", ">"),
+        Column("samples/s", lambda r: f"{r['samples_per_s']:.1f}", ">"),
+        Column("vs dense [95% CI]", lambda r: fmt_ratio_ci(r["speedup_vs_dense"], r["speedup_vs_dense_lo"],
+                                                         r["speedup_vs_dense_hi"]), ">"),
+        Column("vs RigL [95% CI]", lambda r: fmt_ratio_ci(r["speedup_vs_rigl"], r["speedup_vs_rigl_lo"],
+                                                        r["speedup_vs_rigl_hi"]), ">"),
+    ])
+
+
+def run(args: argparse.Namespace) -> int:
+    """``dstbench run --suite training``: validate, open the run folder, time every pending group, print the table."""
+    config = resolve_config(args)
+    records.check_folder(Path(config.out), NAME)
+    store = records.RunStore(Path(config.out), NAME, asdict(config), threads=config.threads)
+    methods, groups = config.methods, config.groups()
+    pending = [g for g in groups if not all(g.case_id(m) in store.done for m in methods)]
+    if len(pending) < len(groups):
+        print(f"dstbench: resuming {config.out}: {len(groups) - len(pending)} of {len(groups)} case groups already recorded",
+              file=sys.stderr)
+    start = time.perf_counter()
+    with warnings.catch_warnings(), tqdm(total=len(pending) * len(methods) * config.rounds, unit="block",
+                                         file=sys.stderr, desc=NAME) as bar:
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        for group in pending:
+            bar.set_postfix_str(f"{group.model} s={group.sparsity:g}")
+            timings, trainees = measure_group(group, config, methods, on_block=lambda: bar.update(1))
+            rows = [_row(group, m, trainees[m], timings) for m in methods]
+            store.append_many(row for row in rows if row["case_id"] not in store.done)
+    store.finish()
+    by_id = {row["case_id"]: row for row in store.rows}
+    print(summary_table([by_id[g.case_id(m)] for g in groups for m in methods if g.case_id(m) in by_id]))
+    print(f"{len(pending)} case groups timed in {time.perf_counter() - start:.1f} s ({config.phase} phase, "
+          f"delta_t {config.delta_t}); records in {config.out}")
+    return 0
+
+
+class TrainingSuite:
+    """Training-step throughput per method, with speedups over dense and RigL."""
+
+    name = NAME
+    help = "training throughput and speedups"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return run(args)
+
+
+SUITE = register_suite(NAME)(TrainingSuite())

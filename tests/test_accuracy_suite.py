@@ -1,0 +1,169 @@
+"""The accuracy suite end to end on digits with tiny epochs: rows, method options, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dstbench import records
+from dstbench.cli import main
+from dstbench.errors import UserError
+from dstbench.suites import accuracy, loop
+
+TINY = ["--epochs", "2", "--delta-t", "5", "--threads", "1"]
+COLUMNS = {"suite", "case_id", "dataset", "model", "method", "base_method", "options", "sparsity", "seed", "top1",
+           "sparsity_achieved", "params", "flops", "impl", "train_time_s", "steps", "epochs", "device",
+           "world_size", "inference_max_abs_diff", "resumed_from_step", "batch_size", "lr", "optimizer"}
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(out: Path, *extra: str) -> int:
+    return main(["run", "--suite", "accuracy", *TINY, "--out", str(out), *extra])
+
+
+def rows(out: Path) -> dict[str, dict]:
+    return {row["case_id"]: row for row in records.read_rows(out)}
+
+
+def test_every_method_trains_and_records_its_row(tmp_path):
+    methods = "dense,rigl,srigl,srigl:ablation=false,dynadiag"
+    assert run(tmp_path, "--methods", methods, "--sparsity", "0.8", "--option", "srigl.gamma_sal=0.5") == 0
+    got = rows(tmp_path)
+    assert list(got) == [f"digits/mlp/{m}/s{0 if m == 'dense' else 0.8}/seed0" for m in methods.split(",")]
+    for row in got.values():
+        assert COLUMNS <= set(row)
+        assert 0.0 <= row["top1"] <= 1.0
+        assert row["steps"] == 2 * 22 and row["epochs"] == 2  # 1347 digits / batch 64 -> 22 steps per epoch
+        assert row["inference_max_abs_diff"] < 1e-3
+    dense, rigl = got["digits/mlp/dense/s0/seed0"], got["digits/mlp/rigl/s0.8/seed0"]
+    assert dense["top1"] > 0.8  # two epochs already learn digits
+    assert dense["sparsity_achieved"] == 0.0 and dense["impl"] == "dense"
+    assert rigl["sparsity_achieved"] == pytest.approx(0.8, abs=0.01) and rigl["impl"] == "masked-dense"
+    assert rigl["params"] < 0.4 * dense["params"] and rigl["flops"] < 0.4 * dense["flops"]
+    plain, ablated = got["digits/mlp/srigl/s0.8/seed0"], got["digits/mlp/srigl:ablation=false/s0.8/seed0"]
+    assert plain["options"]["gamma_sal"] == 0.5 and "ablation" not in plain["options"]
+    assert ablated["options"]["ablation"] is False and ablated["base_method"] == "srigl"
+    assert got["digits/mlp/dynadiag/s0.8/seed0"]["impl"] in ("cpu", "reference")
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_option_parsing():
+    assert accuracy.parse_value("false") is False and accuracy.parse_value("None") is None
+    assert accuracy.parse_value("3") == 3 and accuracy.parse_value("0.5") == 0.5 and accuracy.parse_value("erk") == "erk"
+    common, scoped = accuracy.parse_options(["delta_t=7", "srigl.ablation=false"])
+    assert common == {"delta_t": 7} and scoped == {"srigl": {"ablation": False}}
+    spec, = accuracy.parse_methods("srigl:ablation=false:gamma_sal=0.9")
+    assert (spec.method, spec.options) == ("srigl", {"ablation": False, "gamma_sal": 0.9})
+    for bad in ("nosuch", "srigl:ablation", "rigl,rigl"):
+        with pytest.raises(UserError):
+            accuracy.parse_methods(bad)
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(out, "--methods", "rigl:ablation=false") == 2
+    assert run(out, "--dataset", "cifar10") == 2
+    assert run(out, "--batch-size", "0") == 2
+    err = capsys.readouterr().err
+    assert "has no option(s) ablation" in err and "needs --data-dir" in err and "--batch-size must be >= 1" in err
+    assert not out.exists()
+
+
+def _interrupt_after_save(monkeypatch: pytest.MonkeyPatch, at_call: int) -> list[int]:
+    """Make the ``at_call``-th checkpoint save raise KeyboardInterrupt right after writing; returns the saved steps."""
+    saved: list[int] = []
+    real = loop.save_checkpoint
+
+    def save(checkpoint: loop.Checkpoint, state: dict) -> None:
+        real(checkpoint, state)
+        saved.append(state["step"])
+        if len(saved) == at_call:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    return saved
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    options = ["--methods", "dense,rigl", "--epochs", "3", "--checkpoint-every", "20"]
+    fingerprints = tmp_path / "fp"
+    fingerprints.mkdir()
+    monkeypatch.setenv(accuracy.FINGERPRINT_ENV, str(fingerprints))
+    out = tmp_path / "run"
+    saved = _interrupt_after_save(monkeypatch, at_call=4)  # dense saves at 20, 40, 60; rigl's first save stops it
+    assert run(out, *options) == 130
+    assert saved == [20, 40, 60, 20]
+    assert list(rows(out)) == ["digits/mlp/dense/s0/seed0"]
+    checkpoint = out / "checkpoints" / "digits_mlp_rigl_s0.9_seed0.pt"
+    assert torch.load(checkpoint, weights_only=False)["step"] == 20
+
+    monkeypatch.undo()
+    monkeypatch.setenv(accuracy.FINGERPRINT_ENV, str(fingerprints))
+    trained: list[str] = []
+    real_case = accuracy.run_case
+    monkeypatch.setattr(accuracy, "run_case", lambda case, *a: trained.append(case.spec.label) or real_case(case, *a))
+    assert run(out, *options) == 0
+    assert trained == ["rigl"]  # dense is not redone
+    rigl = rows(out)["digits/mlp/rigl/s0.9/seed0"]
+    assert rigl["resumed_from_step"] == 20 and rigl["steps"] == 66
+    assert not checkpoint.exists()
+
+    straight = tmp_path / "straight"
+    assert run(straight, *options, "--methods", "rigl") == 0
+    lines = [json.loads(line) for line in (fingerprints / "rank0.jsonl").read_text().splitlines()]
+    resumed, uninterrupted = [line for line in lines if line["case_id"] == rigl["case_id"]]
+    assert resumed["params"] == uninterrupted["params"] and resumed["topology"] == uninterrupted["topology"]
+    assert rows(straight)[rigl["case_id"]]["top1"] == rigl["top1"]
+
+
+def test_a_checkpoint_of_other_options_is_not_resumed(tmp_path):
+    checkpoint = loop.Checkpoint(tmp_path / "c.pt", 10, {"case_id": "a", "config": {"lr": 1}})
+    checkpoint.save({"step": 3})
+    assert checkpoint.load()["step"] == 3
+    with pytest.warns(UserWarning, match="other options"):
+        assert loop.Checkpoint(tmp_path / "c.pt", 10, {"case_id": "a", "config": {"lr": 2}}).load() is None
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+    checkpoint.delete()
+    assert checkpoint.load() is None
+
+
+def test_rerun_with_other_options_is_refused(tmp_path, capsys):
+    assert run(tmp_path, "--methods", "dense", "--epochs", "1") == 0
+    assert run(tmp_path, "--methods", "dense", "--epochs", "1", "--threads", "2") == 0  # threads may change
+    assert run(tmp_path, "--methods", "dense", "--epochs", "2") == 2
+    assert "other options (epochs)" in capsys.readouterr().err
+
+
+def test_cifar10_and_imagenet_folders_train_end_to_end(tmp_path):
+    from test_data import write_cifar, write_image_folder  # noqa: PLC0415
+
+    write_cifar(tmp_path / "cifar", per_batch=4, test=4)
+    write_image_folder(tmp_path / "imagenet", {"train": ["cat", "dog"], "val": ["cat", "dog"]})
+    common = ["--model", "mlp", "--methods", "dense,rigl", "--batch-size", "4", "--workers", "0", "--epochs", "1"]
+    assert run(tmp_path / "c", "--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar"), *common) == 0
+    assert run(tmp_path / "i", "--dataset", "imagenet", "--data-dir", str(tmp_path / "imagenet"), "--image-size", "16",
+               *common) == 0
+    cifar, imagenet = records.read_rows(tmp_path / "c"), records.read_rows(tmp_path / "i")
+    assert [(r["dataset"], r["steps"], r["test_size"]) for r in cifar] == [("cifar10", 5, 4)] * 2
+    assert [(r["dataset"], r["steps"], r["test_size"]) for r in imagenet] == [("imagenet", 1, 4)] * 2
+    assert imagenet[0]["params"] == 3 * 16 * 16 * 256 + 256 + 256 * 256 + 256 + 256 * 2 + 2  # the MLP saw 16x16 crops
+
+
+def test_a_method_that_cannot_sparsify_the_model_fails_before_training(tmp_path, capsys):
+    from test_data import write_cifar  # noqa: PLC0415
+
+    write_cifar(tmp_path / "cifar")
+    out = tmp_path / "run"
+    assert run(out, "--dataset", "cifar10", "--data-dir", str(tmp_path / "cifar"), "--model", "resnet18",
+               "--methods", "dense,dynadiag") == 2
+    assert "dynadiag cannot train resnet18" in capsys.readouterr().err
+    assert not out.exists()
