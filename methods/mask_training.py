@@ -119,8 +119,9 @@ class MaskedDST(SparsityMethod):
         if not distributed_ready():
             return
         for mw in self.masked.values():
-            broadcast_(mw.mask)
-            mw.apply()
+            mask = mw.mask.clone()
+            broadcast_(mask)
+            mw.set_mask(mask)
 
     def to_inference(self, model: nn.Module) -> nn.Module:
         def convert(name: str, module: nn.Module) -> nn.Module | None:

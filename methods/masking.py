@@ -30,21 +30,24 @@ class MaskedWeight:
     def __init__(self, param: nn.Parameter, mask: Tensor, dense_grad_wanted: Callable[[], bool]) -> None:
         self.param = param
         self.mask = mask
+        # the mask in the weight's dtype: multiplying by a bool tensor would convert it on every step
+        self._factor = mask.to(param.dtype)
         self._dense_grad_wanted = dense_grad_wanted
         self._hook = param.register_hook(self._mask_grad)
 
     def _mask_grad(self, grad: Tensor) -> Tensor:
-        return grad if self._dense_grad_wanted() else grad * self.mask
+        return grad if self._dense_grad_wanted() else grad * self._factor
 
     @torch.no_grad()
     def apply(self) -> None:
         """Zero the weights outside the mask."""
-        self.param.mul_(self.mask)
+        self.param.mul_(self._factor)
 
     @torch.no_grad()
     def set_mask(self, mask: Tensor) -> None:
         """Replace the mask (in place, so references stay valid) and apply it."""
         self.mask.copy_(mask)
+        self._factor.copy_(mask)
         self.apply()
 
     @property
