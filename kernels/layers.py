@@ -79,7 +79,26 @@ class CSRLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-class CondensedLinear(nn.Module):
+class _KernelLinear(nn.Module):
+    """What the layers run by a dstbench kernel share: shape, values, bias, the kernel choice."""
+
+    def __init__(self, out_features: int, in_features: int, values: Tensor, bias: Tensor | None, impl: str) -> None:
+        super().__init__()
+        self.out_features, self.in_features = out_features, in_features
+        self.register_buffer("values", values.detach().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.requested_impl = impl
+
+    @property
+    def impl(self) -> str:
+        return ops.select_impl(self.values.device, self.values.dtype, self.requested_impl)
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+
+class CondensedLinear(_KernelLinear):
     """Constant fan-in weight (SRigL) run by the condensed kernel.
 
     Args:
@@ -88,28 +107,16 @@ class CondensedLinear(nn.Module):
     """
 
     def __init__(self, weight: CondensedWeight, impl: str = "auto") -> None:
-        super().__init__()
-        self.out_features, self.in_features = weight.out_features, weight.in_features
-        self.register_buffer("values", weight.values.detach().contiguous())
+        super().__init__(weight.out_features, weight.in_features, weight.values, weight.bias, impl)
         self.register_buffer("indices", weight.indices.contiguous())
         self.register_buffer("active_rows", weight.active_rows.contiguous())
-        self.register_buffer("bias", None if weight.bias is None else weight.bias.detach().clone())
-        self.requested_impl = impl
-
-    @property
-    def impl(self) -> str:
-        return ops.select_impl(self.values.device, self.values.dtype, self.requested_impl)
-
-    @property
-    def nnz(self) -> int:
-        return self.values.numel()
 
     def forward(self, x: Tensor) -> Tensor:
         y = ops.condensed_mm(x, self.values, self.indices, self.active_rows, self.out_features, self.requested_impl)
         return _add_bias_(y, self.bias)
 
 
-class DiagonalLinear(nn.Module):
+class DiagonalLinear(_KernelLinear):
     """K-diagonal weight (DynaDiag) run by the diagonal kernel.
 
     Args:
@@ -118,20 +125,8 @@ class DiagonalLinear(nn.Module):
     """
 
     def __init__(self, weight: DiagonalWeight, impl: str = "auto") -> None:
-        super().__init__()
-        self.out_features, self.in_features = weight.out_features, weight.in_features
+        super().__init__(weight.out_features, weight.in_features, weight.values, weight.bias, impl)
         self.register_buffer("offsets", weight.offsets.contiguous())
-        self.register_buffer("values", weight.values.detach().contiguous())
-        self.register_buffer("bias", None if weight.bias is None else weight.bias.detach().clone())
-        self.requested_impl = impl
-
-    @property
-    def impl(self) -> str:
-        return ops.select_impl(self.values.device, self.values.dtype, self.requested_impl)
-
-    @property
-    def nnz(self) -> int:
-        return self.values.numel()
 
     def forward(self, x: Tensor) -> Tensor:
         y = ops.diag_mm(x, self.offsets, self.values, self.out_features, self.requested_impl)
