@@ -70,6 +70,18 @@ def test_check_catches_a_slower_kernel(base: Path, tmp_path: Path, monkeypatch: 
         ("dynadiag", "vs dense"), ("dynadiag", "vs CSR")}
 
 
+def test_check_needs_the_regression_in_a_confirming_run(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    runs = iter([fake_interleaved({"dynadiag": 2.0}), fake_interleaved({})])  # slow once: a run-level accident
+    monkeypatch.setattr(timing, "interleaved", lambda *a, **k: next(runs)(*a, **k))
+    out = tmp_path / "check"
+    assert main(["baseline", "check", "--baseline", str(base), "--out", str(out), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert not [c for c in data["comparisons"] if c["status"] == "regressed"]
+    assert {c["note"] for c in data["comparisons"] if c["method"] == "dynadiag"} == {"regressed in the first run only"}
+    assert (tmp_path / "check-confirm" / "rows.jsonl").exists()
+
+
 def test_update_replaces_the_baseline(base: Path) -> None:
     assert main(["baseline", "update", "--out", str(base), *TINY[:-2], "--impl", "reference", "--batch", "3"]) == 0
     rows = [json.loads(line) for line in (base / "rows.jsonl").read_text().splitlines()]
