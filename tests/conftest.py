@@ -1,4 +1,5 @@
-"""Shared pytest hooks: tests marked ``gpu`` skip cleanly where torch sees no CUDA device."""
+"""Shared pytest hooks: tests marked ``gpu`` skip cleanly where torch sees no CUDA device, and every
+test gets back torch's thread count (the suites set it with --threads)."""
 
 from __future__ import annotations
 
@@ -13,3 +14,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

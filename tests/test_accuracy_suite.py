@@ -19,13 +19,6 @@ COLUMNS = {"suite", "case_id", "dataset", "model", "method", "base_method", "opt
            "world_size", "inference_max_abs_diff", "resumed_from_step", "batch_size", "lr", "optimizer"}
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(out: Path, *extra: str) -> int:
     return main(["run", "--suite", "accuracy", *TINY, "--out", str(out), *extra])
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import torch
 
 from dstbench import baseline, timing
 from dstbench.cli import main
@@ -26,13 +25,6 @@ def fake_interleaved(slow: dict[str, float]) -> Callable[..., dict[str, timing.S
                 for name in fns}
 
     return interleaved
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

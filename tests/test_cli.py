@@ -16,13 +16,6 @@ SMALL = ["--cases", "16x24", "--sparsity", "0.5", "--batch", "2", "--rounds", "2
 TINY = [*SMALL, "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def one_error_line(capsys: pytest.CaptureFixture) -> str:
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines

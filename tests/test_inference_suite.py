@@ -24,13 +24,6 @@ COLUMNS = {"suite", "method", "impl", "case", "in_features", "out_features", "sp
            "speedup_vs_csr_hi"}
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(out: Path, *extra: str) -> int:
     return main(["run", "--suite", "inference", *TINY, "--out", str(out), *extra])
 
