@@ -491,17 +491,5 @@ def _run(config: Config, dataset: data.Data, world: World) -> int:
     return 0
 
 
-class AccuracySuite:
-    """Top-1 accuracy, achieved sparsity, parameters and FLOPs per method, sparsity and seed."""
-
-    name = NAME
-    help = "train and evaluate each method (top-1, sparsity, FLOPs)"
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
-
-    def run(self, args: argparse.Namespace) -> int:
-        return run(args)
-
-
-SUITE = register_suite(NAME)(AccuracySuite())
+SUITE = register_suite(NAME)(
+    base.Suite(NAME, "train and evaluate each method (top-1, sparsity, FLOPs)", add_arguments, run))

@@ -6,22 +6,22 @@ import argparse
 import os
 import warnings
 from pathlib import Path
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from dstbench.errors import UserError, check_sparsity
 
 
-class Suite(Protocol):
-    """A suite adds its own options to ``dstbench run`` and runs into a RunStore."""
+@dataclass(frozen=True)
+class Suite:
+    """A suite adds its own options to ``dstbench run`` and runs into a RunStore; ``run`` returns the exit code."""
 
     name: str
     help: str
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
-
-    def run(self, args: argparse.Namespace) -> int: ...
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 
 def parse_list(text: str, kind: type, what: str) -> list:

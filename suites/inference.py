@@ -446,17 +446,4 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-class InferenceSuite:
-    """Latency of sparse linear layers and of ViT-B/16 end to end, per method, with speedups and intervals."""
-
-    name = NAME
-    help = "inference latency and speedups"
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
-
-    def run(self, args: argparse.Namespace) -> int:
-        return run(args)
-
-
-SUITE = register_suite(NAME)(InferenceSuite())
+SUITE = register_suite(NAME)(base.Suite(NAME, "inference latency and speedups", add_arguments, run))

@@ -360,17 +360,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class TrainingSuite:
-    """Training-step throughput per method, with speedups over dense and RigL."""
-
-    name = NAME
-    help = "training throughput and speedups"
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
-
-    def run(self, args: argparse.Namespace) -> int:
-        return run(args)
-
-
-SUITE = register_suite(NAME)(TrainingSuite())
+SUITE = register_suite(NAME)(base.Suite(NAME, "training throughput and speedups", add_arguments, run))

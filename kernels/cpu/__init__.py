@@ -210,9 +210,14 @@ def _condensed_ids(indices: Tensor, active_rows: Tensor, shape: torch.Size) -> t
     return indices.contiguous(), _ids(active_rows, shape[0], "active_rows")
 
 
+def _index_dtype(indices: Tensor) -> torch.dtype:
+    """The index type the kernel is built for: int16/int32 as given, anything else narrowed to int32."""
+    return indices.dtype if indices.dtype in _INDICES else torch.int32
+
+
 def condensed_mm(x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, out_features: int) -> Tensor:
     """y[b, active_rows[i]] = sum_j values[i, j] * x[b, indices[i, j]]; x (B, in) -> (B, out), other columns 0."""
-    fn = _kernel(("dst_condensed_mm", indices.dtype if indices.dtype in _INDICES else torch.int32), x, values)
+    fn = _kernel(("dst_condensed_mm", _index_dtype(indices)), x, values)
     indices, rows = _condensed_ids(indices, active_rows, values.shape)
     (batch, n_in), (n_active, k) = x.shape, values.shape
     if out_features < 1:
@@ -228,7 +233,7 @@ def condensed_mm(x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor
 
 def condensed_values_grad(dy: Tensor, x: Tensor, indices: Tensor, active_rows: Tensor) -> Tensor:
     """dValues[i, j] = sum_b dy[b, active_rows[i]] * x[b, indices[i, j]] -> (n_active, k)."""
-    fn = _kernel(("dst_condensed_values_grad", indices.dtype if indices.dtype in _INDICES else torch.int32), dy, x)
+    fn = _kernel(("dst_condensed_values_grad", _index_dtype(indices)), dy, x)
     if dy.shape[0] != x.shape[0]:
         raise UserError(f"dy and x need the same batch size, got {dy.shape[0]} and {x.shape[0]}")
     if indices.dim() != 2:
@@ -246,7 +251,7 @@ def condensed_values_grad(dy: Tensor, x: Tensor, indices: Tensor, active_rows: T
 
 def condensed_input_grad(dy: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int) -> Tensor:
     """dx[b, c] = sum over entries (i, j) with indices[i, j] == c of values[i, j] * dy[b, active_rows[i]] -> (B, in)."""
-    fn = _kernel(("dst_condensed_input_grad", indices.dtype if indices.dtype in _INDICES else torch.int32), dy, values)
+    fn = _kernel(("dst_condensed_input_grad", _index_dtype(indices)), dy, values)
     indices, rows = _condensed_ids(indices, active_rows, values.shape)
     (batch, n_out), (n_active, k) = dy.shape, values.shape
     if in_features < 1:
