@@ -78,3 +78,14 @@ def ratio_of_medians(
     tail = (1.0 - confidence) / 2.0 * 100.0
     lo, hi = np.percentile(boot, [tail, 100.0 - tail])
     return RatioCI(ratio, float(min(lo, ratio)), float(max(hi, ratio)))
+
+
+def speedup_columns(prefix: str, baseline: Sequence[float] | None, own: Sequence[float]) -> dict[str, float | None]:
+    """``{prefix, prefix_lo, prefix_hi}``: the paired speedup of ``own`` over ``baseline`` (per-round seconds).
+
+    All three are None when there is no baseline (for example CSR in a dtype it does not support).
+    """
+    if baseline is None:
+        return {prefix: None, f"{prefix}_lo": None, f"{prefix}_hi": None}
+    ci = ratio_of_medians(baseline, own, paired=True)
+    return {prefix: ci.ratio, f"{prefix}_lo": ci.lo, f"{prefix}_hi": ci.hi}

@@ -53,7 +53,8 @@ class Samples:
     samples_s: list[float] = field(default_factory=list)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -112,7 +113,7 @@ def warm_up(fn: Callable[[], object], seconds: float, device: torch.device, min_
     start = time.perf_counter()
     while calls < min_calls or time.perf_counter() - start < seconds:
         fn()
-        _sync(device)
+        sync(device)
         calls += 1
     return calls
 

@@ -336,12 +336,6 @@ def measure_group(group: Group, workloads: Workloads, methods: list[str], config
     return [_row(group, method, modules[method], samples) for method in methods]
 
 
-def _ratio_columns(prefix: str, baseline: timing.Samples | None, own: timing.Samples) -> dict[str, float | None]:
-    if baseline is None:
-        return {prefix: None, f"{prefix}_lo": None, f"{prefix}_hi": None}
-    ci = stats.ratio_of_medians(baseline.samples_s, own.samples_s, paired=True)
-    return {prefix: ci.ratio, f"{prefix}_lo": ci.lo, f"{prefix}_hi": ci.hi}
-
 
 def _row(group: Group, method: str, module: nn.Module, samples: dict[str, timing.Samples]) -> dict[str, Any]:
     own = samples[method]
@@ -368,8 +362,8 @@ def _row(group: Group, method: str, module: nn.Module, samples: dict[str, timing
         "p50_s": pct[50],
         "p90_s": pct[90],
         "p99_s": pct[99],
-        **_ratio_columns("speedup_vs_dense", samples.get(DENSE), own),
-        **_ratio_columns("speedup_vs_csr", samples.get(CSR), own),
+        **stats.speedup_columns("speedup_vs_dense", getattr(samples.get(DENSE), "samples_s", None), own.samples_s),
+        **stats.speedup_columns("speedup_vs_csr", getattr(samples.get(CSR), "samples_s", None), own.samples_s),
         "samples_s": own.samples_s,
     }
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from dstbench import distributed
+from dstbench import distributed, timing
 from dstbench.distributed import World
 from dstbench.errors import UserError
 from dstbench.kernels import ops
@@ -214,11 +214,6 @@ class Outcome:
     resumed_from: int | None
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train(model: nn.Module, method: SparsityMethod, train_set: Dataset, hyper: Hyper, world: World, *, seed: int,
           checkpoint: Checkpoint | None = None, desc: str = "train") -> Outcome:
     """Train the prepared ``model`` (on ``world.device``) with ``method`` for ``hyper.epochs`` epochs.
@@ -250,7 +245,7 @@ def train(model: nn.Module, method: SparsityMethod, train_set: Dataset, hyper: H
     net.train()
     with tqdm(total=total, initial=step, desc=desc, unit="step", file=sys.stderr, leave=False,
               disable=not world.is_main) as bar:
-        _sync(device)
+        timing.sync(device)
         start = time.perf_counter()
         while step < total:
             epoch, within = divmod(step, epoch_steps)
@@ -271,11 +266,11 @@ def train(model: nn.Module, method: SparsityMethod, train_set: Dataset, hyper: H
                 if step % 20 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
                 if checkpoint is not None and checkpoint.due(step, total):
-                    _sync(device)
+                    timing.sync(device)
                     spent += time.perf_counter() - start
                     _save(checkpoint, model, method, optimizer, scheduler, step, spent, world)
                     start = time.perf_counter()
-        _sync(device)
+        timing.sync(device)
         spent += time.perf_counter() - start
     return Outcome(steps=step, epochs=hyper.epochs, train_time_s=spent, final_loss=float(loss.item()),
                    resumed_from=resumed_from)

@@ -204,16 +204,11 @@ class Trainee:
             self.step()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn: Callable[[], None], device: torch.device) -> float:
-    _sync(device)
+    timing.sync(device)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    timing.sync(device)
     return time.perf_counter() - start
 
 
@@ -277,12 +272,6 @@ def measure_group(group: Group, config: Config, methods: list[str],
     return result, trainees
 
 
-def _ratio_columns(prefix: str, baseline: Timing | None, own: Timing) -> dict[str, float | None]:
-    if baseline is None:
-        return {prefix: None, f"{prefix}_lo": None, f"{prefix}_hi": None}
-    ci = stats.ratio_of_medians(baseline.step_s, own.step_s, paired=True)
-    return {prefix: ci.ratio, f"{prefix}_lo": ci.lo, f"{prefix}_hi": ci.hi}
-
 
 def _row(group: Group, name: str, trainee: Trainee, timings: dict[str, Timing]) -> dict[str, Any]:
     own = timings[name]
@@ -306,8 +295,8 @@ def _row(group: Group, name: str, trainee: Trainee, timings: dict[str, Timing]) 
         "samples_per_s": group.batch / pct[50],
         "regular_p50_s": stats.percentiles(own.regular_s, (50,))[50],
         "update_p50_s": stats.percentiles(own.update_s, (50,))[50],
-        **_ratio_columns("speedup_vs_dense", timings.get(DENSE), own),
-        **_ratio_columns("speedup_vs_rigl", timings.get(RIGL), own),
+        **stats.speedup_columns("speedup_vs_dense", getattr(timings.get(DENSE), "step_s", None), own.step_s),
+        **stats.speedup_columns("speedup_vs_rigl", getattr(timings.get(RIGL), "step_s", None), own.step_s),
         "samples_s": own.step_s,
         "regular_samples_s": own.regular_s,
         "update_samples_s": own.update_s,
