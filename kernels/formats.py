@@ -27,10 +27,15 @@ from dstbench.errors import UserError
 
 
 def num_diagonals(out_features: int, in_features: int, sparsity: float) -> int:
-    """K = ceil((1 - sparsity) * max(out, in)), at least 1 and at most P."""
-    p = max(out_features, in_features)
-    k = math.ceil(round((1.0 - sparsity) * p, 9))
-    return max(1, min(p, k))
+    """K, the diagonals a layer keeps at ``sparsity``, as the DynaDiag authors compute it.
+
+    ``K = max(1, ceil(int((1 - sparsity) * out * in) / D))`` with D = min(out, in)
+    (``TempSoftmaxDiagLinear`` of the authors' ``MLP/linear_softmax.py``), so
+    K * D >= the kept-weight budget; K is at most P = max(out, in).
+    """
+    budget = int((1.0 - sparsity) * out_features * in_features)
+    k = math.ceil(budget / min(out_features, in_features))
+    return max(1, min(max(out_features, in_features), k))
 
 
 def diagonal_coords(offsets: Tensor, out_features: int, in_features: int) -> tuple[Tensor, Tensor]:

@@ -1,20 +1,33 @@
 """DynaDiag (Tyagi et al. ICML 2025): K learned diagonals with a soft top-K; inference through the diagonal kernel.
 
-``prepare`` replaces every selected ``nn.Linear`` (convs stay dense; by
-default the classifier head stays dense, as in the authors' ViT setup) by a
-``DiagonalTrainLinear`` whose P diagonals hold the linear's own weights,
-with alpha = 1/P and K = ``num_diagonals(out, in, layer sparsity)``; layer
-sparsities are uniform by default (the authors' setup), ERK on request.
-``step`` advances the temperature on a cosine from ``t_max`` (5.0) to
-``t_min`` (0.05) over ``total_steps`` and, after ``freeze_at * total_steps``
-steps (default 0.3), freezes the top-K of every layer. Build the optimizer
-after ``prepare`` (Adam, lr 1e-3 in the authors' setup).
+Defaults follow the authors' released code (``MLP/linear_softmax.py`` and
+``MLP/mlp.py`` of horizon-research/DynaDiag). ``prepare`` replaces every
+selected ``nn.Linear`` (convs stay dense; by default the classifier head
+stays dense, as in the authors' MLP and ViT setups) by a fresh
+``DiagonalTrainLinear``: values Kaiming-uniform over (P, D), alpha = 1/P,
+bias zero where the replaced linear has one, K = ``num_diagonals(out, in,
+layer sparsity)``. Layer sparsities are uniform by default (the authors'
+setup), ERK on request.
 
-Values of diagonals that leave the top-K are kept and resume when the
-diagonal re-enters (default, as the authors keep all P diagonals as
-parameters); ``reset_reentering=True`` zeroes the values and their optimizer
-state instead. Under DDP, alpha stops receiving gradients at the freeze, so
-wrap with ``find_unused_parameters=True`` when freezing within the run.
+Before the freeze every one of the P diagonals is computed, scaled by its
+gate min(K * softmax(alpha / T), 1) (``selection="all"``), so the choice of
+diagonals is learned. The temperature follows a cosine from ``t_max`` (5.0)
+to ``t_min`` (0.05) over the steps before the freeze, so T is t_min when
+``freeze_at * total_steps`` steps (default 0.3) are done; there the top-K of
+every layer is frozen with gates 1, and training continues on the K
+diagonals through the sparse kernels. With ``freeze_at=None`` the cosine runs
+over the whole training and nothing is frozen. Build the optimizer after
+``prepare`` (the authors: Adam, lr 1e-3).
+
+Named deviations from the authors (README, deviations table):
+``selection="topk"`` computes only the K diagonals of largest alpha before
+the freeze (sparse-cost, but the selection is then not learned);
+``fold_gates=True`` multiplies the kept values by their gates at the freeze
+so that the function does not jump; ``reset_reentering=True`` (only with
+``selection="topk"``) zeroes the values and optimizer state of diagonals
+re-entering the top-K. Under DDP, alpha stops receiving gradients at the
+freeze, so wrap with ``find_unused_parameters=True`` when freezing within
+the run.
 """
 
 from __future__ import annotations
@@ -28,7 +41,7 @@ from dstbench.errors import UserError
 from dstbench.kernels.formats import DiagonalWeight, num_diagonals
 from dstbench.kernels.layers import DiagonalLinear
 from dstbench.methods.base import SparsityMethod, inference_copy, replace_module, unwrap
-from dstbench.methods.diagonal_layer import DiagonalTrainLinear
+from dstbench.methods.diagonal_layer import SELECTIONS, DiagonalTrainLinear
 from dstbench.methods.distributions import layer_densities
 from dstbench.methods.masking import broadcast_, distributed_ready, reset_optimizer_state
 from dstbench.methods.schedules import cosine_temperature
@@ -42,10 +55,12 @@ class DynaDiag(SparsityMethod):
     """Diagonal dynamic sparse training; inference format offsets + values.
 
     Extra options:
-        t_max, t_min: temperature at the first and the last step (5.0, 0.05).
+        t_max, t_min: temperature at the first step and at the freeze (5.0, 0.05).
         freeze_at: fraction of ``total_steps`` after which the top-K is frozen (0.3; None: never).
-        reset_reentering: zero the values of diagonals re-entering the top-K (False).
-        fold_gates: at the freeze, fold the gates into the values so the function is continuous (True).
+        selection: "all" (every diagonal gated before the freeze, the authors' rule) or "topk"
+            (only the K largest-alpha diagonals computed; does not learn the selection).
+        fold_gates: at the freeze, fold the gates into the values so the function is continuous (False).
+        reset_reentering: with selection="topk", zero the values of diagonals re-entering the top-K (False).
     """
 
     inference_format = "diagonal"
@@ -53,12 +68,19 @@ class DynaDiag(SparsityMethod):
     default_distribution = "uniform"
 
     def __init__(self, sparsity: float = 0.9, *, t_max: float = 5.0, t_min: float = 0.05, freeze_at: float | None = 0.3,
-                 reset_reentering: bool = False, fold_gates: bool = True, **options: Any) -> None:
+                 selection: str = "all", fold_gates: bool = False, reset_reentering: bool = False,
+                 **options: Any) -> None:
         super().__init__(sparsity, **options)
         if not 0.0 < float(t_min) <= float(t_max):
             raise UserError(f"temperatures must satisfy 0 < t_min <= t_max, got t_min={t_min}, t_max={t_max}")
         if freeze_at is not None and not 0.0 <= float(freeze_at) <= 1.0:
             raise UserError(f"freeze_at must be a fraction of training in [0, 1] or None, got {freeze_at!r}")
+        if selection not in SELECTIONS:
+            raise UserError(f"dynadiag: selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+        if reset_reentering and selection != "topk":
+            raise UserError("dynadiag: reset_reentering applies to selection=topk only (with selection=all every "
+                            "diagonal keeps training); drop it or add selection=topk")
+        self.selection = selection
         self.t_max, self.t_min = float(t_max), float(t_min)
         self.freeze_at = None if freeze_at is None else float(freeze_at)
         self.reset_reentering = bool(reset_reentering)
@@ -86,7 +108,9 @@ class DynaDiag(SparsityMethod):
                 continue
             k = num_diagonals(linear.out_features, linear.in_features, 1.0 - density)
             tie_order = torch.randperm(max(linear.out_features, linear.in_features), generator=self.generator)
-            layer = DiagonalTrainLinear.from_linear(linear, k, tie_order, self.impl)
+            layer = DiagonalTrainLinear(linear.out_features, linear.in_features, k, tie_order, selection=self.selection,
+                                        bias=linear.bias is not None, impl=self.impl, generator=self.generator,
+                                        device=linear.weight.device, dtype=linear.weight.dtype)
             replace_module(model, name, layer)
             self.layers[name] = layer
         self.freeze_step = None if self.freeze_at is None else int(self.freeze_at * total)
@@ -99,7 +123,8 @@ class DynaDiag(SparsityMethod):
         return model
 
     def _set_temperature(self) -> None:
-        temperature = cosine_temperature(self.step_count, self._require_total_steps(), self.t_max, self.t_min)
+        end = self.freeze_step if self.freeze_step is not None else self._require_total_steps() - 1
+        temperature = cosine_temperature(self.step_count, end, self.t_max, self.t_min)
         for layer in self.layers.values():
             layer.temperature = temperature
 

@@ -34,10 +34,15 @@ class UpdateSchedule:
         return self.alpha * (1.0 + math.cos(math.pi * min(step, self.end_step) / self.end_step)) / 2.0
 
 
-def cosine_temperature(step: int, total_steps: int, t_max: float, t_min: float) -> float:
-    """T = t_min + (t_max - t_min) * (1 + cos(pi * p)) / 2 with p = step / (total_steps - 1), clipped to [0, 1].
+def cosine_temperature(step: int, end_step: int, t_max: float, t_min: float) -> float:
+    """T = t_min + (t_max - t_min) * (1 + cos(pi * p)) / 2 with p = min(1, step / end_step).
 
-    T is t_max at step 0 and t_min at the last step, as in the DynaDiag authors' per-epoch schedule.
+    T is t_max at step 0, reaches t_min at ``end_step`` and stays there (t_min
+    throughout if ``end_step`` <= 0). DynaDiag's authors (``mlp.py``) run this
+    cosine per epoch over the epochs before the top-K freeze, so that T is
+    t_min when the freeze happens.
     """
-    progress = min(1.0, max(0.0, step / max(1, total_steps - 1)))
+    if end_step <= 0:
+        return t_min
+    progress = min(1.0, max(0.0, step / end_step))
     return t_min + 0.5 * (t_max - t_min) * (1.0 + math.cos(math.pi * progress))

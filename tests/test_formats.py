@@ -66,7 +66,8 @@ def test_square_transpose_maps_diagonal_s_to_diagonal_p_minus_s() -> None:
 )
 def test_num_diagonals(out_f: int, in_f: int, sparsity: float, k: int) -> None:
     assert num_diagonals(out_f, in_f, sparsity) == k
-    assert k == max(1, min(max(out_f, in_f), math.ceil(round((1 - sparsity) * max(out_f, in_f), 9))))
+    # the authors' rule (TempSoftmaxDiagLinear): K = max(1, ceil(int((1 - s) * out * in) / min(out, in)))
+    assert k == max(1, math.ceil(int((1 - sparsity) * out_f * in_f) / min(out_f, in_f)))
 
 
 @pytest.mark.parametrize("out_f, in_f", SHAPES)

@@ -50,9 +50,11 @@ def test_schedule_update_steps_and_cosine_drop_fraction():
     assert sched.drop_fraction(0) == pytest.approx(0.3)
     assert sched.drop_fraction(75) == pytest.approx(0.0)
     assert sched.drop_fraction(37.5) == pytest.approx(0.15)
-    assert cosine_temperature(0, 101, 5.0, 0.05) == pytest.approx(5.0)
-    assert cosine_temperature(100, 101, 5.0, 0.05) == pytest.approx(0.05)
-    assert cosine_temperature(50, 101, 5.0, 0.05) == pytest.approx(2.525)
+    assert cosine_temperature(0, 100, 5.0, 0.05) == pytest.approx(5.0)
+    assert cosine_temperature(50, 100, 5.0, 0.05) == pytest.approx(2.525)
+    assert cosine_temperature(100, 100, 5.0, 0.05) == pytest.approx(0.05)
+    assert cosine_temperature(170, 100, 5.0, 0.05) == pytest.approx(0.05), "stays at t_min after end_step"
+    assert cosine_temperature(0, 0, 5.0, 0.05) == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize("name", ["rigl", "srigl", "dynadiag", "dense"])

@@ -1,15 +1,19 @@
-"""DynaDiag: K-diagonal geometry, soft top-K gradients, freeze, temperature, resume, diagonal inference."""
+"""DynaDiag: initialisation, all-P gating before the freeze, K diagonals after it, temperature, resume, inference."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from dstbench.errors import UserError
 from dstbench.kernels.formats import diagonal_coords, num_diagonals
 from dstbench.kernels.layers import DiagonalLinear
 from dstbench.methods import diagonal_layer
 from dstbench.methods.diagonal_layer import DiagonalTrainLinear
+from dstbench.registry import make_method
 from methods_harness import batch, checkpoint, restore, setup, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:dstbench. .* kernel unavailable")
@@ -31,16 +35,22 @@ def test_prepare_replaces_linears_but_not_the_head():
     assert torch.allclose(model[0].alpha, torch.full((96,), 1 / 96))
 
 
-def test_prepare_keeps_the_linear_weights_in_the_diagonals():
-    linear = torch.nn.Linear(5, 7)
-    layer = DiagonalTrainLinear.from_linear(linear, 7, torch.arange(7))
-    rows, cols = diagonal_coords(torch.arange(7), 7, 5)
-    dense = torch.zeros(7, 5)
-    dense[rows, cols] = layer.values.detach()
-    assert torch.equal(dense, linear.weight.detach())
+def test_initialisation_follows_the_authors():
+    """Authors: V kaiming_uniform_(a=sqrt(5)) over (P, D), i.e. U(-1/sqrt(D), 1/sqrt(D)); alpha = 1/P; bias 0."""
+    model, method, _ = setup("dynadiag", **OPTIONS)
+    for layer, (p, d) in ((model[0], (96, 64)), (model[2], (96, 48))):
+        bound = math.sqrt(2 / (1 + 5)) * math.sqrt(3 / d)
+        values = layer.values.detach()
+        assert values.shape == (p, d) and values.abs().max() <= bound
+        assert values.abs().max() > 0.95 * bound
+        assert values.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+        assert torch.equal(layer.alpha.detach(), torch.full((p,), 1 / p))
+        assert layer.bias is not None and not layer.bias.any()
+    bare = make_method("dynadiag", sparse_head=True, total_steps=10).prepare(torch.nn.Sequential(torch.nn.Linear(8, 4, bias=False)))
+    assert bare[0].bias is None
 
 
-def test_effective_weight_is_a_union_of_k_diagonals_after_every_step():
+def test_effective_weight_is_a_union_of_k_diagonals_after_the_freeze():
     model, method, optimizer = setup("dynadiag", **OPTIONS)
     x = torch.randn(6, 64)
 
@@ -54,15 +64,15 @@ def test_effective_weight_is_a_union_of_k_diagonals_after_every_step():
             allowed[rows, cols] = True
             assert int(allowed.sum()) == layer.k * min(layer.out_features, layer.in_features)
             assert not dense[~allowed].any()
-        with torch.no_grad():
-            h = F.relu(x @ dense_effective(model[0]).T + model[0].bias)
-            torch.testing.assert_close(F.relu(model[0](x)), h, rtol=1e-5, atol=1e-5)
+        if method.layers["0"].is_frozen:
+            with torch.no_grad():
+                h = F.relu(x @ dense_effective(model[0]).T + model[0].bias)
+                torch.testing.assert_close(F.relu(model[0](x)), h, rtol=1e-5, atol=1e-5)
 
     train(model, method, optimizer, 40, after_step=check)
 
 
-def test_training_computes_only_k_diagonals(monkeypatch):
-    model, method, optimizer = setup("dynadiag", **OPTIONS)
+def spy_kernel(monkeypatch) -> list[tuple[int, ...]]:
     shapes = []
     real = diagonal_layer.ops.diag_mm
 
@@ -71,6 +81,21 @@ def test_training_computes_only_k_diagonals(monkeypatch):
         return real(x, offsets, values, out_features, impl)
 
     monkeypatch.setattr(diagonal_layer.ops, "diag_mm", spy)
+    return shapes
+
+
+def test_every_diagonal_is_computed_before_the_freeze_and_only_k_after(monkeypatch):
+    model, method, optimizer = setup("dynadiag", **OPTIONS)
+    shapes = spy_kernel(monkeypatch)
+    train(model, method, optimizer, 20)
+    assert shapes == [], "before the freeze (after 20 steps) the layer runs one GEMM on the assembled W"
+    train(model, method, optimizer, 2, start=20)
+    assert shapes == [(10, 64), (10, 48)] * 2
+
+
+def test_selection_topk_computes_only_k_diagonals(monkeypatch):
+    model, method, optimizer = setup("dynadiag", selection="topk", **OPTIONS)
+    shapes = spy_kernel(monkeypatch)
     train(model, method, optimizer, 2)
     assert shapes == [(10, 64), (10, 48)] * 2
 
@@ -92,8 +117,20 @@ def test_gradients_reach_alpha_until_the_freeze_then_stop():
     assert torch.equal(layer.alpha, alpha) and torch.equal(layer.offsets(), offsets)
 
 
-def test_values_gradient_only_on_the_active_diagonals():
+def test_every_diagonal_learns_before_the_freeze():
     model, method, _ = setup("dynadiag", **OPTIONS)
+    x, y = batch(0)
+    F.cross_entropy(model(x), y).backward()
+    layer = model[0]
+    assert layer.values.grad.abs().sum(dim=1).gt(0).all(), "every one of the P diagonals gets a values gradient"
+    assert layer.alpha.grad.ne(0).float().mean() > 0.9, "and its alpha a gradient of its own"
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_values_gradient_only_on_the_kept_diagonals_with_topk_or_after_the_freeze(frozen):
+    model, method, _ = setup("dynadiag", **{**OPTIONS, "selection": "all" if frozen else "topk"})
+    if frozen:
+        method._freeze()
     x, y = batch(0)
     F.cross_entropy(model(x), y).backward()
     layer = model[0]
@@ -103,22 +140,42 @@ def test_values_gradient_only_on_the_active_diagonals():
     assert not layer.values.grad[~active].any()
 
 
-def test_freeze_keeps_the_function_continuous():
+def test_freeze_sets_the_gates_to_one_as_the_authors_do():
     model, method, optimizer = setup("dynadiag", **OPTIONS)
     train(model, method, optimizer, 19)
+    layer = model[0]
+    offsets = layer.offsets()
+    values = layer.values.detach().clone()
+    method._freeze()
+    assert torch.equal(layer.values.detach(), values)
+    assert torch.equal(layer.to_weight().values, values[offsets])
+
+
+def test_fold_gates_keeps_the_function_continuous():
+    model, method, optimizer = setup("dynadiag", fold_gates=True, **OPTIONS)
+    train(model, method, optimizer, 19)
     x = torch.randn(5, 64)
-    before = model(x).detach()
+    before = method.to_inference(model)(x)
     method._freeze()
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
 
 
-def test_temperature_follows_the_cosine_schedule():
+def test_temperature_reaches_t_min_at_the_freeze_and_stays():
     model, method, optimizer = setup("dynadiag", **OPTIONS)
     assert model[0].temperature == pytest.approx(5.0)
     temps = []
+    train(model, method, optimizer, 39, after_step=lambda s, c: temps.append((model[0].temperature, model[0].is_frozen)))
+    before = [t for t, frozen in temps if not frozen]
+    assert len(before) == 19 and all(a > b for a, b in zip(before, before[1:]))
+    assert before[-1] > 0.05
+    assert all(t == pytest.approx(0.05) for t, frozen in temps if frozen)
+
+
+def test_temperature_without_a_freeze_ends_at_the_last_step():
+    model, method, optimizer = setup("dynadiag", sparsity=0.9, total_steps=40, freeze_at=None)
+    temps = []
     train(model, method, optimizer, 39, after_step=lambda s, c: temps.append(model[0].temperature))
-    assert temps[-1] == pytest.approx(0.05)
-    assert all(a > b for a, b in zip(temps, temps[1:]))
+    assert temps[-1] == pytest.approx(0.05) and temps[-2] > 0.05
 
 
 def test_topology_moves_before_the_freeze_and_returns_true():
@@ -130,7 +187,7 @@ def test_topology_moves_before_the_freeze_and_returns_true():
 
 def test_reset_reentering_zeroes_values_and_optimizer_state():
     model, method, optimizer = setup("dynadiag", sparsity=0.8, total_steps=60, freeze_at=None, t_max=0.05,
-                                     reset_reentering=True)
+                                     selection="topk", reset_reentering=True)
     previous = {n: layer.offsets().clone() for n, layer in method.layers.items()}
     entered = []
 
@@ -173,9 +230,14 @@ def test_resume_mid_training_is_bit_identical(split):
     assert all(torch.equal(a, b) for a, b in zip(straight, model.parameters()))
 
 
-@pytest.mark.parametrize("steps", [5, 30])
-def test_to_inference_is_diagonal_with_the_same_outputs(steps):
-    model, method, optimizer = setup("dynadiag", **OPTIONS)
+def test_reset_reentering_needs_selection_topk():
+    with pytest.raises(UserError, match="selection=topk"):
+        make_method("dynadiag", reset_reentering=True)
+
+
+@pytest.mark.parametrize("selection, steps", [("all", 30), ("topk", 5), ("topk", 30)])
+def test_to_inference_is_diagonal_with_the_same_outputs(selection, steps):
+    model, method, optimizer = setup("dynadiag", selection=selection, **OPTIONS)
     train(model, method, optimizer, steps)
     fast = method.to_inference(model)
     assert isinstance(fast[0], DiagonalLinear) and isinstance(fast[2], DiagonalLinear)
@@ -193,10 +255,10 @@ def test_erk_distribution_and_freeze_at_start():
 
 
 @pytest.mark.parametrize("shape", [(12, 7), (7, 12), (9, 9)])
-def test_gradients_match_a_dense_autograd_reference(shape):
+def test_topk_gradients_match_a_dense_autograd_reference(shape):
     out_f, in_f = shape
     torch.manual_seed(0)
-    layer = DiagonalTrainLinear.from_linear(torch.nn.Linear(in_f, out_f), 3, torch.randperm(max(shape)))
+    layer = DiagonalTrainLinear(out_f, in_f, 3, torch.randperm(max(shape)), selection="topk")
     layer.temperature = 0.3
     with torch.no_grad():
         layer.alpha.copy_(torch.randn(max(shape)))
