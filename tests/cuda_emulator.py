@@ -51,6 +51,8 @@ def build(source: str, dtype: torch.dtype, index_dtype: torch.dtype | None) -> c
 
 
 def _as_ctype(arg: object) -> ctypes._SimpleCData:
+    if arg is None:
+        return ctypes.c_void_p(None)
     if isinstance(arg, torch.Tensor):
         assert arg.device.type == "cpu" and arg.is_contiguous()
         return ctypes.c_void_p(arg.data_ptr())

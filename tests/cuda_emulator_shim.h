@@ -109,6 +109,8 @@ void launch(void (*kernel)(Args...), const unsigned* grid, const unsigned* block
 
 inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
 
+inline int __ffs(int x) { return __builtin_ffs(x); }
+
 template <typename T>
 T __shfl_xor_sync(unsigned, T value, int lane_mask) {
     const unsigned t = emu::linear_thread();

@@ -190,3 +190,119 @@ def test_public_functions_refuse_cpu_tensors() -> None:
     with pytest.raises(UserError, match="not a CUDA tensor"):
         cuda_backend.diag_mm(x, torch.tensor([0]), torch.randn(1, 3), 3)
     assert "unsupported" in cuda_backend.unavailable_reason(torch.device("cuda"), torch.int8)
+
+
+@pytest.mark.parametrize("sms, cols", [(1, 32), (8, 16), (132, 8)])
+def test_diag_small_column_split(monkeypatch: pytest.MonkeyPatch, sms: int, cols: int) -> None:
+    """diag_fwd_small's columns per block (more blocks for small layers) give the same product at every width."""
+    monkeypatch.setattr(launches, "sm_count", lambda device: sms)
+    assert launches.diag_small_cols(150, 5, sms) == cols
+    x, offsets, values, _ = diag_data(150, 40, 5, 30, torch.float64, seed=5)
+    kernels: list[str] = []
+
+    def recording(launch: launches.Launch) -> None:
+        kernels.append((launch.kernel, launch.grid[0]))
+        run(launch)
+
+    got = launches.diag_mm(x, offsets, values, 150, recording)
+    assert kernels == [("diag_fwd_small", -(-150 // cols))]
+    assert_close(got, reference.diag_mm(x, offsets, values, 150),
+                 reference.diag_mm(x.abs(), offsets, values.abs(), 150), torch.float64)
+
+
+def test_vit_layer_at_batch_1_fills_the_gpu() -> None:
+    """ViT-B/16's 768-wide layers at batch 1 launch four times as many blocks as one warp per 32 columns would."""
+    assert launches.diag_small_cols(768, 1, 132) == 8
+    assert launches.diag_small_cols(3072, 1, 132) == 8
+    assert launches.diag_small_cols(3072, 5, 132) == 16
+    assert launches.diag_small_cols(3072, 12, 132) == 32
+
+
+def test_sparse_offsets_skip_empty_windows() -> None:
+    """Offsets far apart (most DIAG_SPAN windows empty) and unsorted ones across windows, in the tiled kernel."""
+    x, _, values, _ = diag_data(700, 300, 20, 5, torch.float64, seed=6)
+    for offsets in (torch.tensor([3, 250, 251, 640, 699]), torch.tensor([640, 3, 699, 250, 70])):
+        assert_close(launches.diag_mm(x, offsets, values, 700, run), reference.diag_mm(x, offsets, values, 700),
+                     reference.diag_mm(x.abs(), offsets, values.abs(), 700), torch.float64)
+
+
+@pytest.mark.parametrize("out_f, in_f, batch", [(40, 150, 20), (150, 40, 3), (70, 70, 33)])
+def test_fused_bias(out_f: int, in_f: int, batch: int) -> None:
+    x, offsets, values, _ = diag_data(out_f, in_f, batch, 12, torch.float64, seed=7)
+    bias = padded(torch.randn(out_f, dtype=torch.float64))
+    assert_close(launches.diag_mm(x, offsets, values, out_f, run, bias=bias),
+                 reference.diag_mm(x, offsets, values, out_f) + bias,
+                 reference.diag_mm(x.abs(), offsets, values.abs(), out_f) + bias.abs(), torch.float64)
+    x, values, indices, rows, _ = condensed_data(out_f, in_f, batch, 9, 3, torch.int16, torch.float64, seed=7)
+    assert_close(launches.condensed_mm(x, values, indices, rows, out_f, run, bias=bias),
+                 reference.condensed_mm(x, values, indices, rows, out_f) + bias,
+                 reference.condensed_mm(x.abs(), values.abs(), indices, rows, out_f) + bias.abs(), torch.float64)
+
+
+@pytest.mark.parametrize("in_f", [40, 7000])  # x staged in shared memory / read transposed
+def test_batch_tiles_beyond_grid_y(monkeypatch: pytest.MonkeyPatch, in_f: int) -> None:
+    """With grid y capped at 2 blocks, every kernel that tiles over grid y loops over the remaining tiles."""
+    monkeypatch.setattr(launches, "MAX_GRID_Y", 2)
+    dt = torch.float64
+    x, values, indices, rows, dy = condensed_data(30, in_f, 75, 7, 4, torch.int32, dt, seed=8)
+    grids: list[tuple[str, int]] = []
+
+    def recording(launch: launches.Launch) -> None:
+        grids.append((launch.kernel, launch.grid[1]))
+        run(launch)
+
+    assert_close(launches.condensed_mm(x, values, indices, rows, 30, recording),
+                 reference.condensed_mm(x, values, indices, rows, 30),
+                 reference.condensed_mm(x.abs(), values.abs(), indices, rows, 30), dt)
+    assert_close(launches.condensed_input_grad(dy, values, indices, rows, in_f, recording),
+                 reference.condensed_input_grad(dy, values, indices, rows, in_f),
+                 reference.condensed_input_grad(dy.abs(), values.abs(), indices, rows, in_f), dt)
+    if in_f == 40:
+        x, offsets, dvals, dy = diag_data(150, 40, 70, 30, dt, seed=8)
+        assert_close(launches.diag_mm(x, offsets, dvals, 150, recording), reference.diag_mm(x, offsets, dvals, 150),
+                     reference.diag_mm(x.abs(), offsets, dvals.abs(), 150), dt)
+        assert_close(launches.diag_values_grad(dy, x, offsets, recording), reference.diag_values_grad(dy, x, offsets),
+                     reference.diag_values_grad(dy.abs(), x.abs(), offsets), dt)
+    assert grids and all(y == 2 for _, y in grids)
+
+
+def test_many_rows_stay_inside_the_grid_limit() -> None:
+    """300K batch rows of a wide layer (one row per tile) launch within CUDA's grid-y limit; shapes only (meta)."""
+    x = torch.empty(300_000, 12_288, device="meta")
+    w = CondensedWeight.top_k(torch.randn(8, 12_288), 0.99)
+    launched: list[launches.Launch] = []
+    y = launches.condensed_mm(x, w.values.to("meta"), w.indices.to("meta"), w.active_rows.to("meta"), 8,
+                              launched.append)
+    assert y.shape == (300_000, 8)
+    assert launched[0].grid[1] == launches.MAX_GRID_Y == 65535
+
+
+def test_transposed_pattern_is_cached_per_pattern(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The input gradient builds the transposed pattern once per pattern, and rebuilds it after any change."""
+    builds: list[int] = []
+    build = launches.transposed_pattern
+    monkeypatch.setattr(launches, "transposed_pattern", lambda *a: builds.append(1) or build(*a))
+    dt = torch.float64
+    _, values, indices, rows, dy = condensed_data(50, 40, 6, 7, 3, torch.int16, dt, seed=9)
+    _, _, other, _, _ = condensed_data(50, 40, 6, 7, 3, torch.int16, dt, seed=10)
+
+    def check() -> None:
+        assert_close(launches.condensed_input_grad(dy, values, indices, rows, 40, run),
+                     reference.condensed_input_grad(dy, values, indices, rows, 40),
+                     reference.condensed_input_grad(dy.abs(), values.abs(), indices, rows, 40), dt)
+
+    check()
+    check()
+    assert len(builds) == 1
+    indices.copy_(other)  # the same tensor, a new pattern: its version counter moves
+    check()
+    assert len(builds) == 2
+    rows = rows.flip(0).contiguous()  # a new tensor for the active rows
+    check()
+    assert len(builds) == 3
+
+
+def test_sizes_beyond_32_bits_raise() -> None:
+    """A size that overflows the kernels' 32-bit arguments raises a clear UserError."""
+    with pytest.raises(UserError, match="32-bit"):
+        launches._i32(2**31)

@@ -6,25 +6,35 @@ host emulator runs the same ``.cu`` code on CPU tensors. Grid and block
 sizes come from ``sources.TILES``, the constants the kernels compile with.
 
 Shapes: x (B, in), y (B, out); diagonal offsets (K,) int64, values (K, D);
-condensed values/indices (n_active, k), active_rows (n_active,) int64.
-Tensors must be contiguous; validation lives in ``kernels.cuda``.
+condensed values/indices (n_active, k), active_rows (n_active,) int64 and
+distinct; bias (out,) or None. Tensors must be contiguous and the pattern
+valid; validation lives in ``kernels.cuda``. Grid y never exceeds
+``MAX_GRID_Y``: the kernels loop over what does not fit.
+
+Nothing here syncs the host with the device, so a warmed-up call can be
+captured in a CUDA graph: the one pattern-derived structure (the transposed
+pattern of the condensed input gradient) is built without a sync and cached
+per pattern (``pattern_cache``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from dstbench.errors import UserError
+from dstbench.kernels.cuda.pattern_cache import PatternCache
 from dstbench.kernels.cuda.sources import TILES
 
 DIAG_TILED_MIN_BATCH = 16  # from this batch size on, diag_fwd_tiled replaces diag_fwd_small
 SHARED_BYTES = 48 * 1024  # dynamic shared memory any sm_80+ block gets without an opt-in
-_MAX_GRID_YZ = 65535
+MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y
+DEFAULT_SMS = 132  # streaming multiprocessors assumed off a GPU (an H100/H200)
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,8 @@ class Launch:
         source: key of ``sources.SOURCES``; kernel: the ``extern "C"`` name.
         dtype: scalar dtype the source is compiled for; index_dtype: DST_INDEX (condensed only).
         grid, block: launch dimensions (x, y, z).
-        args: tensors and numpy scalars in the kernel's parameter order.
+        args: tensors (or None for a null pointer) and numpy scalars in the kernel's
+            parameter order; ``args[0]`` is always a tensor, on the launch's device.
         shared_bytes: dynamic shared memory per block.
     """
 
@@ -47,13 +58,6 @@ class Launch:
     block: tuple[int, int, int]
     args: tuple
     shared_bytes: int = 0
-
-    def __post_init__(self) -> None:
-        if max(self.grid[1:]) > _MAX_GRID_YZ:
-            raise UserError(
-                f"{self.kernel} would need a grid of {self.grid} blocks, beyond CUDA's limit of "
-                f"{_MAX_GRID_YZ} in y and z; split the batch into smaller chunks"
-            )
 
 
 Runner = Callable[[Launch], None]
@@ -73,10 +77,36 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def diag_mm(
-    x: Tensor, offsets: Tensor, values: Tensor, out_features: int, runner: Runner, transpose: bool = False
-) -> Tensor:
-    """y = x @ W.T for the diagonal weight W (out_features, in); (B, out_features).
+def _grid_y(tiles: int) -> int:
+    """Blocks along grid y for ``tiles`` tiles; a kernel loops over the tiles beyond MAX_GRID_Y."""
+    return min(tiles, MAX_GRID_Y)
+
+
+@lru_cache(maxsize=16)
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; DEFAULT_SMS for any other device (the host emulator)."""
+    if device.type != "cuda":
+        return DEFAULT_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def diag_small_cols(out_features: int, batch: int, sms: int) -> int:
+    """Output columns per diag_fwd_small block: 32, 16 or 8, the widest that still gives two blocks per SM.
+
+    Fewer columns per block means more blocks (the block's threads then split
+    the diagonals more ways), so a 768-wide layer at batch 1 runs 96 blocks
+    instead of 24; 8 keeps every load a whole 32-byte sector in float32.
+    """
+    batch_tiles = _cdiv(batch, TILES["DIAG_SMALL_BATCH"])
+    for cols in (32, 16):
+        if _cdiv(out_features, cols) * batch_tiles >= 2 * sms:
+            return cols
+    return 8
+
+
+def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, runner: Runner,
+            transpose: bool = False, bias: Tensor | None = None) -> Tensor:
+    """y = x @ W.T (+ bias) for the diagonal weight W (out_features, in); (B, out_features).
 
     With ``transpose``, W has shape (in, out_features) and y = x @ W: the input
     gradient. The two differ only for a square W, whose transpose does not keep
@@ -86,18 +116,20 @@ def diag_mm(
     tall = out_features > n_in if transpose else out_features >= n_in
     n_diag = offsets.shape[0]
     if batch == 0 or n_diag == 0:
-        return torch.zeros(batch, out_features, dtype=x.dtype, device=x.device)
+        y = torch.zeros(batch, out_features, dtype=x.dtype, device=x.device)
+        return y if bias is None else y.add_(bias)
     y = torch.empty(batch, out_features, dtype=x.dtype, device=x.device)  # every element is written
-    args = (x, offsets, values, y, _i32(batch), _i32(out_features), _i32(n_in), _i32(n_diag), np.int32(tall))
+    sizes = (_i32(batch), _i32(out_features), _i32(n_in), _i32(n_diag), np.int32(tall))
     if batch < DIAG_TILED_MIN_BATCH:
-        grid = (_cdiv(out_features, TILES["DIAG_ROWS"]), _cdiv(batch, TILES["DIAG_SMALL_BATCH"]), 1)
-        block = (TILES["DIAG_ROWS"], TILES["DIAG_SPLIT_K"], 1)
-        runner(Launch("diagonal", "diag_fwd_small", x.dtype, None, grid, block, args))
+        cols = diag_small_cols(out_features, batch, sm_count(x.device))
+        grid = (_cdiv(out_features, cols), _cdiv(batch, TILES["DIAG_SMALL_BATCH"]), 1)
+        args = (x, offsets, values, bias, y, *sizes, np.int32(cols))
+        runner(Launch("diagonal", "diag_fwd_small", x.dtype, None, grid, (TILES["DIAG_SMALL_THREADS"], 1, 1), args))
     else:
         tile_batch = TILES["DIAG_TILE_GROUPS"] * TILES["DIAG_TILE_RB"]
-        grid = (_cdiv(out_features, TILES["DIAG_TILE_ROWS"]), _cdiv(batch, tile_batch), 1)
+        grid = (_cdiv(out_features, TILES["DIAG_TILE_ROWS"]), _grid_y(_cdiv(batch, tile_batch)), 1)
         block = (TILES["DIAG_TILE_ROWS"], TILES["DIAG_TILE_GROUPS"], 1)
-        runner(Launch("diagonal", "diag_fwd_tiled", x.dtype, None, grid, block, args))
+        runner(Launch("diagonal", "diag_fwd_tiled", x.dtype, None, grid, block, (x, offsets, values, bias, y, *sizes)))
     return y
 
 
@@ -110,7 +142,7 @@ def diag_values_grad(dy: Tensor, x: Tensor, offsets: Tensor, runner: Runner) -> 
     if batch == 0 or n_diag == 0:
         return torch.zeros(n_diag, d, dtype=x.dtype, device=x.device)
     dv = torch.empty(n_diag, d, dtype=x.dtype, device=x.device)
-    grid = (_cdiv(d, TILES["DIAG_GRAD_COLS"]), _cdiv(n_diag, TILES["DIAG_GRAD_DIAGS"]), 1)
+    grid = (_cdiv(d, TILES["DIAG_GRAD_COLS"]), _grid_y(_cdiv(n_diag, TILES["DIAG_GRAD_DIAGS"])), 1)
     block = (TILES["DIAG_GRAD_COLS"], TILES["DIAG_GRAD_SPLIT_B"], 1)
     args = (dy, x, offsets, dv, _i32(batch), _i32(n_out), _i32(n_in), _i32(n_diag))
     runner(Launch("diagonal", "diag_values_grad", x.dtype, None, grid, block, args))
@@ -136,24 +168,33 @@ def condensed_rows_per_block(n_active: int, fan_in: int, n_in: int) -> int:
     return min(warps * per_warp, warps * _cdiv(n_active, warps))
 
 
-def condensed_mm(
-    x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, out_features: int, runner: Runner
-) -> Tensor:
-    """y[b, active_rows[i]] = sum_j values[i, j] * x[b, indices[i, j]]; (B, out_features)."""
+def _transposed(t: Tensor) -> Tensor:
+    """(B, n) -> its transpose (n, B), contiguous; a (1, n) tensor already is one."""
+    return t if t.shape[0] == 1 else t.t().contiguous()
+
+
+def condensed_mm(x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, out_features: int,
+                 runner: Runner, bias: Tensor | None = None) -> Tensor:
+    """y[b, active_rows[i]] = sum_j values[i, j] * x[b, indices[i, j]] (+ bias); (B, out_features).
+
+    Columns of ablated rows hold the bias (0 without one).
+    """
     batch, n_in = x.shape
     n_active, fan_in = values.shape
-    # active_rows are distinct (CondensedWeight keeps them strictly increasing), so with
-    # n_active == out every element is written; otherwise ablated columns must read 0
-    alloc = torch.empty if n_active == out_features and batch > 0 else torch.zeros
-    y = alloc(batch, out_features, dtype=x.dtype, device=x.device)
+    if n_active == out_features and batch > 0:
+        y = torch.empty(batch, out_features, dtype=x.dtype, device=x.device)  # every element is written
+    elif bias is None:
+        y = torch.zeros(batch, out_features, dtype=x.dtype, device=x.device)
+    else:
+        y = bias.expand(batch, out_features).contiguous()
     if batch == 0 or n_active == 0:
         return y
     tile, stage = condensed_batch_tile(batch, n_in, x.element_size())
-    source = x if stage or batch == 1 else x.t().contiguous()
+    source = x if stage else _transposed(x)
     rows = condensed_rows_per_block(n_active, fan_in, n_in)
-    grid = (_cdiv(n_active, rows), _cdiv(batch, tile), 1)
+    grid = (_cdiv(n_active, rows), _grid_y(_cdiv(batch, tile)), 1)
     block = (32 * TILES["COND_WARPS"], 1, 1)
-    args = (source, values, indices, active_rows, y, _i32(batch), _i32(n_in), _i32(out_features),
+    args = (source, values, indices, active_rows, bias, y, _i32(batch), _i32(n_in), _i32(out_features),
             _i32(n_active), _i32(fan_in), _i32(tile), _i32(rows), np.int32(stage))
     shared = n_in * tile * x.element_size() if stage else 0
     runner(Launch("condensed", "condensed_fwd", x.dtype, indices.dtype, grid, block, args, shared))
@@ -162,48 +203,55 @@ def condensed_mm(
 
 def condensed_values_grad(dy: Tensor, x: Tensor, indices: Tensor, active_rows: Tensor, runner: Runner) -> Tensor:
     """dValues[i, j] = sum_b dy[b, active_rows[i]] * x[b, indices[i, j]]; (n_active, k)."""
-    batch, n_out = dy.shape
-    n_in = x.shape[1]
+    batch = dy.shape[0]
     n_active, fan_in = indices.shape
     if batch == 0 or n_active * fan_in == 0:
         return torch.zeros(n_active, fan_in, dtype=x.dtype, device=x.device)
     dv = torch.empty(n_active, fan_in, dtype=x.dtype, device=x.device)
-    grid = (n_active, _cdiv(fan_in, 32), 1)
-    block = (32, TILES["COND_GRAD_SPLIT_B"], 1)
-    args = (dy, x, indices, active_rows, dv, _i32(batch), _i32(n_in), _i32(n_out), _i32(fan_in))
+    grid = (_cdiv(n_active, TILES["COND_WARPS"]), 1, 1)
+    block = (32 * TILES["COND_WARPS"], 1, 1)
+    tile = min(32, _pow2_at_least(batch))
+    args = (_transposed(dy), _transposed(x), indices, active_rows, dv, _i32(batch), _i32(n_active), _i32(fan_in),
+            _i32(tile))
     runner(Launch("condensed", "condensed_values_grad", x.dtype, indices.dtype, grid, block, args))
     return dv
 
 
-def transposed_entries(indices: Tensor, in_features: int) -> tuple[Tensor, Tensor]:
-    """Column-major view of the condensed pattern, for the input gradient.
+#: (indices, active_rows) -> transposed_pattern(...), rebuilt when either changes
+TRANSPOSED = PatternCache()
+
+
+def transposed_pattern(indices: Tensor, active_rows: Tensor, in_features: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Column-major view of the condensed pattern, for the input gradient; no host sync.
 
     Returns:
-        col_ptr: (in + 1,) int64; entries: (n_active * k,) int64 flat ids
-        ``i * k + j``, sorted by column ``indices[i, j]`` (stable), so that
-        column c's entries are ``entries[col_ptr[c]:col_ptr[c + 1]]``.
+        col_ptr: (in + 1,) int32; entry_values: (n_active * k,) int32 flat ids
+        ``i * k + j`` sorted by column ``indices[i, j]`` (stable), so that column
+        c's entries are ``entry_values[col_ptr[c]:col_ptr[c + 1]]``;
+        entry_rows: (n_active * k,) int32, the output row ``active_rows[i]`` of each.
     """
-    flat = indices.reshape(-1).long()
-    entries = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=in_features)
-    col_ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-    return col_ptr, entries
+    _i32(indices.numel())
+    fan_in = indices.shape[1]
+    columns, entries = torch.sort(indices.reshape(-1).to(torch.int32), stable=True)
+    bounds = torch.arange(in_features + 1, dtype=torch.int32, device=indices.device)
+    col_ptr = torch.searchsorted(columns, bounds, out_int32=True)
+    rows = active_rows[torch.div(entries, fan_in, rounding_mode="floor")]
+    return col_ptr, entries.to(torch.int32), rows.to(torch.int32)
 
 
-def condensed_input_grad(
-    dy: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int, runner: Runner
-) -> Tensor:
+def condensed_input_grad(dy: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int,
+                         runner: Runner) -> Tensor:
     """dx[b, c] = sum over entries (i, j) of column c of values[i, j] * dy[b, active_rows[i]]; (B, in)."""
     batch = dy.shape[0]
-    fan_in = values.shape[1]
     if batch == 0 or values.numel() == 0:
         return torch.zeros(batch, in_features, dtype=dy.dtype, device=dy.device)
+    _i32(dy.shape[1])
     dx = torch.empty(batch, in_features, dtype=dy.dtype, device=dy.device)  # columns without entries get 0
-    col_ptr, entries = transposed_entries(indices, in_features)
-    dyt = dy if batch == 1 else dy.t().contiguous()
+    col_ptr, entry_values, entry_rows = TRANSPOSED.get(
+        (indices, active_rows), in_features, lambda: transposed_pattern(indices, active_rows, in_features))
     tile = min(32, _pow2_at_least(batch))
-    grid = (_cdiv(in_features, TILES["COND_WARPS"]), _cdiv(batch, tile), 1)
+    grid = (_cdiv(in_features, TILES["COND_WARPS"]), _grid_y(_cdiv(batch, tile)), 1)
     block = (32 * TILES["COND_WARPS"], 1, 1)
-    args = (dyt, values, col_ptr, entries, active_rows, dx, _i32(batch), _i32(in_features), _i32(fan_in), _i32(tile))
+    args = (_transposed(dy), values, col_ptr, entry_values, entry_rows, dx, _i32(batch), _i32(in_features), _i32(tile))
     runner(Launch("condensed", "condensed_input_grad", dy.dtype, indices.dtype, grid, block, args))
     return dx

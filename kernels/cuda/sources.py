@@ -37,9 +37,9 @@ _INCLUDE_DIR = Path(__file__).resolve().parent
 
 # Tile sizes shared by the .cu sources (as -D macros) and the launch code.
 TILES = {
-    # diag_fwd_small: block (DIAG_ROWS, DIAG_SPLIT_K), DIAG_SMALL_BATCH batch rows per thread
-    "DIAG_ROWS": 32,
-    "DIAG_SPLIT_K": 8,
+    # diag_fwd_small: DIAG_SMALL_THREADS threads per block (columns per block chosen at launch),
+    # DIAG_SMALL_BATCH batch rows per thread
+    "DIAG_SMALL_THREADS": 256,
     "DIAG_SMALL_BATCH": 4,
     # diag_fwd_tiled: block (DIAG_TILE_ROWS, DIAG_TILE_GROUPS), DIAG_TILE_RB batch rows per thread,
     # x staged in windows covering DIAG_SPAN consecutive offsets
