@@ -3,15 +3,19 @@
 * Compilation: ``cupy.RawModule`` over the text of ``sources.source_text``
   with the ``-D`` set of ``sources.defines`` and ``-I`` to the CUDA headers
   (``sources.cuda_include_dir``, when found; CuPy adds its own paths too).
-  CuPy picks ``-arch`` from the current device. Modules are cached per
-  (source, dtype, index dtype, device, compute capability); CuPy also keeps
-  the binaries on disk (~/.cupy/kernel_cache), so a new process skips NVRTC.
-* Streams: every launch runs on ``torch.cuda.current_stream(device)``,
-  wrapped as a ``cupy.cuda.ExternalStream``, so it orders with torch's work.
-* Memory: tensors pass zero-copy through DLPack (``cupy.from_dlpack``);
-  float16/bfloat16 tensors are viewed as int16 first (the kernel reads the
-  bits as ``__half``/``__nv_bfloat16``), which also covers CuPy releases
-  without a bfloat16 dtype. Outputs are allocated by torch.
+  CuPy picks ``-arch`` from the current device. Modules are compiled once per
+  (source, dtype, index dtype, device); CuPy also keeps the binaries on disk
+  (~/.cupy/kernel_cache), so a new process skips NVRTC.
+* Per call, everything is a dictionary hit: the kernel function is cached per
+  (source, kernel, dtype, index dtype, device), the ``cupy.cuda.ExternalStream``
+  wrapping torch's current stream per raw stream handle.
+* Streams: every launch runs on torch's current stream of the tensors' device
+  (read as a raw handle, ``torch._C._cuda_getCurrentRawStream``, as Triton
+  does), so it orders with torch's work and is recorded by CUDA-graph capture.
+* Memory: tensors pass as raw device pointers (``data_ptr()``, zero-copy; no
+  DLPack capsule per call), None as a null pointer. float16/bfloat16 need no
+  CuPy dtype: the kernel reads the bits as ``__half``/``__nv_bfloat16``.
+  Outputs are allocated by torch.
 """
 
 from __future__ import annotations
@@ -24,9 +28,8 @@ import torch
 from dstbench.kernels.cuda.launches import Launch
 from dstbench.kernels.cuda.sources import cuda_include_dir, defines, source_text
 
-_modules: dict[tuple, object] = {}
+_functions: dict[tuple, object] = {}
 _streams: dict[tuple[int, int], object] = {}
-_HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
 @lru_cache(maxsize=1)
@@ -47,42 +50,41 @@ def cupy_missing_reason() -> str | None:
     return _import_cupy()[1]
 
 
-def _module(launch: Launch, device: torch.device):
-    cupy = _import_cupy()[0]
-    capability = torch.cuda.get_device_capability(device)
-    key = (launch.source, launch.dtype, launch.index_dtype, device.index, capability)
-    if key not in _modules:
+def _function(launch: Launch, index: int):
+    """The compiled kernel of ``launch`` on device ``index`` (compiled on first use; call inside that device)."""
+    key = (launch.source, launch.kernel, launch.dtype, launch.index_dtype, index)
+    fn = _functions.get(key)
+    if fn is None:
+        cupy = _import_cupy()[0]
         options = defines(launch.dtype, launch.index_dtype)
         include = cuda_include_dir()
         if include is not None:
             options.append(f"-I{include}")
-        _modules[key] = cupy.RawModule(code=source_text(launch.source), options=tuple(options))
-    return _modules[key]
+        module = cupy.RawModule(code=source_text(launch.source), options=tuple(options))
+        fn = _functions[key] = module.get_function(launch.kernel)
+    return fn
 
 
-def _stream(device: torch.device):
-    cupy = _import_cupy()[0]
-    ptr = torch.cuda.current_stream(device).cuda_stream
-    key = (device.index, ptr)
-    if key not in _streams:
-        _streams[key] = cupy.cuda.ExternalStream(ptr)
-    return _streams[key]
+def _stream(index: int):
+    """torch's current stream on device ``index``, as a CuPy stream object."""
+    ptr = torch._C._cuda_getCurrentRawStream(index)
+    stream = _streams.get((index, ptr))
+    if stream is None:
+        stream = _streams[(index, ptr)] = _import_cupy()[0].cuda.ExternalStream(ptr, index)
+    return stream
 
 
-def _as_cupy(tensor: torch.Tensor):
-    cupy = _import_cupy()[0]
-    tensor = tensor.detach()  # __dlpack__ refuses tensors that require grad
-    if tensor.dtype in _HALF_TYPES:
-        tensor = tensor.view(torch.int16)
-    return cupy.from_dlpack(tensor)
+def _launch(launch: Launch, index: int) -> None:
+    args = tuple(a.data_ptr() if isinstance(a, torch.Tensor) else (0 if a is None else a) for a in launch.args)
+    _function(launch, index)(launch.grid, launch.block, args, shared_mem=launch.shared_bytes, stream=_stream(index))
 
 
 def run(launch: Launch) -> None:
     """Launch on the GPU that holds the launch's tensors, on torch's current stream there."""
     cupy = _import_cupy()[0]
-    device = next(a.device for a in launch.args if isinstance(a, torch.Tensor))
-    with cupy.cuda.Device(device.index):
-        kernel = _module(launch, device).get_function(launch.kernel)
-        with _stream(device):
-            args = tuple(_as_cupy(a) if isinstance(a, torch.Tensor) else a for a in launch.args)
-            kernel(launch.grid, launch.block, args, shared_mem=launch.shared_bytes)
+    index = launch.args[0].device.index
+    if cupy.cuda.runtime.getDevice() == index:
+        _launch(launch, index)
+    else:
+        with cupy.cuda.Device(index):
+            _launch(launch, index)
