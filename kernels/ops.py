@@ -12,6 +12,10 @@ fast kernel cannot run (no compiler, no CuPy, an unsupported dtype). Every
 backend module exposes the five functions of ``kernels.reference`` with the
 same signatures (``diag_mm`` with its ``transpose`` flag for the input
 gradient), plus ``unavailable_reason(device, dtype) -> str | None``.
+
+The forward products take an optional ``bias`` (out,). Without autograd, the
+CUDA backend adds it inside its kernel (one launch less per call); the other
+backends add it in place on their fresh output.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ _BACKEND_MODULES = {
     "cpu": "dstbench.kernels.cpu",
     "cuda": "dstbench.kernels.cuda",
 }
+#: backends whose forward kernels take ``bias=`` and add it themselves
+_FUSES_BIAS = frozenset({"cuda"})
 _warned: set[tuple[str, str]] = set()
 
 
@@ -75,6 +81,11 @@ def _needs_autograd(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _add_bias_(y: Tensor, bias: Tensor | None) -> Tensor:
+    """y += bias in place: y is a fresh kernel output, and a new (B, out) tensor costs page faults."""
+    return y if bias is None else y.add_(bias)
+
+
 def _flatten(x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
     return x.reshape(-1, x.shape[-1]).contiguous(), tuple(x.shape[:-1])
 
@@ -113,11 +124,12 @@ class _CondensedMM(torch.autograd.Function):
         return dx, dv, None, None, None, None
 
 
-def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, impl: str = "auto") -> Tensor:
-    """y = x @ W.T for a diagonal weight; differentiable in x and values.
+def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, impl: str = "auto",
+            bias: Tensor | None = None) -> Tensor:
+    """y = x @ W.T (+ bias) for a diagonal weight; differentiable in x and values (and bias).
 
     Args:
-        x: (..., in); offsets: (K,) int64; values: (K, min(out, in)).
+        x: (..., in); offsets: (K,) int64; values: (K, min(out, in)); bias: (out,) or None.
         impl: one of IMPLS, or "auto".
     Returns:
         (..., out_features).
@@ -125,28 +137,35 @@ def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, impl:
     x2, lead = _flatten(x)
     impl = select_impl(x.device, x.dtype, impl)
     values = values.contiguous()
-    if _needs_autograd(x, values):
+    if _needs_autograd(x, values, *(() if bias is None else (bias,))):
         y = _DiagMM.apply(x2, offsets, values, out_features, impl)
+        y = y if bias is None else y + bias
+    elif impl in _FUSES_BIAS:
+        y = backend(impl).diag_mm(x2, offsets, values, out_features, bias=bias)
     else:
-        y = backend(impl).diag_mm(x2, offsets, values, out_features)
+        y = _add_bias_(backend(impl).diag_mm(x2, offsets, values, out_features), bias)
     return y.reshape(*lead, out_features)
 
 
 def condensed_mm(
-    x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, out_features: int, impl: str = "auto"
+    x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, out_features: int, impl: str = "auto",
+    bias: Tensor | None = None,
 ) -> Tensor:
-    """y = x @ W.T for a constant fan-in weight; differentiable in x and values.
+    """y = x @ W.T (+ bias) for a constant fan-in weight; differentiable in x and values (and bias).
 
     Args:
-        x: (..., in); values, indices: (n_active, k); active_rows: (n_active,).
+        x: (..., in); values, indices: (n_active, k); active_rows: (n_active,); bias: (out,) or None.
     Returns:
-        (..., out_features); columns of ablated rows are 0.
+        (..., out_features); columns of ablated rows are the bias (0 without one).
     """
     x2, lead = _flatten(x)
     impl = select_impl(x.device, x.dtype, impl)
     values, indices = values.contiguous(), indices.contiguous()
-    if _needs_autograd(x, values):
+    if _needs_autograd(x, values, *(() if bias is None else (bias,))):
         y = _CondensedMM.apply(x2, values, indices, active_rows, out_features, impl)
+        y = y if bias is None else y + bias
+    elif impl in _FUSES_BIAS:
+        y = backend(impl).condensed_mm(x2, values, indices, active_rows, out_features, bias=bias)
     else:
-        y = backend(impl).condensed_mm(x2, values, indices, active_rows, out_features)
+        y = _add_bias_(backend(impl).condensed_mm(x2, values, indices, active_rows, out_features), bias)
     return y.reshape(*lead, out_features)
