@@ -12,9 +12,11 @@ A method owns the topology of every sparse layer of a model::
 
 Which layers are sparse (``selection.select_layers``): by default every
 ``nn.Linear`` and ``nn.Conv2d`` (DynaDiag: ``nn.Linear`` only) except the
-classifier head (the model's last ``nn.Linear``) and the linears inside an
-``nn.MultiheadAttention`` (it reads their weights directly). Options:
-``sparse_head=True`` sparsifies the head too, ``dense_first_layer=True``
+linears inside an ``nn.MultiheadAttention`` (it reads their weights
+directly); the classifier head (the model's last ``nn.Linear``) is sparse
+where the method's authors make it sparse (``default_sparse_head``: RigL
+and SRigL yes, DynaDiag no). Options: ``sparse_head`` overrides that,
+``dense_first_layer=True``
 keeps the first selected layer dense, ``include(name, module) -> bool``
 replaces the default rule (the head is then sparse if ``include`` accepts it).
 
@@ -59,7 +61,8 @@ class SparsityMethod(ABC):
         t_end: fraction of ``total_steps`` after which the topology stops changing (RigL, SRigL).
         drop_fraction: alpha, the initial fraction of active weights dropped per update.
         dense_first_layer: keep the first selected layer dense.
-        sparse_head: sparsify the classifier head (the last ``nn.Linear``) too.
+        sparse_head: sparsify the classifier head (the last ``nn.Linear``) too; None takes the
+            method's authors' choice (``default_sparse_head``).
         include: ``include(name, module) -> bool`` replaces the default layer rule.
         seed: seed of the method's own ``torch.Generator`` (initial masks, tie-breaking).
         sync_topology: broadcast the topology from rank 0 when ``torch.distributed`` is initialised.
@@ -75,6 +78,8 @@ class SparsityMethod(ABC):
     layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Conv2d)
     #: the layer-density distribution of the method's paper
     default_distribution: ClassVar[str] = "erk"
+    #: whether the method's authors sparsify the classifier head
+    default_sparse_head: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -87,7 +92,7 @@ class SparsityMethod(ABC):
         t_end: float = 0.75,
         drop_fraction: float = 0.3,
         dense_first_layer: bool = False,
-        sparse_head: bool = False,
+        sparse_head: bool | None = None,
         include: LayerFilter | None = None,
         seed: int = 0,
         sync_topology: bool = True,
@@ -114,7 +119,7 @@ class SparsityMethod(ABC):
         self.t_end = float(t_end)
         self.drop_fraction = float(drop_fraction)
         self.dense_first_layer = bool(dense_first_layer)
-        self.sparse_head = bool(sparse_head)
+        self.sparse_head = self.default_sparse_head if sparse_head is None else bool(sparse_head)
         self.include = include
         self.seed = int(seed)
         self.sync_topology = bool(sync_topology)

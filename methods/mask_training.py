@@ -21,6 +21,7 @@ from dstbench.methods.distributions import kept_weights, layer_densities
 from dstbench.methods.masking import MaskedWeight, broadcast_, distributed_ready, reset_optimizer_state
 from dstbench.methods.schedules import UpdateSchedule
 from dstbench.methods.selection import head_name, select_layers
+from dstbench.methods.sparse_init import SPARSE_INITS, grad_flow_init_
 from dstbench.methods.summary import LayerCount, summarize
 
 
@@ -30,10 +31,22 @@ class MaskedDST(SparsityMethod):
     After ``prepare``: ``masked`` maps layer name -> MaskedWeight, ``densities``
     maps every selected layer (ERK may keep some dense; they get no mask) to its
     target density, ``targets`` maps masked layers to their kept-weight budget.
+
+    Options of the family:
+        sparse_init: "grad_flow" redraws the masked weights after the initial mask
+            (``sparse_init.grad_flow_init_``), "none" keeps the model's own initialisation;
+            None takes the method's authors' choice (``default_sparse_init``).
     """
 
-    def __init__(self, sparsity: float = 0.9, **options: Any) -> None:
+    #: the sparse re-initialisation the method's authors run
+    default_sparse_init: str = "none"
+    default_sparse_head = True
+
+    def __init__(self, sparsity: float = 0.9, *, sparse_init: str | None = None, **options: Any) -> None:
         super().__init__(sparsity, **options)
+        self.sparse_init = self.default_sparse_init if sparse_init is None else sparse_init
+        if self.sparse_init not in SPARSE_INITS:
+            raise UserError(f"{self.name}: sparse_init must be one of {', '.join(SPARSE_INITS)}, got {sparse_init!r}")
         self.masked: dict[str, MaskedWeight] = {}
         self.densities: dict[str, float] = {}
         self.targets: dict[str, int] = {}
@@ -41,6 +54,10 @@ class MaskedDST(SparsityMethod):
         self.schedule: UpdateSchedule | None = None
 
     # --- subclass hooks -----------------------------------------------------------
+    def budget(self, numel: int, density: float) -> int:
+        """Kept weights of a layer of ``numel`` weights at ``density``: round(density * numel), in [1, numel]."""
+        return kept_weights(numel, density)
+
     @abstractmethod
     def initial_mask(self, name: str, shape: tuple[int, int]) -> Tensor:
         """Boolean (out, fan_in) CPU mask with ``self.targets[name]``-consistent nnz, drawn from ``self.generator``."""
@@ -68,9 +85,11 @@ class MaskedDST(SparsityMethod):
             weight = module.weight
             if density >= 1.0:
                 continue
-            self.targets[name] = kept_weights(weight.numel(), density)
+            self.targets[name] = self.budget(weight.numel(), density)
             rows = weight.shape[0]
             mask = self.initial_mask(name, (rows, weight.numel() // rows)).reshape(weight.shape).to(weight.device)
+            if self.sparse_init == "grad_flow":
+                grad_flow_init_(weight, mask, self.generator)
             self.masked[name] = MaskedWeight(weight, mask, self._dense_grad_wanted)
             self.masked[name].apply()
         if self.sync_topology and distributed_ready():

@@ -1,10 +1,15 @@
 """SRigL (Lasby et al. ICLR 2024): constant fan-in with neuron ablation; inference through the condensed kernel.
 
-Training (``MaskedDST``), following the authors' ``RigLConstFanScheduler``:
-a layer of budget B = round(density * numel) weights keeps the same fan-in
-k = B // n_active in every active neuron (row; for a conv, a filter with
-fan_in = in * kh * kw); k >= 1. The initial mask draws k random columns per
-row. At every update (RigL's schedule), per layer:
+Training (``MaskedDST``), following the authors' ``RigLConstFanScheduler``
+(calgaryml/condensed-sparsity): every selected layer is sparse, the
+classifier head included (it is never ablated), as in the authors' configs.
+A layer of budget B = int(density * numel) weights (the authors'
+``get_fan_in_after_ablation``) keeps the same fan-in k = B // n_active in
+every active neuron (row; for a conv, a filter with fan_in = in * kh * kw);
+k >= 1. The initial mask draws k random columns per row, then the masked
+weights are redrawn by the authors' ``grad_flow_init`` (``sparse_init``,
+default "grad_flow", as their ``use_sparse_initialization: True``). At every
+update (RigL's schedule), per layer:
 
 1. n_drop = floor(alpha_t * nnz), n_keep = nnz - n_drop (n_keep is capped at
    the non-zero weights, as in the reference);
@@ -72,6 +77,7 @@ class SRigL(MaskedDST):
     """
 
     inference_format = "condensed"
+    default_sparse_init = "grad_flow"
 
     def __init__(self, sparsity: float = 0.9, *, ablation: bool = True, gamma_sal: float = 0.3, **options: Any) -> None:
         super().__init__(sparsity, **options)
@@ -83,6 +89,10 @@ class SRigL(MaskedDST):
     def sparsify_linear(self, linear: nn.Linear) -> nn.Module:
         weight = CondensedWeight.top_k(linear.weight.detach(), self.sparsity, linear.bias)
         return CondensedLinear(weight, self.impl)
+
+    def budget(self, numel: int, density: float) -> int:
+        """B = int(numel * density), at least 1: the authors' budget (floor, not round)."""
+        return max(1, int(numel * density))
 
     def fan_in(self, name: str, fan_in: int, active: int) -> int:
         """k = budget // active rows, in [1, fan_in]."""

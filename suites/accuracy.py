@@ -16,8 +16,9 @@ Data and model: ``--dataset digits`` (default; scikit-learn's bundled 8x8
 digits, an MLP 64-256-256-10), ``cifar10`` (resnet18 or vit_tiny) or
 ``imagenet`` (resnet50 or vit_b_16) from ``--data-dir`` (``suites/data.py``
 gives the layouts). Defaults per dataset and model: ``DEFAULTS``,
-``MODEL_DEFAULTS``; for the ViTs SRigL follows its authors (uniform
-densities, gamma_sal 0.95; ``METHOD_DEFAULTS``).
+``MODEL_DEFAULTS``; per model, a method follows its paper's preset
+(``METHOD_DEFAULTS``): SRigL on the ViTs uniform densities and gamma_sal
+0.95, RigL on ResNet-50 the first conv dense and the fc sparse.
 
 Each case trains with ``suites/loop.py`` (checkpoints every
 ``--checkpoint-every`` steps in ``OUT/checkpoints/``); its row is appended
@@ -79,7 +80,16 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "vit_tiny": {"srigl": dict(gamma_sal=0.95, distribution="uniform")},
     "vit_b_16": {"srigl": dict(gamma_sal=0.95, distribution="uniform")},
+    # RigL's ImageNet ResNet-50: the first conv dense, the fc layer sparse
+    "resnet50": {"rigl": dict(dense_first_layer=True, sparse_head=True)},
 }
+
+
+def method_options(model: str, method: str) -> dict[str, Any]:
+    """The options of ``method``'s paper for ``model`` (``METHOD_DEFAULTS``; empty if none)."""
+    return dict(METHOD_DEFAULTS.get(model, {}).get(method, {}))
+
+
 SPARSITY, SEEDS = "0.9", "0"
 QUICK = dict(dataset="digits", sparsity="0.9", seeds="0", epochs=15)
 MOMENTUM = 0.9
@@ -203,7 +213,7 @@ class Config:
         """The method options of a spec: model defaults < --delta-t/--distribution < --option < METHOD.KEY < inline."""
         common, scoped = parse_options(self.options)
         options: dict[str, Any] = {"delta_t": self.delta_t}
-        options.update(METHOD_DEFAULTS.get(self.model, {}).get(spec.method, {}))
+        options.update(method_options(self.model, spec.method))
         if self.distribution is not None:
             options["distribution"] = self.distribution
         return {**options, **common, **scoped.get(spec.method, {}), **spec.options}

@@ -107,7 +107,7 @@ def test_to_inference_gives_csr_with_the_same_outputs():
     train(model, method, optimizer, 12)
     fast = method.to_inference(model)
     assert isinstance(fast[0], CSRLinear) and isinstance(fast[2], CSRLinear)
-    assert isinstance(fast[4], torch.nn.Linear)  # the head stays dense
+    assert isinstance(fast[4], CSRLinear)  # the head is sparse too, as in the authors' code
     assert fast[0].nnz <= method.masked["0"].nnz
     x = torch.randn(7, 64)
     torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-5)

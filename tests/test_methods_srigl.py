@@ -56,8 +56,8 @@ def test_constant_fan_in_after_every_update(model_fn, ablation):
 
 
 def tiny(**options):
-    """A method prepared on Linear(20, 8) -> Linear(8, 2) with a budget of 42 weights in layer "0" (k0 = 5)."""
-    method = make_method("srigl", sparsity=0.7375, distribution="uniform", total_steps=10, **options)
+    """A method prepared on Linear(20, 8) -> Linear(8, 2) with a budget of int(160 * 0.265) = 42 weights in layer "0" (k0 = 5)."""
+    method = make_method("srigl", sparsity=0.735, distribution="uniform", total_steps=10, **options)
     model = method.prepare(nn.Sequential(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 2)))
     assert method.targets["0"] == 42
     return model, method
