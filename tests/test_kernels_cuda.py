@@ -1,13 +1,20 @@
 """The CUDA kernels on a GPU against the pure-torch reference, forward and backward.
 
 Marked ``gpu``: skipped without a CUDA device (tests/conftest.py) or without
-CuPy. Run on a GPU machine with ``pytest -m gpu tests/test_kernels_cuda.py``.
+CuPy. Run on a GPU machine with ``pytest -m gpu tests/test_kernels_cuda.py``
+(``python -m dstbench.gpu_check`` runs them, then the suites). Before each
+test, torch's cached GPU memory is filled with NaN, so an output element that
+a kernel never writes shows up as a mismatch. The tests marked ``small`` (all
+kernels on small shapes) are the ones run under compute-sanitizer.
 """
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("cupy", reason="CuPy is not installed: pip install dstbench[cuda13] (or [cuda12])")
 
@@ -15,12 +22,29 @@ from dstbench.errors import UserError  # noqa: E402
 from dstbench.kernels import cuda as cuda_backend  # noqa: E402
 from dstbench.kernels import ops, reference  # noqa: E402
 from dstbench.kernels.formats import CondensedWeight, DiagonalWeight  # noqa: E402
+from dstbench.kernels.layers import CondensedLinear, DiagonalLinear  # noqa: E402
+from dstbench.registry import list_methods, make_method  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 DEV = "cuda"
+
+
+@pytest.fixture(autouse=True)
+def _nan_filled_allocator():
+    """Fill torch's cached GPU blocks with NaN, so that memory a kernel should write but does not reads as NaN.
+
+    16 blocks of 1 MiB fill eight 2 MiB segments of the small-allocation pool
+    (requests up to 1 MiB); one 256 MiB block fills the large pool, which later
+    requests split. Freed, they stay cached and back the next allocations.
+    """
+    torch.cuda.empty_cache()
+    blocks = [torch.full((2**18,), math.nan, device=DEV) for _ in range(16)]
+    blocks.append(torch.full((2**26,), math.nan, device=DEV))
+    del blocks
+    yield
 
 
 def assert_close(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor, dtype: torch.dtype) -> None:
@@ -162,3 +186,115 @@ def test_refuses_unsupported_input() -> None:
     with pytest.raises(UserError, match="shape"):
         cuda_backend.diag_mm(x, torch.tensor([0], device=DEV), torch.ones(1, 2, device=DEV), 3)
     assert cuda_backend.unavailable_reason(x.device, torch.float32) is None
+
+
+@pytest.mark.small
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_small_shapes_every_kernel(dtype: torch.dtype) -> None:
+    """Every kernel and code path once on small shapes: the set run under compute-sanitizer."""
+    for out_f, in_f, batch in [(40, 24, 3), (24, 40, 20), (32, 32, 17)]:  # diag_fwd_small and diag_fwd_tiled
+        x, offsets, values, dy = diag_data(out_f, in_f, batch, 9, dtype, seed=out_f)
+        x64, v64, dy64 = x.double(), values.double(), dy.double()
+        assert_close(cuda_backend.diag_mm(x, offsets, values, out_f), reference.diag_mm(x64, offsets, v64, out_f),
+                     reference.diag_mm(x64.abs(), offsets, v64.abs(), out_f), dtype)
+        dense = DiagonalWeight(offsets, v64, out_f, in_f).to_dense()
+        assert_close(cuda_backend.diag_mm(dy, offsets, values, in_f, transpose=True), dy64 @ dense,
+                     dy64.abs() @ dense.abs(), dtype)
+        assert_close(cuda_backend.diag_values_grad(dy, x, offsets), reference.diag_values_grad(dy64, x64, offsets),
+                     reference.diag_values_grad(dy64.abs(), x64.abs(), offsets), dtype)
+    for out_f, in_f, batch in [(20, 30, 1), (30, 20, 21), (6, 30000, 3)]:  # staged x, B = 1, unstaged xT
+        x, values, indices, rows, dy = condensed_data(out_f, in_f, batch, 5, 3, torch.int16, dtype, seed=in_f)
+        x64, v64, dy64 = x.double(), values.double(), dy.double()
+        assert_close(cuda_backend.condensed_mm(x, values, indices, rows, out_f),
+                     reference.condensed_mm(x64, v64, indices, rows, out_f),
+                     reference.condensed_mm(x64.abs(), v64.abs(), indices, rows, out_f), dtype)
+        assert_close(cuda_backend.condensed_values_grad(dy, x, indices, rows),
+                     reference.condensed_values_grad(dy64, x64, indices, rows),
+                     reference.condensed_values_grad(dy64.abs(), x64.abs(), indices, rows), dtype)
+        assert_close(cuda_backend.condensed_input_grad(dy, values, indices, rows, in_f),
+                     reference.condensed_input_grad(dy64, v64, indices, rows, in_f),
+                     reference.condensed_input_grad(dy64.abs(), v64.abs(), indices, rows, in_f), dtype)
+
+
+@pytest.mark.parametrize("batch", [1, 40])
+def test_layers_fuse_the_bias(batch: int) -> None:
+    """The inference layers add the bias inside the kernel; ablated rows output the bias."""
+    torch.manual_seed(0)
+    w, bias = torch.randn(96, 64, device=DEV), torch.randn(96, device=DEV)
+    x = torch.randn(batch, 64, device=DEV)
+    diag = DiagonalWeight.top_k(w, 0.8, bias)
+    mask = torch.zeros_like(w, dtype=torch.bool)
+    mask[1::2, :7] = True  # every other row ablated
+    cond = CondensedWeight.from_mask(w, mask, bias)
+    with torch.inference_mode():
+        for layer, weight in ((DiagonalLinear(diag, impl="cuda"), diag), (CondensedLinear(cond, impl="cuda"), cond)):
+            want = x.double() @ weight.to_dense().double().T + bias.double()
+            bound = x.double().abs() @ weight.to_dense().double().abs().T + bias.double().abs()
+            assert_close(layer(x), want, bound, torch.float32)
+
+
+def test_refuses_bad_pattern_with_one_line() -> None:
+    x = torch.randn(2, 8, device=DEV)
+    with pytest.raises(UserError, match=r"offsets must lie in \[0, 8\), found 8") as info:
+        cuda_backend.diag_mm(x, torch.tensor([0, 8], device=DEV), torch.ones(2, 8, device=DEV), 8)
+    assert "\n" not in str(info.value)
+    indices = torch.tensor([[0, 1], [2, 3]], dtype=torch.int16, device=DEV)
+    with pytest.raises(UserError, match="row 3 appears twice"):
+        cuda_backend.condensed_mm(x, torch.ones(2, 2, device=DEV), indices, torch.tensor([3, 3], device=DEV), 4)
+    with pytest.raises(UserError, match=r"indices must lie in \[0, 8\), found 9"):
+        cuda_backend.condensed_mm(x, torch.ones(2, 2, device=DEV), indices + 8, torch.tensor([0, 1], device=DEV), 4)
+
+
+def test_cuda_graph_replay() -> None:
+    """After one warm-up call, forward and backward launch without a host sync, so a CUDA graph captures them."""
+    x0, values, indices, rows, dy0 = condensed_data(300, 200, 24, 20, 4, torch.int16, torch.float32)
+    xd0, offsets, dvalues, _ = diag_data(300, 200, 8, 40, torch.float32)
+    static = [t.clone() for t in (x0, dy0, xd0)]
+
+    def step() -> list[torch.Tensor]:
+        x, dy, xd = static
+        return [cuda_backend.condensed_mm(x, values, indices, rows, 300),
+                cuda_backend.condensed_input_grad(dy, values, indices, rows, 200),
+                cuda_backend.condensed_values_grad(dy, x, indices, rows),
+                cuda_backend.diag_mm(xd, offsets, dvalues, 300)]
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm-up: compiles, checks the patterns, builds the transposed pattern
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = step()
+    for t in static:
+        t.normal_()
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(outs, step()):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_training_steps_on_cuda(name: str) -> None:
+    """Three training steps of every registered method on CUDA (a topology update each step, DynaDiag frozen
+    after the first), with the CUDA kernels and with the reference: the same losses, all finite."""
+    losses = {}
+    for impl in ("cuda", "reference"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 48),
+                                    torch.nn.ReLU(), torch.nn.Linear(48, 10)).to(DEV)
+        method = make_method(name, sparsity=0.9, total_steps=4, delta_t=1, impl=impl)
+        model = method.prepare(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        gen = torch.Generator().manual_seed(1)
+        losses[impl] = []
+        for _ in range(3):
+            x, y = torch.randn(32, 64, generator=gen).to(DEV), torch.randint(0, 10, (32,), generator=gen).to(DEV)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            method.step(optimizer)
+            losses[impl].append(loss.item())
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+    torch.testing.assert_close(losses["cuda"], losses["reference"], rtol=1e-4, atol=1e-5)
