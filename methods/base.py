@@ -144,6 +144,10 @@ class SparsityMethod(ABC):
         self.step_count += 1
         return False
 
+    def dynamic_fraction(self) -> float:
+        """The share of training, in [0, 1], before the topology settles (0 for a method without a topology phase)."""
+        return 0.0
+
     @abstractmethod
     def to_inference(self, model: nn.Module) -> nn.Module:
         """A copy of the prepared ``model`` with its sparse layers in the fast inference format."""

@@ -161,6 +161,10 @@ class DynaDiag(SparsityMethod):
         keep[entering] = False
         reset_optimizer_state(optimizer, layer.values, keep)
 
+    def dynamic_fraction(self) -> float:
+        """freeze_at (1.0 without a freeze): the dense-cost phase where every diagonal is gated."""
+        return 1.0 if self.freeze_at is None else self.freeze_at
+
     def broadcast_topology(self) -> None:
         """Broadcast every layer's importances and frozen offsets from rank 0 (no-op without torch.distributed)."""
         if not distributed_ready():

@@ -133,6 +133,10 @@ class MaskedDST(SparsityMethod):
         reset_optimizer_state(optimizer, param, (new & old).reshape(param.shape))
         return bool((new != old).any())
 
+    def dynamic_fraction(self) -> float:
+        """t_end: updates stop after this share of training."""
+        return self.t_end
+
     def broadcast_topology(self) -> None:
         """Broadcast every mask from rank 0 and re-apply it (no-op without torch.distributed)."""
         if not distributed_ready():

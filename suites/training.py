@@ -13,7 +13,7 @@ Schedule position. Every method is prepared for a run of
 position of that schedule (``method.step_count`` is set before each timed
 block; it is the schedule position of the ``SparsityMethod`` interface):
 
-- ``--phase dynamic`` (default): 10% into the run, where the topology still
+- ``--phase dynamic``: 10% into the run, where the topology still
   changes (before RigL/SRigL's t_end and DynaDiag's freeze). A round times a
   block of ordinary steps (no topology update among them; their mean is
   ``regular``) and, separately, the one step that ends with a topology
@@ -22,6 +22,13 @@ block; it is the schedule position of the ``SparsityMethod`` interface):
   ``delta_t`` steps: ``regular + (update - regular) / delta_t``.
 - ``--phase settled``: 90% into the run, after every method's topology is
   fixed (DynaDiag frozen); only ordinary steps exist there.
+- ``--phase schedule`` (default): both, each on its own copy of the model,
+  and the whole run's mean step ``f * dynamic + (1 - f) * settled`` with
+  f = ``method.dynamic_fraction()``, the share of training before the
+  topology settles (RigL/SRigL: t_end = 0.75; DynaDiag: freeze_at = 0.3,
+  where its pre-freeze steps cost a dense GEMM on all P diagonals and its
+  post-freeze steps run the sparse kernels). Rows then carry
+  ``dynamic_p50_s`` and ``settled_p50_s`` with their own speedups over dense.
 
 Methods (dense and rigl always included, as the baselines) are timed in
 interleaved rounds in one process, the order rotated each round, so sample
@@ -35,7 +42,7 @@ import argparse
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,6 +68,8 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "vit_tiny": lambda: models.vit(IMAGE, CLASSES, dim=384, depth=6, heads=6, mlp_dim=1536, patch=4),
 }
 PHASES = {"dynamic": 0.1, "settled": 0.9}
+#: --phase choices: one schedule position, or both combined over the whole schedule
+PHASE_CHOICES = (*PHASES, "schedule")
 DEFAULTS = dict(models="mlp,vit_tiny", sparsity="0.9", batch=64, rounds=10, min_time=0.5)
 QUICK = dict(models="mlp,vit_tiny", sparsity="0.9", batch=16, rounds=5, min_time=0.05)
 LR = 0.01
@@ -121,9 +130,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", help=f"comma-separated, among {', '.join(MODELS)} (default {DEFAULTS['models']})")
     parser.add_argument("--sparsity", help=f"comma-separated sparsities in [0, 1) (default {DEFAULTS['sparsity']})")
     parser.add_argument("--batch-size", type=int, help=f"images per step (default {DEFAULTS['batch']})")
-    parser.add_argument("--phase", default="dynamic", choices=tuple(PHASES),
-                        help="schedule position of the timed steps: dynamic (10%% in, topology changing; default) "
-                             "or settled (90%% in, topology fixed)")
+    parser.add_argument("--phase", default="schedule", choices=PHASE_CHOICES,
+                        help="schedule position of the timed steps: dynamic (10%% in, topology changing), settled "
+                             "(90%% in, topology fixed) or schedule (both, combined over the whole run; default)")
     parser.add_argument("--delta-t", type=int, default=100, help="steps between topology updates (default 100)")
     parser.add_argument("--rounds", type=int, help=f"samples per method and case (default {DEFAULTS['rounds']})")
     parser.add_argument("--min-time", type=float,
@@ -214,63 +223,106 @@ def _timed(fn: Callable[[], None], device: torch.device) -> float:
 
 @dataclass
 class Timing:
-    """One method's samples, in round order: amortized step, regular step and update step seconds."""
+    """One method's samples in round order, in seconds.
 
-    n_inner: int
-    step_s: list[float]
-    regular_s: list[float]
-    update_s: list[float]
+    Attributes:
+        fraction: share of the schedule before the topology settles (``method.dynamic_fraction()``).
+        n_inner: regular steps per timed block, per timed phase.
+        step_s: the step of the run's phase (``schedule``: f * dynamic + (1 - f) * settled).
+        phase_s: the step of each timed phase (dynamic: the update amortized over delta_t steps).
+        regular_s, update_s: the regular and the update step of the first timed phase.
+    """
+
+    fraction: float
+    n_inner: dict[str, int]
+    step_s: list[float] = field(default_factory=list)
+    phase_s: dict[str, list[float]] = field(default_factory=dict)
+    regular_s: list[float] = field(default_factory=list)
+    update_s: list[float] = field(default_factory=list)
 
 
-def positions(group: Group) -> tuple[int, int, int]:
-    """(total_steps, start of the regular blocks, position before the update step) of the group's phase.
+def timed_phases(phase: str) -> tuple[str, ...]:
+    """The schedule positions a --phase times."""
+    return tuple(PHASES) if phase == "schedule" else (phase,)
+
+
+def positions(phase: str, delta_t: int) -> tuple[int, int, int]:
+    """(total_steps, start of the regular blocks, position before the update step) of a phase.
 
     The regular block starts right after an update position (a multiple of
     delta_t), so up to delta_t - 1 steps from there are ordinary steps; the
     update step is the next multiple of delta_t.
     """
-    total = 100 * group.delta_t
-    start = round(PHASES[group.phase] * 100) * group.delta_t
-    return total, start, start + group.delta_t - 1
+    total = 100 * delta_t
+    start = round(PHASES[phase] * 100) * delta_t
+    return total, start, start + delta_t - 1
+
+
+def _time_phase(t: Trainee, phase: str, n: int, delta_t: int, device: torch.device) -> tuple[float, float]:
+    """(regular step, update step) seconds at ``phase``; the update is the regular step where none exists."""
+    _, start, before_update = positions(phase, delta_t)
+    regular = _timed(lambda: t.steps_from(start, n), device) / n
+    update = _timed(lambda: t.steps_from(before_update, 1), device) if phase == "dynamic" else regular
+    return regular, update
 
 
 def measure_group(group: Group, config: Config, methods: list[str],
                   on_block: Callable[[], None] | None = None) -> tuple[dict[str, Timing], dict[str, Trainee]]:
-    """Time every method of a group in interleaved rounds; (method -> Timing, method -> Trainee)."""
+    """Time every method of a group in interleaved rounds; (method -> Timing, method -> Trainee of the last phase)."""
     device = torch.device(config.device)
-    total, start, before_update = positions(group)
+    phases = timed_phases(group.phase)
     gen = torch.Generator().manual_seed(config.seed + 1)
     x = torch.randn((group.batch, *IMAGE), generator=gen).to(device)
     y = torch.randint(0, CLASSES, (group.batch,), generator=gen).to(device)
-    trainees = {}
+    trainees: dict[tuple[str, str], Trainee] = {}
     for name in methods:
-        torch.manual_seed(config.seed)
-        model = MODELS[group.model]().to(device)
-        method = registry.make_method(name, sparsity=group.sparsity, total_steps=total, delta_t=group.delta_t,
-                                      seed=config.seed, impl=config.impl)
-        trainees[name] = Trainee(method, model, x, y)
-    dynamic = group.phase == "dynamic"
-    cap = group.delta_t - 2 if dynamic else timing.MAX_CALLS
+        for phase in phases:
+            torch.manual_seed(config.seed)
+            model = MODELS[group.model]().to(device)
+            method = registry.make_method(name, sparsity=group.sparsity, total_steps=positions(phase, group.delta_t)[0],
+                                          delta_t=group.delta_t, seed=config.seed, impl=config.impl)
+            trainees[name, phase] = Trainee(method, model, x, y)
     result: dict[str, Timing] = {}
-    for name, t in trainees.items():
-        timing.warm_up(lambda t=t: t.steps_from(start, 1), config.min_time / 2, device, min_calls=2)
-        if dynamic:
-            t.steps_from(before_update, 1)
-        block = (lambda n, t=t: _timed(lambda: t.steps_from(start, n), device))
-        result[name] = Timing(timing.calibrate(block, config.min_time, max_calls=cap), [], [], [])
+    for name in methods:
+        n_inner = {}
+        for phase in phases:
+            t = trainees[name, phase]
+            _, start, before_update = positions(phase, group.delta_t)
+            timing.warm_up(lambda t=t, s=start: t.steps_from(s, 1), config.min_time / 2, device, min_calls=2)
+            if phase == "dynamic":
+                t.steps_from(before_update, 1)
+            cap = group.delta_t - 2 if phase == "dynamic" else timing.MAX_CALLS
+            block = (lambda n, t=t, s=start: _timed(lambda: t.steps_from(s, n), device))
+            n_inner[phase] = timing.calibrate(block, config.min_time, max_calls=cap)
+        fraction = trainees[name, phases[0]].method.dynamic_fraction()
+        result[name] = Timing(fraction, n_inner, phase_s={phase: [] for phase in phases})
     for r in range(config.rounds):
         shift = r % len(methods)
         for name in methods[shift:] + methods[:shift]:
-            t, out = trainees[name], result[name]
-            regular = _timed(lambda: t.steps_from(start, out.n_inner), device) / out.n_inner
-            update = _timed(lambda: t.steps_from(before_update, 1), device) if dynamic else regular
-            out.regular_s.append(regular)
-            out.update_s.append(update)
-            out.step_s.append(regular + (update - regular) / group.delta_t)
+            out = result[name]
+            for i, phase in enumerate(phases):
+                regular, update = _time_phase(trainees[name, phase], phase, out.n_inner[phase], group.delta_t, device)
+                if i == 0:
+                    out.regular_s.append(regular)
+                    out.update_s.append(update)
+                out.phase_s[phase].append(regular + (update - regular) / group.delta_t)
+            if len(phases) == 1:
+                out.step_s.append(out.phase_s[phases[0]][-1])
+            else:
+                out.step_s.append(out.fraction * out.phase_s["dynamic"][-1] + (1 - out.fraction) * out.phase_s["settled"][-1])
             if on_block is not None:
                 on_block()
-    return result, trainees
+    return result, {name: trainees[name, phases[-1]] for name in methods}
 
+
+def _phase_columns(own: Timing, dense: Timing | None) -> dict[str, Any]:
+    """Per timed phase p: ``p_p50_s``, ``p_samples_s`` and ``speedup_vs_dense_p`` with its interval."""
+    columns: dict[str, Any] = {"dynamic_fraction": own.fraction}
+    for phase, samples in own.phase_s.items():
+        columns[f"{phase}_p50_s"] = stats.percentiles(samples, (50,))[50]
+        columns[f"{phase}_samples_s"] = samples
+        columns.update(stats.speedup_columns(f"speedup_vs_dense_{phase}", dense and dense.phase_s[phase], samples))
+    return columns
 
 
 def _row(group: Group, name: str, trainee: Trainee, timings: dict[str, Timing]) -> dict[str, Any]:
@@ -300,11 +352,16 @@ def _row(group: Group, name: str, trainee: Trainee, timings: dict[str, Timing]) 
         "samples_s": own.step_s,
         "regular_samples_s": own.regular_s,
         "update_samples_s": own.update_s,
+        **_phase_columns(own, timings.get(DENSE)),
     }
 
 
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    """One line per row: samples/s, step p50 in ms, update-step p50, speedups with 95% intervals."""
+    """One line per row: samples/s, step p50 in ms (per timed phase too), update-step p50, speedups with 95% intervals."""
     return format_table(rows, [
         Column("model", "model"),
         Column("method", "method"),
@@ -313,6 +370,8 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
         Column("impl", "impl"),
         Column("n", "n", ">"),
         Column("step ms", lambda r: f"{r['p50_s'] * 1e3:.2f}", ">"),
+        Column("dynamic ms", lambda r: _ms(r.get("dynamic_p50_s")), ">"),
+        Column("settled ms", lambda r: _ms(r.get("settled_p50_s")), ">"),
         Column("update ms", lambda r: f"{r['update_p50_s'] * 1e3:.2f}", ">"),
         Column("samples/s", lambda r: f"{r['samples_per_s']:.1f}", ">"),
         Column("vs dense [95% CI]", lambda r: fmt_ratio_ci(r["speedup_vs_dense"], r["speedup_vs_dense_lo"],

@@ -42,7 +42,7 @@ def test_rows_of_every_method_and_model(tmp_path):
         assert len(row["samples_s"]) == len(row["update_samples_s"]) == 3
         assert row["p50_s"] > 0 and row["samples_per_s"] == pytest.approx(4 / row["p50_s"])
         assert row["speedup_vs_dense_lo"] <= row["speedup_vs_dense"] <= row["speedup_vs_dense_hi"]
-        assert row["phase"] == "dynamic" and row["delta_t"] == 6
+        assert row["phase"] == "schedule" and row["delta_t"] == 6
     for model in ("mlp", "vit_tiny"):
         assert got[model, "dense"]["speedup_vs_dense"] == 1.0 and got[model, "rigl"]["speedup_vs_rigl"] == 1.0
         assert got[model, "rigl"]["impl"] == "masked-dense" and got[model, "dense"]["impl"] == "dense"
@@ -50,12 +50,25 @@ def test_rows_of_every_method_and_model(tmp_path):
         assert got[model, "srigl"]["sparsity_achieved"] > 0.6
     mlp = got["mlp", "rigl"]
     amortized = [r + (u - r) / 6 for r, u in zip(mlp["regular_samples_s"], mlp["update_samples_s"])]
-    assert mlp["samples_s"] == pytest.approx(amortized)
+    assert mlp["dynamic_samples_s"] == pytest.approx(amortized)
+    whole = [0.75 * d + 0.25 * s for d, s in zip(mlp["dynamic_samples_s"], mlp["settled_samples_s"])]
+    assert mlp["dynamic_fraction"] == 0.75 and mlp["samples_s"] == pytest.approx(whole)
+    dyn = got["mlp", "dynadiag"]
+    assert dyn["dynamic_fraction"] == 0.3 and dyn["settled_p50_s"] > 0 and dyn["speedup_vs_dense_settled"] > 0
+    assert dyn["samples_s"] == pytest.approx([0.3 * d + 0.7 * s for d, s in zip(dyn["dynamic_samples_s"],
+                                                                                 dyn["settled_samples_s"])])
+
+
+def test_dynamic_phase_alone_amortizes_the_update(tmp_path):
+    assert run(tmp_path, "--models", "mlp", "--methods", "rigl", "--phase", "dynamic") == 0
+    for row in records.read_rows(tmp_path):
+        amortized = [r + (u - r) / 6 for r, u in zip(row["regular_samples_s"], row["update_samples_s"])]
+        assert row["samples_s"] == pytest.approx(amortized) and "settled_p50_s" not in row
 
 
 def test_the_timed_update_step_updates_and_the_regular_block_does_not():
     group = training.Group("mlp", 0.8, 4, "dynamic", 6, "cpu", 1)
-    total, start, before_update = training.positions(group)
+    total, start, before_update = training.positions(group.phase, group.delta_t)
     method = make_method("rigl", sparsity=0.8, total_steps=total, delta_t=6)
     x, y = torch.randn(4, *training.IMAGE), torch.randint(0, 10, (4,))
     trainee = training.Trainee(method, training.MODELS["mlp"](), x, y)
