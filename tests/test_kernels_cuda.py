@@ -75,7 +75,11 @@ DIAG_CASES = [  # out, in, batch, K
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("out_f, in_f, batch, k", DIAG_CASES)
 def test_diagonal_matches_reference(out_f, in_f, batch, k, dtype) -> None:
-    x, offsets, values, dy = diag_data(out_f, in_f, batch, k, dtype)
+    check_diagonal(*diag_data(out_f, in_f, batch, k, dtype), out_f, in_f, dtype)
+
+
+def check_diagonal(x, offsets, values, dy, out_f: int, in_f: int, dtype: torch.dtype) -> None:
+    """Forward, input gradient (transpose) and values gradient against the reference in float64."""
     x64, v64, dy64 = x.double(), values.double(), dy.double()
     assert_close(cuda_backend.diag_mm(x, offsets, values, out_f), reference.diag_mm(x64, offsets, v64, out_f),
                  reference.diag_mm(x64.abs(), offsets, v64.abs(), out_f), dtype)
@@ -118,7 +122,11 @@ CONDENSED_CASES = [  # out, in, batch, k, ablate every n-th row (0: none), index
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("out_f, in_f, batch, k, ablate, index_dtype", CONDENSED_CASES)
 def test_condensed_matches_reference(out_f, in_f, batch, k, ablate, index_dtype, dtype) -> None:
-    x, values, indices, rows, dy = condensed_data(out_f, in_f, batch, k, ablate, index_dtype, dtype)
+    check_condensed(*condensed_data(out_f, in_f, batch, k, ablate, index_dtype, dtype), out_f, in_f, dtype)
+
+
+def check_condensed(x, values, indices, rows, dy, out_f: int, in_f: int, dtype: torch.dtype) -> None:
+    """The three condensed kernels against the reference in float64."""
     x64, v64, dy64 = x.double(), values.double(), dy.double()
     assert_close(cuda_backend.condensed_mm(x, values, indices, rows, out_f),
                  reference.condensed_mm(x64, v64, indices, rows, out_f),
@@ -193,27 +201,9 @@ def test_refuses_unsupported_input() -> None:
 def test_small_shapes_every_kernel(dtype: torch.dtype) -> None:
     """Every kernel and code path once on small shapes: the set run under compute-sanitizer."""
     for out_f, in_f, batch in [(40, 24, 3), (24, 40, 20), (32, 32, 17)]:  # diag_fwd_small and diag_fwd_tiled
-        x, offsets, values, dy = diag_data(out_f, in_f, batch, 9, dtype, seed=out_f)
-        x64, v64, dy64 = x.double(), values.double(), dy.double()
-        assert_close(cuda_backend.diag_mm(x, offsets, values, out_f), reference.diag_mm(x64, offsets, v64, out_f),
-                     reference.diag_mm(x64.abs(), offsets, v64.abs(), out_f), dtype)
-        dense = DiagonalWeight(offsets, v64, out_f, in_f).to_dense()
-        assert_close(cuda_backend.diag_mm(dy, offsets, values, in_f, transpose=True), dy64 @ dense,
-                     dy64.abs() @ dense.abs(), dtype)
-        assert_close(cuda_backend.diag_values_grad(dy, x, offsets), reference.diag_values_grad(dy64, x64, offsets),
-                     reference.diag_values_grad(dy64.abs(), x64.abs(), offsets), dtype)
+        check_diagonal(*diag_data(out_f, in_f, batch, 9, dtype, seed=out_f), out_f, in_f, dtype)
     for out_f, in_f, batch in [(20, 30, 1), (30, 20, 21), (6, 30000, 3)]:  # staged x, B = 1, unstaged xT
-        x, values, indices, rows, dy = condensed_data(out_f, in_f, batch, 5, 3, torch.int16, dtype, seed=in_f)
-        x64, v64, dy64 = x.double(), values.double(), dy.double()
-        assert_close(cuda_backend.condensed_mm(x, values, indices, rows, out_f),
-                     reference.condensed_mm(x64, v64, indices, rows, out_f),
-                     reference.condensed_mm(x64.abs(), v64.abs(), indices, rows, out_f), dtype)
-        assert_close(cuda_backend.condensed_values_grad(dy, x, indices, rows),
-                     reference.condensed_values_grad(dy64, x64, indices, rows),
-                     reference.condensed_values_grad(dy64.abs(), x64.abs(), indices, rows), dtype)
-        assert_close(cuda_backend.condensed_input_grad(dy, values, indices, rows, in_f),
-                     reference.condensed_input_grad(dy64, v64, indices, rows, in_f),
-                     reference.condensed_input_grad(dy64.abs(), v64.abs(), indices, rows, in_f), dtype)
+        check_condensed(*condensed_data(out_f, in_f, batch, 5, 3, torch.int16, dtype, seed=in_f), out_f, in_f, dtype)
 
 
 @pytest.mark.parametrize("batch", [1, 40])
