@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -45,13 +46,21 @@ def gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
+@functools.cache
+def commit() -> dict[str, Any]:
+    """The git sha of the checkout dstbench runs from and whether tracked files differ from it.
+
+    Read once per process, so that the records of one process name one
+    commit even if the checkout changes while it runs.
+    """
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"git_sha": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None}
+
+
 def capture(threads: int | None = None) -> dict[str, Any]:
     """A JSON-ready description of this machine, software and commit."""
-    sha = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "git_sha": sha,
-        "git_dirty": bool(status) if status is not None else None,
+        **commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

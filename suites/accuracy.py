@@ -36,6 +36,7 @@ hashes of its method state (masks / alpha) and parameters to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -269,7 +270,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int,
                         help="steps between checkpoints inside a case, 0 for none (default: digits 200, cifar10 500, "
                              "imagenet 1000)")
-    parser.add_argument("--out", help="run folder (default results/accuracy-<timestamp>); rerun into it to resume")
+    base.add_out_arguments(parser, NAME)
 
 
 def _pick(args: argparse.Namespace, key: str, dataset: str, model: str) -> Any:
@@ -441,37 +442,25 @@ def check_methods_fit(config: Config, dataset: data.Data) -> None:
                             f"(as an option: --option {spec.method}.KEY=VALUE)") from None
 
 
-def check_resumable(config: Config) -> None:
-    """Read-only: UserError if ``config.out`` is not a folder for this run (another suite, or other options)."""
-    folder = Path(config.out)
-    records.check_folder(folder, NAME)
-    if not (folder / records.RUN_FILE).exists():
-        return
-    stored = comparable(records.read_meta(folder)["config"])
-    wanted = config.comparable()
-    changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-    if changed:
-        raise UserError(f"{config.out} holds an accuracy run with other options ({', '.join(changed)}); "
-                        "rerun with the same options to resume, or choose another --out")
-
-
 def run(args: argparse.Namespace) -> int:
     """``dstbench run --suite accuracy``: validate, load data, join torchrun's group if any, train every pending case."""
     config = resolve_config(args)
     dataset = data.load(config.dataset, config.data_dir, config.image_size)
     check_methods_fit(config, dataset)
-    check_resumable(config)
+    folder = dict(config=asdict(config), threads=config.threads, may_change=RESUMABLE, new_segment=args.new_segment)
+    records.check_folder(Path(config.out), NAME, **folder)  # on every rank, before any of them starts
     world = distributed.init(torch.device(config.device))
     try:
-        return _run(config, dataset, world)
+        with records.RunStore(Path(config.out), NAME, **folder) if world.is_main else contextlib.nullcontext() as store:
+            return _run(config, dataset, world, store)
     finally:
         distributed.shutdown(world)
 
 
-def _run(config: Config, dataset: data.Data, world: World) -> int:
+def _run(config: Config, dataset: data.Data, world: World, store: records.RunStore | None) -> int:
+    """Train every case ``store`` (rank 0's; None on the other ranks) has not recorded."""
     if world.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    store = records.RunStore(Path(config.out), NAME, asdict(config), threads=config.threads) if world.is_main else None
     done = distributed.broadcast_object(sorted(store.done) if store else None, world)
     cases = config.cases()
     ids = [c.case_id(config.dataset, config.model) for c in cases]

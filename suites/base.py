@@ -82,6 +82,14 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def add_out_arguments(parser: argparse.ArgumentParser, suite: str) -> None:
+    """--out and --new-segment, the run-folder options of every suite (``dstbench.records``)."""
+    parser.add_argument("--out", help=f"run folder (default results/{suite}-<timestamp>); rerun into it to resume")
+    parser.add_argument("--new-segment", action="store_true",
+                        help="continue the run in --out although its options, commit or environment differ, as a new "
+                             "segment of it that records its own (its rows name their segment)")
+
+
 def default_out(suite: str) -> Path:
     """results/<suite>-<timestamp> under the current folder."""
     import time  # noqa: PLC0415

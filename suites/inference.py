@@ -48,6 +48,8 @@ LAYER_CASES = {
 }
 E2E_CASE = "vit_b16"
 DENSE, CSR = "dense", "rigl"
+#: options a resumed run may change (they do not define its cases)
+RESUMABLE = ("named", "quick", "out", "notes")
 DEFAULTS = {
     "cases": ",".join(LAYER_CASES),
     "sparsity": "0.8,0.9,0.95,0.99",
@@ -163,7 +165,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"seconds each timed block lasts at least (default {DEFAULTS['min_time']})")
     parser.add_argument("--rounds", type=int, help=f"samples per method and case (default {DEFAULTS['rounds']})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
-    parser.add_argument("--out", help="run folder (default results/inference-<timestamp>); rerun into it to resume")
+    base.add_out_arguments(parser, NAME)
 
 
 def _preset(args: argparse.Namespace, key: str) -> Any:
@@ -414,22 +416,23 @@ def _run(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     records.check_folder(Path(config.out), NAME)
     _check_e2e_speed(config, probe(config))
-    store = records.RunStore(Path(config.out), NAME, asdict(config), threads=config.threads)
-    methods = config.methods
-    groups = config.groups()
-    pending = [g for g in groups if not all(g.case_id(m) in store.done for m in methods)]
-    if len(pending) < len(groups):
-        print(f"dstbench: resuming {config.out}: {len(groups) - len(pending)} of {len(groups)} case groups already recorded",
-              file=sys.stderr)
-    workloads = Workloads(config)
-    start = time.perf_counter()
-    total_blocks = sum(len(methods) * config.rounds_of(g) for g in pending)
-    with tqdm(total=total_blocks, unit="block", file=sys.stderr, desc=NAME) as bar:
-        for group in pending:
-            bar.set_postfix_str(f"{group.case} s={group.sparsity:g} b={group.batch} l2={group.l2}")
-            rows = measure_group(group, workloads, methods, config, on_block=lambda: bar.update(1))
-            store.append_many(row for row in rows if row["case_id"] not in store.done)
-    store.finish()
+    with records.RunStore(Path(config.out), NAME, asdict(config), threads=config.threads, may_change=RESUMABLE,
+                          new_segment=args.new_segment) as store:
+        methods = config.methods
+        groups = config.groups()
+        pending = [g for g in groups if not all(g.case_id(m) in store.done for m in methods)]
+        if len(pending) < len(groups):
+            print(f"dstbench: resuming {config.out}: {len(groups) - len(pending)} of {len(groups)} case groups already "
+                  "recorded", file=sys.stderr)
+        workloads = Workloads(config)
+        start = time.perf_counter()
+        total_blocks = sum(len(methods) * config.rounds_of(g) for g in pending)
+        with tqdm(total=total_blocks, unit="block", file=sys.stderr, desc=NAME) as bar:
+            for group in pending:
+                bar.set_postfix_str(f"{group.case} s={group.sparsity:g} b={group.batch} l2={group.l2}")
+                rows = measure_group(group, workloads, methods, config, on_block=lambda: bar.update(1))
+                store.append_many(row for row in rows if row["case_id"] not in store.done)
+        store.finish()
     wanted = {g.case_id(m): None for g in groups for m in methods}
     by_id = {row["case_id"]: row for row in store.rows}
     rows = [by_id[case_id] for case_id in wanted if case_id in by_id]

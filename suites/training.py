@@ -60,6 +60,8 @@ from dstbench.table import Column, fmt_ratio_ci, format_table
 
 NAME = "training"
 DENSE, RIGL = "dense", "rigl"
+#: options a resumed run may change (they do not define its cases)
+RESUMABLE = ("quick", "out")
 IMAGE = (3, 32, 32)
 CLASSES = 10
 #: name -> builder of the timed model for IMAGE inputs
@@ -141,7 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--impl", default="auto", help="kernel of the sparse layers: auto, cpu, cuda or reference")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, masks and the batch (default 0)")
-    parser.add_argument("--out", help="run folder (default results/training-<timestamp>); rerun into it to resume")
+    base.add_out_arguments(parser, NAME)
 
 
 def _preset(args: argparse.Namespace, key: str, attr: str | None = None) -> Any:
@@ -385,22 +387,23 @@ def run(args: argparse.Namespace) -> int:
     """``dstbench run --suite training``: validate, open the run folder, time every pending group, print the table."""
     config = resolve_config(args)
     records.check_folder(Path(config.out), NAME)
-    store = records.RunStore(Path(config.out), NAME, asdict(config), threads=config.threads)
-    methods, groups = config.methods, config.groups()
-    pending = [g for g in groups if not all(g.case_id(m) in store.done for m in methods)]
-    if len(pending) < len(groups):
-        print(f"dstbench: resuming {config.out}: {len(groups) - len(pending)} of {len(groups)} case groups already recorded",
-              file=sys.stderr)
-    start = time.perf_counter()
-    with warnings.catch_warnings(), tqdm(total=len(pending) * len(methods) * config.rounds, unit="block",
-                                         file=sys.stderr, desc=NAME) as bar:
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        for group in pending:
-            bar.set_postfix_str(f"{group.model} s={group.sparsity:g}")
-            timings, trainees = measure_group(group, config, methods, on_block=lambda: bar.update(1))
-            rows = [_row(group, m, trainees[m], timings) for m in methods]
-            store.append_many(row for row in rows if row["case_id"] not in store.done)
-    store.finish()
+    with records.RunStore(Path(config.out), NAME, asdict(config), threads=config.threads, may_change=RESUMABLE,
+                          new_segment=args.new_segment) as store:
+        methods, groups = config.methods, config.groups()
+        pending = [g for g in groups if not all(g.case_id(m) in store.done for m in methods)]
+        if len(pending) < len(groups):
+            print(f"dstbench: resuming {config.out}: {len(groups) - len(pending)} of {len(groups)} case groups already "
+                  "recorded", file=sys.stderr)
+        start = time.perf_counter()
+        with warnings.catch_warnings(), tqdm(total=len(pending) * len(methods) * config.rounds, unit="block",
+                                             file=sys.stderr, desc=NAME) as bar:
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+            for group in pending:
+                bar.set_postfix_str(f"{group.model} s={group.sparsity:g}")
+                timings, trainees = measure_group(group, config, methods, on_block=lambda: bar.update(1))
+                rows = [_row(group, m, trainees[m], timings) for m in methods]
+                store.append_many(row for row in rows if row["case_id"] not in store.done)
+        store.finish()
     by_id = {row["case_id"]: row for row in store.rows}
     print(summary_table([by_id[g.case_id(m)] for g in groups for m in methods if g.case_id(m) in by_id]))
     print(f"{len(pending)} case groups timed in {time.perf_counter() - start:.1f} s ({config.phase} phase, "

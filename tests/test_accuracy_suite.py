@@ -133,7 +133,7 @@ def test_rerun_with_other_options_is_refused(tmp_path, capsys):
     assert run(tmp_path, "--methods", "dense", "--epochs", "1") == 0
     assert run(tmp_path, "--methods", "dense", "--epochs", "1", "--threads", "2") == 0  # threads may change
     assert run(tmp_path, "--methods", "dense", "--epochs", "2") == 2
-    assert "other options (epochs)" in capsys.readouterr().err
+    assert "options.hyper.epochs 1 -> 2" in capsys.readouterr().err
 
 
 def test_cifar10_and_imagenet_folders_train_end_to_end(tmp_path):

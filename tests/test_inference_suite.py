@@ -90,9 +90,11 @@ def test_resume_skips_recorded_groups(tmp_path: Path, monkeypatch: pytest.Monkey
     assert run(out) == 0
     assert seen == [] and len(records.read_rows(out)) == 4
     assert "resuming" in capsys.readouterr().err
-    assert run(out, "--batch", "2,3") == 0
+    assert run(out, "--batch", "2,3") == 2  # other options: refused, nothing measured
+    assert seen == [] and "options.batches [2] -> [2, 3]" in capsys.readouterr().err
+    assert run(out, "--batch", "2,3", "--new-segment") == 0
     assert len(seen) == 1 and "/b3/" in seen[0]
-    assert len(records.read_rows(out)) == 8
+    assert [row["segment"] for row in records.read_rows(out)] == [0] * 4 + [1] * 4
 
 
 def test_interrupted_run_keeps_whole_groups_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
