@@ -11,18 +11,11 @@ import warnings
 from typing import Sequence
 
 from dstbench import registry
-from dstbench.errors import UserError
+from dstbench.errors import OneLineParser, UserError
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     print(f"dstbench: warning: {message}", file=sys.stderr)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are UserErrors (one line, exit code 2) instead of usage + exit."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def _run_parser(suite_name: str | None) -> argparse.ArgumentParser:

@@ -1,4 +1,8 @@
-"""The one exception type the CLI turns into a one-line message and exit code 2."""
+"""The one exception type the CLI turns into a one-line message and exit code 2, and an argument parser that raises it."""
+
+from __future__ import annotations
+
+import argparse
 
 
 class UserError(Exception):
@@ -21,3 +25,13 @@ def check_sparsity(sparsity: float) -> float:
             "for example 0.9 keeps 10% of the weights"
         )
     return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are UserErrors (one line, exit code 2) instead of usage + exit.
+
+    Every ``dstbench`` command parses with it; its sub-parsers are OneLineParsers too.
+    """
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")

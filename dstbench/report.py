@@ -21,7 +21,6 @@ earlier report there is replaced, any other non-empty folder is refused.
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import time
@@ -32,7 +31,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from dstbench import plots, records, tables
-from dstbench.errors import UserError
+from dstbench.errors import OneLineParser, UserError
 from dstbench.runs import Run, load_run, machine_label
 
 INDEX = "index.md"
@@ -281,7 +280,7 @@ def build(paths: Sequence[str], out: Path, pareto_case: str | None = None, paret
 
 def main(argv: Sequence[str]) -> int:
     """``dstbench report RUN... --out reports/NAME``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dstbench report",
         description="Figures (PDF + PNG) and tables (Markdown + LaTeX) for papers from one or more run folders, "
                     "tied together in OUT/index.md.")
