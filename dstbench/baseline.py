@@ -27,8 +27,8 @@ from typing import Any, Sequence
 
 from dstbench import env as envinfo
 from dstbench import records
-from dstbench.compare import FORMATS, Result, add_options, check_options, compare_runs
-from dstbench.errors import UserError
+from dstbench.compare import FORMATS, Result, add_options, check_options, compare_with_options
+from dstbench.errors import OneLineParser, UserError
 from dstbench.runs import Run, load_run, machine_class
 from dstbench.suites.base import default_out
 
@@ -127,8 +127,7 @@ def check(args: argparse.Namespace) -> int:
     out = Path(args.out or default_out(f"{SUITE}-check"))
     suite_args = _check_suite_args(info["suite_args"])
     run_suite(suite_args, out)
-    threshold, alpha = check_options(args)
-    result = compare_runs(base, load_run(out), threshold, alpha, args.allow_machine_mismatch)
+    result = compare_with_options(base, load_run(out), args)
     if result.exit_code:
         result = confirm(base, result, suite_args, out.with_name(out.name + "-confirm"), args)
     print(FORMATS[args.format](result), end="")
@@ -146,8 +145,7 @@ def confirm(base: Run, first: Result, suite_args: Sequence[str], out: Path, args
     flagged = {(c.case, c.method, c.metric) for c in first.comparisons if c.status == "regressed"}
     print(f"dstbench baseline check: {len(flagged)} case(s) regressed; measuring again to confirm", file=sys.stderr)
     run_suite(suite_args, out)
-    threshold, alpha = check_options(args)
-    second = compare_runs(base, load_run(out), threshold, alpha, args.allow_machine_mismatch)
+    second = compare_with_options(base, load_run(out), args)
     for comp in second.comparisons:
         key = (comp.case, comp.method, comp.metric)
         if comp.status == "regressed" and key not in flagged:
@@ -160,7 +158,7 @@ def confirm(base: Run, first: Result, suite_args: Sequence[str], out: Path, args
 
 def main(argv: Sequence[str]) -> int:
     """``dstbench baseline update|check``."""
-    parser = argparse.ArgumentParser(prog="dstbench baseline",
+    parser = OneLineParser(prog="dstbench baseline",
                                      description="The committed speedup baseline that CI compares against.")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("update", help="rerun the quick inference suite and replace the baseline with it",

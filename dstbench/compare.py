@@ -10,7 +10,13 @@ baselines (dense, and CSR or RigL) of the two runs are compared. A case
   methods of a group being timed interleaved) of NEW against BASE gives
   ``p < alpha``.
 
-Improvements are the mirror image. Cases whose kernels, shapes or thread
+Improvements are the mirror image. A case whose rounds are too dispersed in
+either run to judge (interquartile range / median of the method's rounds,
+its reference's rounds or the per-round speedups above ``--max-dispersion``,
+default 25%: the middle half of the rounds spans more than the drop being
+looked for) is *noisy*: it is reported with a note to rerun, and never
+counts as a regression. Quiet runs stay below ~17%, while a machine busy
+during part of a run scatters the rounds it hits by 30% and more. Cases whose kernels, shapes or thread
 counts differ, or that only one run has, are *not comparable*; two runs of
 different machine classes (``dstbench.env.machine_class``) are not
 comparable at all unless ``--allow-machine-mismatch``.
@@ -21,7 +27,8 @@ between runs while a kernel made 2x slower drops it by 50%. The per-round
 test cannot detect anything with fewer than 5 rounds per run at alpha 0.01
 (the smallest one-sided p of 4 against 4 samples is 1/70).
 
-Exit codes: 1 if any case regressed, 0 otherwise, 2 for bad input.
+Exit codes: 1 if any case regressed, 0 otherwise (noisy cases included),
+2 for bad input.
 """
 
 from __future__ import annotations
@@ -35,13 +42,15 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from dstbench.errors import UserError
+from dstbench import stats
+from dstbench.errors import OneLineParser, UserError
 from dstbench.runs import Run, load_run, machine_class, machine_label
 from dstbench.table import Column, format_table
 
 DEFAULT_THRESHOLD = 0.25
 DEFAULT_ALPHA = 0.01
-STATUSES = ("regressed", "improved", "not comparable", "unchanged")
+DEFAULT_MAX_DISPERSION = 0.25
+STATUSES = ("regressed", "improved", "noisy", "not comparable", "unchanged")
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,7 @@ class Result:
     new: dict[str, Any]
     threshold: float
     alpha: float
+    max_dispersion: float
     comparisons: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -116,15 +126,28 @@ class Result:
         return ", ".join(f"{self.count(s)} {s}" for s in STATUSES)
 
 
-def parse_threshold(text: str) -> float:
-    """'10%' or '0.1' -> 0.1; UserError unless the result is in (0, 1)."""
+def _fraction(text: str, option: str) -> float:
+    """'10%' or '0.1' -> 0.1; UserError naming ``option`` if it is neither."""
     raw = text.strip()
     try:
-        value = float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
+        return float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
     except ValueError:
-        raise UserError(f"--threshold takes a percentage like 10% or a fraction like 0.1, got {text!r}") from None
+        raise UserError(f"{option} takes a percentage like 10% or a fraction like 0.1, got {text!r}") from None
+
+
+def parse_threshold(text: str) -> float:
+    """'10%' or '0.1' -> 0.1; UserError unless the result is in (0, 1)."""
+    value = _fraction(text, "--threshold")
     if not 0.0 < value < 1.0:
         raise UserError(f"--threshold must be between 0% and 100% (a drop of the speedup), got {text!r}; write 10% or 0.1")
+    return value
+
+
+def parse_max_dispersion(text: str) -> float:
+    """'25%' or '0.25' -> 0.25; UserError unless the result is positive."""
+    value = _fraction(text, "--max-dispersion")
+    if not value > 0.0:
+        raise UserError(f"--max-dispersion must be positive (interquartile range / median of the rounds), got {text!r}")
     return value
 
 
@@ -211,13 +234,24 @@ def _setup_difference(spec: SuiteSpec, base: dict[str, Any], new: dict[str, Any]
     return None
 
 
-def _judge(comp: Comparison, base_r: np.ndarray, new_r: np.ndarray, threshold: float, alpha: float) -> None:
+def _spread(reference: dict[str, Any], own: dict[str, Any], speedups: np.ndarray) -> float:
+    """The largest dispersion (IQR / median) among the rounds of ``own``, of ``reference`` and of the per-round speedups."""
+    return max(stats.dispersion(reference["samples_s"]), stats.dispersion(own["samples_s"]), stats.dispersion(speedups))
+
+
+def _judge(comp: Comparison, base_r: np.ndarray, new_r: np.ndarray, threshold: float, alpha: float,
+           spreads: dict[str, float], max_dispersion: float) -> None:
     comp.change = comp.new / comp.base - 1.0
     if comp.change < 0:
         comp.p_value = _p_value(new_r, base_r, "less")
     else:
         comp.p_value = _p_value(new_r, base_r, "greater")
-    if comp.change < -threshold and comp.p_value < alpha:
+    noisy = [f"{run} {value:.0%}" for run, value in spreads.items() if value > max_dispersion]
+    if noisy:
+        comp.status = "noisy"
+        comp.note = (f"rounds too dispersed to judge (IQR/median {', '.join(noisy)} > {max_dispersion:.0%}); "
+                     "rerun on a quiet machine")
+    elif comp.change < -threshold and comp.p_value < alpha:
         comp.status = "regressed"
     elif comp.change > threshold and comp.p_value < alpha:
         comp.status = "improved"
@@ -226,7 +260,8 @@ def _judge(comp: Comparison, base_r: np.ndarray, new_r: np.ndarray, threshold: f
 
 
 def _compare_case(spec: SuiteSpec, metric: str, ref_method: str, key: tuple, method: str, label: str,
-                  base_groups: dict, new_groups: dict, threshold: float, alpha: float) -> Comparison | None:
+                  base_groups: dict, new_groups: dict, threshold: float, alpha: float,
+                  max_dispersion: float) -> Comparison | None:
     metric_label = _METRIC_LABELS.get(metric, metric)
     comp = Comparison(label, method, metric_label, "not comparable")
     base_row = base_groups.get(key, {}).get(method)
@@ -257,7 +292,8 @@ def _compare_case(spec: SuiteSpec, metric: str, ref_method: str, key: tuple, met
         comp.note = "no paired per-round samples"
         return comp
     comp.status = "unchanged"
-    _judge(comp, base_r, new_r, threshold, alpha)
+    spreads = {"base": _spread(base_ref, base_row, base_r), "new": _spread(new_ref, new_row, new_r)}
+    _judge(comp, base_r, new_r, threshold, alpha, spreads, max_dispersion)
     return comp
 
 
@@ -281,7 +317,7 @@ def _describe(run: Run) -> dict[str, Any]:
 
 
 def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA,
-                 allow_machine_mismatch: bool = False) -> Result:
+                 allow_machine_mismatch: bool = False, max_dispersion: float = DEFAULT_MAX_DISPERSION) -> Result:
     """Compare the speedups of two runs of the same suite (inference or training)."""
     if base.suite != new.suite:
         raise UserError(f"cannot compare runs of different suites: {base.path} is {base.suite}, {new.path} is "
@@ -289,7 +325,7 @@ def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD, alph
     if base.suite not in SPECS:
         raise UserError(f"compare checks speedups of {' and '.join(SPECS)} runs; {base.path} is a {base.suite} run")
     spec = SPECS[base.suite]
-    result = Result(_describe(base), _describe(new), threshold, alpha)
+    result = Result(_describe(base), _describe(new), threshold, alpha, max_dispersion)
     mismatch = result.base["machine_class"] != result.new["machine_class"]
     if mismatch:
         result.notes.append(
@@ -310,7 +346,7 @@ def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD, alph
                 if method in (ref_method, "dense"):
                     continue
                 comp = _compare_case(spec, metric, ref_method, key, method, label, base_groups, new_groups,
-                                     threshold, alpha)
+                                     threshold, alpha, max_dispersion)
                 if comp is None:
                     continue
                 if mismatch and not allow_machine_mismatch:
@@ -318,6 +354,11 @@ def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD, alph
                     comp.note = "different machine class"
                 result.comparisons.append(comp)
     result.comparisons.sort(key=lambda c: STATUSES.index(c.status))
+    if result.count("noisy"):
+        result.notes.append(
+            f"{result.count('noisy')} case(s) are noisy: their rounds vary too much to tell a regression from the "
+            "machine's noise, so they were not judged; rerun both runs on a quiet machine (or 'dstbench baseline "
+            "check', which measures again)")
     return result
 
 
@@ -354,7 +395,8 @@ def _run_line(info: dict[str, Any]) -> str:
 
 def _rule(result: Result) -> str:
     return (f"A case regresses when its speedup drops by more than {result.threshold:.0%} and a one-sided "
-            f"Mann-Whitney U test on its per-round speedups gives p < {result.alpha:g}.")
+            f"Mann-Whitney U test on its per-round speedups gives p < {result.alpha:g}; a case whose rounds vary by "
+            f"more than {result.max_dispersion:.0%} (IQR/median) in either run is noisy, not judged.")
 
 
 def format_markdown(result: Result) -> str:
@@ -393,6 +435,7 @@ def format_json(result: Result) -> str:
         "exit_code": result.exit_code,
         "threshold": result.threshold,
         "alpha": result.alpha,
+        "max_dispersion": result.max_dispersion,
         "base": result.base,
         "new": result.new,
         "notes": result.notes,
@@ -412,28 +455,30 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                              f"(default {default_threshold.replace('%', '%%')})")
     parser.add_argument("--alpha", default=str(DEFAULT_ALPHA),
                         help=f"significance level of the Mann-Whitney U test (default {DEFAULT_ALPHA})")
+    default_dispersion = f"{DEFAULT_MAX_DISPERSION:.0%}"
+    parser.add_argument("--max-dispersion", default=default_dispersion,
+                        help="a case whose rounds (or per-round speedups) vary more than this (interquartile range / "
+                             f"median) in either run is noisy, not judged (default {default_dispersion.replace('%', '%%')})")
     parser.add_argument("--format", choices=sorted(FORMATS), default="md",
                         help="md (a CI comment, the default), text or json")
     parser.add_argument("--allow-machine-mismatch", action="store_true",
                         help="compare runs from different CPU/GPU models anyway")
 
 
-def check_options(args: argparse.Namespace) -> tuple[float, float]:
-    """(threshold, alpha) parsed from the options of ``add_options``; UserError if either is bad."""
-    return parse_threshold(args.threshold), parse_alpha(args.alpha)
+def check_options(args: argparse.Namespace) -> tuple[float, float, float]:
+    """(threshold, alpha, max_dispersion) parsed from the options of ``add_options``; UserError if one is bad."""
+    return parse_threshold(args.threshold), parse_alpha(args.alpha), parse_max_dispersion(args.max_dispersion)
 
 
-def run_comparison(base: Run, new: Run, args: argparse.Namespace) -> int:
-    """Compare, print in ``args.format`` and return the exit code (1 on a regression)."""
-    threshold, alpha = check_options(args)
-    result = compare_runs(base, new, threshold, alpha, args.allow_machine_mismatch)
-    print(FORMATS[args.format](result), end="")
-    return result.exit_code
+def compare_with_options(base: Run, new: Run, args: argparse.Namespace) -> Result:
+    """``compare_runs`` under the options of ``add_options``."""
+    threshold, alpha, max_dispersion = check_options(args)
+    return compare_runs(base, new, threshold, alpha, args.allow_machine_mismatch, max_dispersion)
 
 
 def main(argv: Sequence[str]) -> int:
     """``dstbench compare BASE NEW``: exit 1 on a regression, 0 otherwise (UserError -> 2)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dstbench compare",
         description="Compare the speedups (vs dense and vs CSR) of two runs of the same suite; "
                     "exit 1 if a case regressed.")
@@ -442,4 +487,6 @@ def main(argv: Sequence[str]) -> int:
     add_options(parser)
     args = parser.parse_args(argv)
     check_options(args)
-    return run_comparison(load_run(args.base), load_run(args.new), args)
+    result = compare_with_options(load_run(args.base), load_run(args.new), args)
+    print(FORMATS[args.format](result), end="")
+    return result.exit_code

@@ -6,6 +6,7 @@ return floats, so that suites and ``compare`` can share them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -21,6 +22,16 @@ def percentiles(samples: Sequence[float], qs: Sequence[float] = (50, 90, 99)) ->
     if values.size == 0:
         raise ValueError("percentiles of an empty sample")
     return {q: float(v) for q, v in zip(qs, np.percentile(values, qs))}
+
+
+def dispersion(samples: Sequence[float]) -> float:
+    """How spread out the samples are: interquartile range / median (0 for identical samples).
+
+    The spread of the middle half relative to the typical value; unlike a
+    standard deviation, a single outlier round barely moves it.
+    """
+    q1, median, q3 = percentiles(samples, (25, 50, 75)).values()
+    return float((q3 - q1) / median) if median else math.inf
 
 
 @dataclass(frozen=True)

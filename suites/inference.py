@@ -364,6 +364,7 @@ def _row(group: Group, method: str, module: nn.Module, samples: dict[str, timing
         "p50_s": pct[50],
         "p90_s": pct[90],
         "p99_s": pct[99],
+        "dispersion": stats.dispersion(own.samples_s),
         **stats.speedup_columns("speedup_vs_dense", getattr(samples.get(DENSE), "samples_s", None), own.samples_s),
         **stats.speedup_columns("speedup_vs_csr", getattr(samples.get(CSR), "samples_s", None), own.samples_s),
         "samples_s": own.samples_s,

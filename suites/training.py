@@ -346,6 +346,7 @@ def _row(group: Group, name: str, trainee: Trainee, timings: dict[str, Timing]) 
         "p50_s": pct[50],
         "p90_s": pct[90],
         "p99_s": pct[99],
+        "dispersion": stats.dispersion(own.step_s),
         "samples_per_s": group.batch / pct[50],
         "regular_p50_s": stats.percentiles(own.regular_s, (50,))[50],
         "update_p50_s": stats.percentiles(own.update_s, (50,))[50],

@@ -43,6 +43,16 @@ def write_run(path: Path, suite: str, rows: Iterable[dict[str, Any]], **env: Any
     return path
 
 
+def _burst(rng: np.random.Generator, rounds: int, burst: float) -> np.ndarray:
+    """Per-round slowdown factors: 1, except in a random contiguous half of the rounds, uniform in [1, burst]."""
+    factors = np.ones(rounds)
+    if burst > 1.0:
+        span = (rounds + 1) // 2
+        start = int(rng.integers(0, rounds - span + 1))
+        factors[start:start + span] = rng.uniform(1.0, burst, span)
+    return factors
+
+
 def _ratio(prefix: str, baseline: np.ndarray | None, own: np.ndarray) -> dict[str, float | None]:
     if baseline is None:
         return {prefix: None, f"{prefix}_lo": None, f"{prefix}_hi": None}
@@ -61,6 +71,7 @@ def inference_rows(
     drift: float = 0.05,
     slow: dict[str, float] | None = None,
     impls: dict[str, str] | None = None,
+    burst: float = 1.0,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Inference-suite rows: every method of every (case, sparsity, batch) group, timed in ``rounds`` rounds.
@@ -68,7 +79,10 @@ def inference_rows(
     ``speedups`` gives each method's true speedup over dense (scaled up with
     the density at other sparsities than 0.9); ``slow`` multiplies a method's
     times (2.0 = a kernel made twice as slow); ``noise`` and ``drift`` are the
-    log-normal sigmas of the per-sample and per-round factors.
+    log-normal sigmas of the per-sample and per-round factors. ``burst`` > 1
+    makes the machine busy for a contiguous half of each group's rounds: every
+    sample taken then is slowed by its own factor drawn from [1, burst], as
+    when another job takes the cores now and then.
     """
     speedups = speedups or SPEEDUPS
     cases = cases or CASES
@@ -85,7 +99,7 @@ def inference_rows(
                 for method, speedup in speedups.items():
                     gain = 1.0 if method == "dense" else speedup * (0.1 / (1.0 - sparsity)) ** 0.5
                     base = dense_s / gain * slow.get(method, 1.0)
-                    times[method] = base * round_factor * rng.lognormal(0.0, noise, rounds)
+                    times[method] = base * round_factor * rng.lognormal(0.0, noise, rounds) * _burst(rng, rounds, burst)
                 group_id = f"{case}/{fin}x{fout}/s{sparsity:g}/b{batch}/float32/cpu/t2/l2-warm"
                 for method, own in times.items():
                     pct = stats.percentiles(own)

@@ -48,7 +48,7 @@ def test_check_of_unchanged_code_passes(base: Path, tmp_path: Path, capsys: pyte
     new = tmp_path / "check"
     assert main(["baseline", "check", "--baseline", str(base), "--out", str(new)]) == 0
     captured = capsys.readouterr()
-    assert captured.out.startswith("### dstbench compare (inference): 0 regressed, 0 improved, 0 not comparable, 5 unchanged")
+    assert captured.out.startswith("### dstbench compare (inference): 0 regressed, 0 improved, 0 noisy, 0 not comparable, 5 unchanged")
     assert "vs dense [95% CI]" not in captured.out and "vs dense [95% CI]" in captured.err  # suite table: stderr
     assert json.loads((new / "run.json").read_text())["suite"] == "inference"
 
