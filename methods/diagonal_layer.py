@@ -30,6 +30,7 @@ run on the K diagonals only, through ``ops.diag_mm``.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -37,24 +38,80 @@ from torch import Tensor, nn
 
 from dstbench.errors import UserError
 from dstbench.kernels import ops
-from dstbench.kernels.formats import DiagonalWeight, diagonal_coords
+from dstbench.kernels.formats import DiagonalWeight
 
 SELECTIONS = ("all", "topk")
 
 
-class _DiagonalsToDense(torch.autograd.Function):
-    """W (out, in) from all P diagonals (P, D): a permutation, so forward and backward are both one gather."""
+_SCRATCH = threading.local()
+
+
+def _scratch(slot: str, shape: tuple[int, int], like: Tensor) -> Tensor:
+    """A buffer reused per thread, slot, shape, dtype and device: a fresh multi-megabyte CPU tensor
+    costs a page fault per 4 KiB page on first touch, more than filling it. Only for use within one call."""
+    cache = _SCRATCH.__dict__.setdefault("buffers", {})
+    key = (slot, shape, like.dtype, like.device)
+    if key not in cache:
+        cache[key] = like.new_empty(shape)
+    return cache[key]
+
+
+def _rolled_gated(values_t: Tensor, gates: Tensor) -> Tensor:
+    """The (D, P) view R with R[j, r] = V.T[j, (r - j) mod P] * a~[(r - j) mod P]: W (out < in) or W.T (out >= in).
+
+    Row j of W (or W.T) is row j of the transposed diagonals rolled by j (the
+    authors' geometry). The gated rows are written twice side by side (into a
+    scratch buffer), and the roll of row j is the contiguous slice
+    [P - j, 2P - j): a strided view with a unit inner stride, which BLAS reads as it is.
+    """
+    d, p = values_t.shape
+    doubled = _scratch("rolled", (d, 2 * p), values_t)
+    torch.mul(values_t, gates, out=doubled[:, :p])
+    doubled[:, p:].copy_(doubled[:, :p])
+    return doubled.as_strided((d, p), (2 * p - 1, 1), p)
+
+
+def _unrolled(grad_rolled: Tensor) -> Tensor:
+    """The adjoint of the roll: G (D, P) -> the (D, P) view U with U[j, s] = G[j, (s + j) mod P] (scratch)."""
+    d, p = grad_rolled.shape
+    doubled = _scratch("unrolled", (d, 2 * p), grad_rolled)
+    doubled[:, :p].copy_(grad_rolled)
+    doubled[:, p:].copy_(grad_rolled)
+    return doubled.as_strided((d, p), (2 * p + 1, 1), 0)
+
+
+class _AllDiagonalsLinear(torch.autograd.Function):
+    """y = x @ W.T with W assembled from all P diagonals scaled by their gates; one GEMM each way.
+
+    The diagonals come transposed, ``values_t`` (D, P), with the gates (P,).
+    For out >= in the rolled view is W.T (in, out), else W (out, in); the
+    weight gradient is computed in that same orientation (x.T @ dy or
+    dy.T @ x), so no P x D matrix is ever transposed. The rolled weight is
+    rebuilt in the backward rather than kept, so that the scratch buffers
+    are only used within one call.
+    """
 
     @staticmethod
-    def forward(ctx, values: Tensor, to_dense: Tensor, to_diagonals: Tensor, shape: tuple[int, int]) -> Tensor:
-        ctx.save_for_backward(to_diagonals)
-        ctx.values_shape = values.shape
-        return values.reshape(-1).index_select(0, to_dense).view(shape)
+    def forward(ctx, x: Tensor, values_t: Tensor, gates: Tensor, tall: bool) -> Tensor:
+        rolled = _rolled_gated(values_t, gates)
+        ctx.save_for_backward(x, values_t, gates)
+        ctx.tall = tall
+        return x @ rolled if tall else x @ rolled.t()
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        (to_diagonals,) = ctx.saved_tensors
-        return grad.reshape(-1).index_select(0, to_diagonals).view(ctx.values_shape), None, None, None
+    def backward(ctx, dy: Tensor):
+        x, values_t, gates = ctx.saved_tensors
+        dx = dv = dg = None
+        if ctx.needs_input_grad[0]:
+            rolled = _rolled_gated(values_t, gates)
+            dx = dy @ rolled.t() if ctx.tall else dy @ rolled
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            scaled_grad = _unrolled(x.t() @ dy if ctx.tall else dy.t() @ x)
+            dv = scaled_grad * gates if ctx.needs_input_grad[1] else None
+            if ctx.needs_input_grad[2]:
+                product = _scratch("rolled", (values_t.shape[0], 2 * values_t.shape[1]), values_t)[:, : values_t.shape[1]]
+                dg = torch.mul(scaled_grad, values_t, out=product).sum(dim=0)
+        return dx, dv, dg, None
 
 
 class DiagonalTrainLinear(nn.Module):
@@ -87,17 +144,12 @@ class DiagonalTrainLinear(nn.Module):
         self.is_frozen = False
         values = torch.empty(p, d, dtype=dtype or torch.get_default_dtype())
         nn.init.kaiming_uniform_(values, a=math.sqrt(5), generator=generator)
-        self.values = nn.Parameter(values.to(device))
+        # (P, D) stored column-major, so that values.t() is a contiguous (D, P) for the dense assembly
+        self.values = nn.Parameter(torch.empty(d, p, dtype=values.dtype, device=device).t().copy_(values))
         self.alpha = nn.Parameter(torch.full((p,), 1.0 / p, device=device, dtype=values.dtype))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=values.dtype)) if bias else None
         self.register_buffer("tie_order", tie_order.to(device=device, dtype=torch.int64).clone())
         self.register_buffer("frozen_offsets", torch.zeros(k, dtype=torch.int64, device=device))
-        rows, cols = diagonal_coords(torch.arange(p, device=device), out_features, in_features)
-        to_diagonals = (rows * in_features + cols).reshape(-1)
-        to_dense = torch.empty_like(to_diagonals)
-        to_dense[to_diagonals] = torch.arange(to_diagonals.numel(), device=device)
-        self.register_buffer("to_diagonals", to_diagonals, persistent=False)
-        self.register_buffer("to_dense", to_dense, persistent=False)
 
     @property
     def num_candidates(self) -> int:
@@ -117,20 +169,18 @@ class DiagonalTrainLinear(nn.Module):
 
     def effective_values(self, offsets: Tensor) -> Tensor:
         """(K, D) values of ``offsets`` times their gates (the gates are 1 once frozen)."""
-        vals = self.values.index_select(0, offsets)
+        vals = self.values.t().index_select(1, offsets).t()  # its gradient keeps the parameter's layout
         if self.is_frozen:
             return vals
         return vals * self.gates().index_select(0, offsets).unsqueeze(1)
 
-    def dense_weight(self) -> Tensor:
-        """(out, in) W with every diagonal scaled by its gate; differentiable in values and alpha."""
-        scaled = self.values * self.gates().unsqueeze(1)
-        return _DiagonalsToDense.apply(scaled, self.to_dense, self.to_diagonals, (self.out_features, self.in_features))
-
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., in) -> (..., out)."""
         if not self.is_frozen and self.selection == "all":
-            return F.linear(x, self.dense_weight(), self.bias)
+            y = _AllDiagonalsLinear.apply(x.reshape(-1, self.in_features), self.values.t(), self.gates(),
+                                          self.out_features >= self.in_features)
+            y = y.reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
         offsets = self.offsets()
         y = ops.diag_mm(x, offsets, self.effective_values(offsets), self.out_features, self.impl)
         return y if self.bias is None else y + self.bias
