@@ -94,6 +94,7 @@ def test_budget_is_the_authors_floor():
     _, method = prepared()
     assert method.targets["0"] == int(OUT * FAN * (1 - SPARSITY)) == 42
     assert method.targets["2"] == int(2 * OUT * (1 - SPARSITY)) == 4
+    assert method.budget(120, 1 - 0.8) == int(120 * (1 - 0.8)) == 23, "floor of 23.999..., where rounding gives 24"
 
 
 def test_head_is_sparse_and_never_ablated():
