@@ -1,7 +1,9 @@
-"""Summary statistics of timing samples: percentiles and bootstrap confidence intervals of ratios of medians.
+"""Summary statistics: percentiles and bootstrap intervals of ratios of medians (timings), and the tests of
+accuracy differences (a t-interval over seeds, McNemar's test on paired per-sample outcomes).
 
-All functions take plain sequences of floats (seconds, or any unit) and
-return floats, so that suites and ``compare`` can share them.
+All functions take plain sequences of floats (seconds, or any unit) or
+booleans and return floats, so that suites, ``compare`` and ``report`` can
+share them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 #: bootstrap resamples; enough for stable 2.5%/97.5% percentiles
 N_BOOT = 2000
@@ -100,3 +103,78 @@ def speedup_columns(prefix: str, baseline: Sequence[float] | None, own: Sequence
         return {prefix: None, f"{prefix}_lo": None, f"{prefix}_hi": None}
     ci = ratio_of_medians(baseline, own, paired=True)
     return {prefix: ci.ratio, f"{prefix}_lo": ci.lo, f"{prefix}_hi": ci.hi}
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    """The mean of ``n`` values with its t-interval [lo, hi] (NaN bounds when n < 2)."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> MeanCI:
+    """The mean of ``values`` with the Student-t confidence interval mean ± t(n-1) · sd / sqrt(n).
+
+    For a paired difference over seeds (method minus baseline at the same
+    seed), in whatever unit the values have (e.g. percentage points).
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("mean of an empty sample")
+    mean = float(x.mean())
+    if x.size < 2:
+        return MeanCI(mean, math.nan, math.nan, 1)
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return MeanCI(mean, mean - half, mean + half, int(x.size))
+
+
+#: below this many discordant pairs McNemar's test is the exact binomial one, from it on the chi-square one
+MCNEMAR_EXACT_BELOW = 25
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """McNemar's test of two classifiers on the same samples.
+
+    Attributes:
+        b: samples A gets right and B wrong.
+        c: samples A gets wrong and B right.
+        statistic: the chi-square statistic (|b - c| - 1)^2 / (b + c), or b for the exact test.
+        p: the two-sided p-value.
+        exact: whether the exact binomial test was used.
+    """
+
+    b: int
+    c: int
+    statistic: float
+    p: float
+    exact: bool
+
+
+def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool], exact: bool | None = None) -> McNemar:
+    """McNemar's test on paired per-sample outcomes (True = classified correctly) of classifiers A and B.
+
+    Only the discordant samples count (b: A right and B wrong, c: the other
+    way round). Under H0 each is b or c with probability 1/2. ``exact=True``
+    takes the two-sided binomial test of b out of b + c; ``exact=False`` the
+    chi-square test with continuity correction, (|b - c| - 1)^2 / (b + c)
+    with 1 degree of freedom; ``None`` the exact test when b + c <
+    ``MCNEMAR_EXACT_BELOW``, else the chi-square one. No discordant sample
+    gives p = 1.
+    """
+    a = np.asarray(a_correct, dtype=bool)
+    other = np.asarray(b_correct, dtype=bool)
+    if a.shape != other.shape:
+        raise ValueError(f"paired outcomes need equal shapes, got {a.shape} and {other.shape}")
+    b, c = int((a & ~other).sum()), int((~a & other).sum())
+    if exact is None:
+        exact = b + c < MCNEMAR_EXACT_BELOW
+    if b + c == 0:
+        return McNemar(b, c, 0.0, 1.0, exact)
+    if exact:
+        return McNemar(b, c, float(b), float(scipy_stats.binomtest(b, b + c, 0.5).pvalue), True)
+    statistic = (abs(b - c) - 1) ** 2 / (b + c)
+    return McNemar(b, c, float(statistic), float(scipy_stats.chi2.sf(statistic, 1)), False)

@@ -1,6 +1,8 @@
-"""dstbench.stats (percentiles, bootstrap CI of ratios of medians) and dstbench.table (text tables)."""
+"""dstbench.stats (percentiles, bootstrap CI of ratios of medians, t-intervals, McNemar) and dstbench.table (text tables)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -65,3 +67,35 @@ def test_format_table_aligns_columns() -> None:
 def test_ratio_format() -> None:
     assert fmt_ratio_ci(2.3456, 2.2, 2.5) == "2.35x [2.20,2.50]"
     assert fmt_ratio_ci(None, None, None) == "-"
+
+
+def test_mcnemar_matches_hand_computed_values() -> None:
+    # 10 samples only A gets right, 2 only B, 5 both: b = 10, c = 2
+    a = [True] * 10 + [False] * 2 + [True] * 5
+    b = [False] * 10 + [True] * 2 + [True] * 5
+    exact = stats.mcnemar(a, b)
+    assert (exact.b, exact.c, exact.exact) == (10, 2, True)  # 12 discordant pairs < 25: exact
+    assert exact.p == pytest.approx(2 * (1 + 12 + 66) / 2**12)  # 2 * P(X <= 2), X ~ Binomial(12, 1/2)
+    chi = stats.mcnemar(a, b, exact=False)
+    assert chi.statistic == pytest.approx(49 / 12)  # (|10 - 2| - 1)^2 / 12
+    assert chi.p == pytest.approx(math.erfc(math.sqrt(49 / 12 / 2)))  # chi-square(1) tail = erfc(sqrt(x / 2))
+    assert stats.mcnemar(b, a).p == exact.p  # symmetric
+    assert stats.mcnemar(a, a).p == 1.0  # no discordant sample
+
+
+def test_mcnemar_switches_to_chi_square_from_25_discordant_pairs() -> None:
+    a = [True] * 20 + [False] * 5
+    b = [False] * 20 + [True] * 5
+    test = stats.mcnemar(a, b)
+    assert not test.exact and test.statistic == pytest.approx((15 - 1) ** 2 / 25)
+    with pytest.raises(ValueError):
+        stats.mcnemar([True], [True, False])
+
+
+def test_mean_ci_is_the_student_t_interval() -> None:
+    ci = stats.mean_ci([1.0, 2.0, 3.0, 4.0])
+    half = 3.182446305284263 * math.sqrt(5 / 3) / 2  # t(0.975, 3) * sd / sqrt(4), sd^2 = 5/3
+    assert (ci.mean, ci.n) == (2.5, 4)
+    assert (ci.lo, ci.hi) == pytest.approx((2.5 - half, 2.5 + half))
+    one = stats.mean_ci([0.7])
+    assert one.mean == 0.7 and math.isnan(one.lo) and math.isnan(one.hi)
