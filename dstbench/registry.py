@@ -60,8 +60,16 @@ def method_class(name: str) -> type:
 
 
 def make_method(name: str, **kwargs: Any):
-    """Build the SparsityMethod registered as ``name`` with the given options."""
-    return method_class(name)(**kwargs)
+    """Build the SparsityMethod registered as ``name`` with the given options, checked against the ones it declares.
+
+    Raises:
+        UserError: for an unknown method, an option it does not declare or a value of the wrong type.
+    """
+    from dstbench.methods import options  # noqa: PLC0415  (methods import the registry)
+
+    cls = method_class(name)
+    options.check(name, cls, kwargs)
+    return cls(**kwargs)
 
 
 def get_suite(name: str) -> Any:

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from dstbench.errors import UserError, check_sparsity
+from dstbench.methods.options import declared
 
 LayerFilter = Callable[[str, nn.Module], bool]
 DISTRIBUTIONS = ("erk", "uniform")
@@ -57,15 +58,16 @@ class SparsityMethod(ABC):
         distribution: layer densities, "erk" or "uniform"; None takes the method's paper default.
         total_steps: optimizer steps of the whole training run (needed by ``prepare`` of the
             dynamic methods: the schedules are fractions of it).
-        delta_t: steps between topology updates (RigL, SRigL).
-        t_end: fraction of ``total_steps`` after which the topology stops changing (RigL, SRigL).
-        drop_fraction: alpha, the initial fraction of active weights dropped per update.
         dense_first_layer: keep the first selected layer dense.
         sparse_head: sparsify the classifier head (the last ``nn.Linear``) too; None takes the
             method's authors' choice (``default_sparse_head``).
         include: ``include(name, module) -> bool`` replaces the default layer rule.
         seed: seed of the method's own ``torch.Generator`` (initial masks, tie-breaking).
         sync_topology: broadcast the topology from rank 0 when ``torch.distributed`` is initialised.
+
+    A method's options are the parameters of its constructors (``methods/options.py``):
+    each subclass declares its own (the RigL family's schedule lives in ``mask_training``),
+    and ``registry.make_method`` checks their types before building it.
 
     Raises:
         UserError: for a value out of range or an option the method does not have.
@@ -88,9 +90,6 @@ class SparsityMethod(ABC):
         impl: str = "auto",
         distribution: str | None = None,
         total_steps: int | None = None,
-        delta_t: int = 100,
-        t_end: float = 0.75,
-        drop_fraction: float = 0.3,
         dense_first_layer: bool = False,
         sparse_head: bool | None = None,
         include: LayerFilter | None = None,
@@ -99,8 +98,8 @@ class SparsityMethod(ABC):
         **unknown: Any,
     ) -> None:
         if unknown:
-            raise UserError(f"method {self.name!r} has no option(s) {', '.join(sorted(unknown))}; "
-                            "see the method's docstring for its options")
+            raise UserError(f"method {self.name!r} has no option(s) {', '.join(sorted(unknown))}; its options are "
+                            f"{', '.join(sorted(declared(type(self))))}")
         self.sparsity = check_sparsity(sparsity)
         self.impl = impl
         self.distribution = self.default_distribution if distribution is None else distribution
@@ -108,16 +107,7 @@ class SparsityMethod(ABC):
             raise UserError(f"unknown distribution {distribution!r}; choose one of {', '.join(DISTRIBUTIONS)}")
         if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
             raise UserError(f"total_steps must be a positive integer (optimizer steps of the run), got {total_steps!r}")
-        if not isinstance(delta_t, int) or delta_t < 1:
-            raise UserError(f"delta_t must be a positive integer number of steps, got {delta_t!r}")
-        if not 0.0 <= float(t_end) <= 1.0:
-            raise UserError(f"t_end must be a fraction of training in [0, 1], got {t_end!r}")
-        if not 0.0 <= float(drop_fraction) <= 1.0:
-            raise UserError(f"drop_fraction must be in [0, 1], got {drop_fraction!r}")
         self.total_steps = total_steps
-        self.delta_t = delta_t
-        self.t_end = float(t_end)
-        self.drop_fraction = float(drop_fraction)
         self.dense_first_layer = bool(dense_first_layer)
         self.sparse_head = self.default_sparse_head if sparse_head is None else bool(sparse_head)
         self.include = include

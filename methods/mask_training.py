@@ -1,8 +1,12 @@
-"""The training loop shared by the mask-based methods (RigL, SRigL): prepare, scheduled updates, state, inference copy.
+"""The training loop shared by the mask-based methods: prepare, masks, state, inference copy; scheduled updates.
 
-Subclasses give the initial mask and the update rule, both on the weight
-seen as a matrix (out, fan_in) with fan_in = in (* kh * kw), and the
-inference layer for a masked ``nn.Linear``. Convolutions are trained with
+``MaskedDST`` keeps a fixed mask per selected layer (a static sparse
+method subclasses it directly); ``PruneAndGrow`` adds the RigL family's
+schedule (RigL, SRigL, SET): every ``delta_t`` steps until ``t_end`` of
+training, ``update_mask`` drops a cosine-decayed fraction of the active
+weights and grows as many. Subclasses give the initial mask and the update
+rule, both on the weight seen as a matrix (out, fan_in) with fan_in = in
+(* kh * kw), and the inference layer for a masked ``nn.Linear``. Convolutions are trained with
 masks the same way; ``to_inference`` keeps them as dense ``nn.Conv2d``
 whose masked weights are zero (there is no sparse conv kernel here).
 """
@@ -26,7 +30,7 @@ from dstbench.methods.summary import LayerCount, summarize
 
 
 class MaskedDST(SparsityMethod):
-    """Dynamic sparse training with a boolean mask per selected layer.
+    """Sparse training with a boolean mask per selected layer; the mask changes only where ``update_schedule`` says.
 
     After ``prepare``: ``masked`` maps layer name -> MaskedWeight, ``densities``
     maps every selected layer (ERK may keep some dense; they get no mask) to its
@@ -62,9 +66,13 @@ class MaskedDST(SparsityMethod):
     def initial_mask(self, name: str, shape: tuple[int, int]) -> Tensor:
         """Boolean (out, fan_in) CPU mask with ``self.targets[name]``-consistent nnz, drawn from ``self.generator``."""
 
-    @abstractmethod
+    def update_schedule(self) -> UpdateSchedule | None:
+        """When the topology changes; None (a fixed mask) unless a subclass has a schedule."""
+        return None
+
     def update_mask(self, name: str, weight: Tensor, grad: Tensor, mask: Tensor, drop_fraction: float) -> Tensor:
-        """The new boolean (out, fan_in) mask from |weight|, |dense grad| and the current mask."""
+        """The new boolean (out, fan_in) mask from |weight|, |dense grad| and the current mask (scheduled methods)."""
+        raise NotImplementedError(f"{self.name} has no topology updates")
 
     @abstractmethod
     def inference_linear(self, linear: nn.Linear, mask: Tensor) -> nn.Module:
@@ -72,13 +80,12 @@ class MaskedDST(SparsityMethod):
 
     # --- SparsityMethod -------------------------------------------------------------
     def prepare(self, model: nn.Module) -> nn.Module:
-        total = self._require_total_steps()
         if self.densities:
             raise UserError(f"{self.name}: prepare() was already called; make a new method for another model")
         selected = select_layers(model, self.layer_types, include=self.include, sparse_head=self.sparse_head,
                                  dense_first_layer=self.dense_first_layer)
         densities = layer_densities([tuple(m.weight.shape) for _, m in selected], self.sparsity, self.distribution)
-        self.schedule = UpdateSchedule(self.delta_t, int(self.t_end * total), self.drop_fraction)
+        self.schedule = self.update_schedule()
         self.head = head_name(model)
         for (name, module), density in zip(selected, densities):
             self.densities[name] = density
@@ -100,10 +107,10 @@ class MaskedDST(SparsityMethod):
         return self.schedule is not None and self.schedule.is_update(self.step_count + 1)
 
     def step(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
-        if self.schedule is None:
+        if not self.densities:
             raise UserError(f"{self.name}: call prepare(model) before step()")
         self.step_count += 1
-        if not self.schedule.is_update(self.step_count):
+        if self.schedule is None or not self.schedule.is_update(self.step_count):
             for mw in self.masked.values():
                 mw.apply()
             return False
@@ -132,10 +139,6 @@ class MaskedDST(SparsityMethod):
         mw.set_mask(new.reshape(param.shape))
         reset_optimizer_state(optimizer, param, (new & old).reshape(param.shape))
         return bool((new != old).any())
-
-    def dynamic_fraction(self) -> float:
-        """t_end: updates stop after this share of training."""
-        return self.t_end
 
     def broadcast_topology(self) -> None:
         """Broadcast every mask from rank 0 and re-apply it (no-op without torch.distributed)."""
@@ -175,3 +178,38 @@ class MaskedDST(SparsityMethod):
             nnz = self.masked[name].nnz if name in self.masked else numel
             counts[name] = LayerCount(nnz=nnz, numel=numel, trained=numel)
         return summarize(model, counts, example_input)
+
+
+class PruneAndGrow(MaskedDST):
+    """The RigL family: masks updated by ``update_mask`` every ``delta_t`` steps until ``t_end`` of training.
+
+    Options of the family:
+        delta_t: steps between topology updates (100).
+        t_end: fraction of ``total_steps`` after which the topology stops changing (0.75).
+        drop_fraction: alpha, the initial fraction of active weights dropped per update (0.3),
+            decayed by a cosine to 0 at t_end.
+    """
+
+    def __init__(self, sparsity: float = 0.9, *, delta_t: int = 100, t_end: float = 0.75, drop_fraction: float = 0.3,
+                 **options: Any) -> None:
+        super().__init__(sparsity, **options)
+        if not isinstance(delta_t, int) or delta_t < 1:
+            raise UserError(f"delta_t must be a positive integer number of steps, got {delta_t!r}")
+        if not 0.0 <= float(t_end) <= 1.0:
+            raise UserError(f"t_end must be a fraction of training in [0, 1], got {t_end!r}")
+        if not 0.0 <= float(drop_fraction) <= 1.0:
+            raise UserError(f"drop_fraction must be in [0, 1], got {drop_fraction!r}")
+        self.delta_t = delta_t
+        self.t_end = float(t_end)
+        self.drop_fraction = float(drop_fraction)
+
+    def update_schedule(self) -> UpdateSchedule:
+        return UpdateSchedule(self.delta_t, int(self.t_end * self._require_total_steps()), self.drop_fraction)
+
+    @abstractmethod
+    def update_mask(self, name: str, weight: Tensor, grad: Tensor, mask: Tensor, drop_fraction: float) -> Tensor:
+        """The new boolean (out, fan_in) mask from |weight|, |dense grad| and the current mask."""
+
+    def dynamic_fraction(self) -> float:
+        """t_end: updates stop after this share of training."""
+        return self.t_end

@@ -1,6 +1,6 @@
 """RigL (Evci et al. 2020): unstructured prune by |w|, regrow by |grad|; inference through CSR.
 
-Training (``MaskedDST``): ERK (default) or uniform layer densities, random
+Training (``PruneAndGrow``): ERK (default) or uniform layer densities, random
 initial masks with round(density * numel) weights from the method's
 generator. After every ``delta_t``-th optimizer step before
 ``t_end * total_steps``, per layer, as in the reference code
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from dstbench.kernels.layers import CSRLinear
-from dstbench.methods.mask_training import MaskedDST
+from dstbench.methods.mask_training import PruneAndGrow
 from dstbench.methods.masking import top_mask
 from dstbench.registry import register_method
 
@@ -36,7 +36,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 @register_method("rigl")
-class RigL(MaskedDST):
+class RigL(PruneAndGrow):
     """Unstructured dynamic sparse training; inference format CSR."""
 
     inference_format = "csr"

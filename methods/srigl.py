@@ -1,6 +1,6 @@
 """SRigL (Lasby et al. ICLR 2024): constant fan-in with neuron ablation; inference through the condensed kernel.
 
-Training (``MaskedDST``), following the authors' ``RigLConstFanScheduler``
+Training (``PruneAndGrow``), following the authors' ``RigLConstFanScheduler``
 (calgaryml/condensed-sparsity): every selected layer is sparse, the
 classifier head included (it is never ablated), as in the authors' configs.
 A layer of budget B = int(density * numel) weights (the authors'
@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from dstbench.errors import UserError
 from dstbench.kernels.formats import CondensedWeight
 from dstbench.kernels.layers import CondensedLinear
-from dstbench.methods.mask_training import MaskedDST
+from dstbench.methods.mask_training import PruneAndGrow
 from dstbench.methods.masking import row_top_mask, top_mask
 from dstbench.registry import register_method
 
@@ -68,7 +68,7 @@ def neurons_to_ablate(score_w: Tensor, score_g: Tensor, n_keep: int, n_drop: int
 
 
 @register_method("srigl")
-class SRigL(MaskedDST):
+class SRigL(PruneAndGrow):
     """Structured-fan-in dynamic sparse training; inference format condensed values+indices.
 
     Extra options:

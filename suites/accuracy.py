@@ -56,6 +56,7 @@ from dstbench import distributed, records, registry
 from dstbench.distributed import World
 from dstbench.errors import UserError
 from dstbench.methods.base import SparsityMethod
+from dstbench.methods.options import accepts as method_accepts
 from dstbench.registry import register_suite
 from dstbench.suites import base, data, loop, models
 from dstbench.table import Column, format_table
@@ -211,9 +212,14 @@ class Config:
         return out
 
     def method_options(self, spec: MethodSpec) -> dict[str, Any]:
-        """The method options of a spec: model defaults < --delta-t/--distribution < --option < METHOD.KEY < inline."""
+        """The method options of a spec: model defaults < --delta-t/--distribution < --option < METHOD.KEY < inline.
+
+        --delta-t and an unscoped --option reach the methods that declare them.
+        """
         common, scoped = parse_options(self.options)
-        options: dict[str, Any] = {"delta_t": self.delta_t}
+        cls = registry.method_class(spec.method)
+        common = {key: value for key, value in common.items() if method_accepts(cls, key)}
+        options: dict[str, Any] = {"delta_t": self.delta_t} if method_accepts(cls, "delta_t") else {}
         options.update(method_options(self.model, spec.method))
         if self.distribution is not None:
             options["distribution"] = self.distribution
@@ -298,7 +304,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
                            "workers")}, momentum=MOMENTUM)
     hyper.check()
     specs = parse_methods(args.methods)
-    parse_options(args.option)
+    common, _ = parse_options(args.option)
+    for key in common:
+        if not any(method_accepts(registry.method_class(spec.method), key) for spec in specs):
+            raise UserError(f"--option {key}: none of the methods {', '.join(s.label for s in specs)} has that option; "
+                            "check its name (options are listed with dstbench list)")
     sparsities = base.sparsities(args.sparsity or (QUICK["sparsity"] if args.quick else SPARSITY))
     seeds = base.parse_list(args.seeds or (QUICK["seeds"] if args.quick else SEEDS), int, "seeds")
     if not sparsities or not seeds:

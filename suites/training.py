@@ -54,6 +54,7 @@ from tqdm import tqdm
 from dstbench import records, registry, stats, timing
 from dstbench.errors import UserError
 from dstbench.methods.base import SparsityMethod
+from dstbench.methods.options import accepts
 from dstbench.registry import register_suite
 from dstbench.suites import base, loop, models
 from dstbench.table import Column, fmt_ratio_ci, format_table
@@ -281,8 +282,9 @@ def measure_group(group: Group, config: Config, methods: list[str],
         for phase in phases:
             torch.manual_seed(config.seed)
             model = MODELS[group.model]().to(device)
+            schedule = {"delta_t": group.delta_t} if accepts(registry.method_class(name), "delta_t") else {}
             method = registry.make_method(name, sparsity=group.sparsity, total_steps=positions(phase, group.delta_t)[0],
-                                          delta_t=group.delta_t, seed=config.seed, impl=config.impl)
+                                          seed=config.seed, impl=config.impl, **schedule)
             trainees[name, phase] = Trainee(method, model, x, y)
     result: dict[str, Timing] = {}
     for name in methods:

@@ -10,9 +10,10 @@ from torch import nn
 
 from dstbench.errors import UserError
 from dstbench.methods.distributions import erk_densities, kept_weights, layer_densities
+from dstbench.methods.options import accepts, declared
 from dstbench.methods.schedules import UpdateSchedule, cosine_temperature
 from dstbench.methods.selection import select_layers
-from dstbench.registry import make_method
+from dstbench.registry import make_method, method_class
 from methods_harness import accuracy, cnn, mlp, setup, train
 
 pytestmark = [pytest.mark.filterwarnings("ignore:dstbench. .* kernel unavailable"),
@@ -75,6 +76,26 @@ def test_bad_method_options_raise_user_error(name, bad):
         make_method(name, sparsity=0.9, total_steps=10, **bad)
 
 
+@pytest.mark.parametrize("name, options, message", [
+    ("srigl", {"ablation": "maybe"}, "option ablation takes true or false, got 'maybe'"),
+    ("srigl", {"gamma_sal": "high"}, "option gamma_sal takes a number"),
+    ("rigl", {"delta_t": 2.5}, "option delta_t takes an integer"),
+    ("dynadiag", {"freeze_at": "late"}, "option freeze_at takes a number or none"),
+    ("dynadiag", {"delta_t": 10}, "has no option(s) delta_t; its options are"),
+    ("dense", {"delta_t": 10}, "has no option(s) delta_t"),
+])
+def test_option_types_are_checked_against_the_declaration(name, options, message):
+    with pytest.raises(UserError) as err:
+        make_method(name, sparsity=0.9, total_steps=10, **options)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_schedule_options_belong_to_the_rigl_family():
+    assert all(accepts(method_class(n), "delta_t") for n in ("rigl", "srigl"))
+    assert not any(accepts(method_class(n), "delta_t") for n in ("dense", "dynadiag"))
+    assert declared(method_class("srigl"))["ablation"] is bool
+
+
 @pytest.mark.parametrize("name", ["rigl", "srigl", "dynadiag"])
 def test_prepare_needs_total_steps(name):
     with pytest.raises(UserError, match="total_steps"):
@@ -120,7 +141,7 @@ def test_summary_of_a_cnn_needs_an_example_input():
 
 
 def test_dense_to_inference_and_training_options_accepted():
-    method = make_method("dense", sparsity=0.9, total_steps=5, distribution="erk", delta_t=3)
+    method = make_method("dense", sparsity=0.9, total_steps=5, distribution="erk")
     model = method.prepare(mlp())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     train(model, method, opt, 3)
@@ -132,7 +153,8 @@ def test_dense_to_inference_and_training_options_accepted():
 
 @pytest.mark.parametrize("name", ["dense", "rigl", "srigl", "dynadiag"])
 def test_every_method_learns_digits(name):
-    model, method, opt = setup(name, sparsity=0.8, total_steps=150, delta_t=10)
+    schedule = {"delta_t": 10} if accepts(method_class(name), "delta_t") else {}
+    model, method, opt = setup(name, sparsity=0.8, total_steps=150, **schedule)
     train(model, method, opt, 150)
     assert accuracy(model) > 0.85
     assert accuracy(method.to_inference(model)) > 0.85

@@ -25,7 +25,7 @@ def test_readme_method_example_trains_and_converts():
     try:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
-        method = make_method("static", sparsity=0.75, total_steps=20, delta_t=5)
+        method = make_method("static", sparsity=0.75, total_steps=20)
         model = method.prepare(model)
         mask_before = (model[0].weight != 0).clone()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
