@@ -26,6 +26,17 @@ atomically (``RunStore``) and its checkpoint then deleted. Rerunning the same
 command into the same ``--out`` skips recorded cases and continues an
 unfinished one from its checkpoint.
 
+After training, each case's model is converted with ``to_inference`` and
+timed against a dense model of the same architecture, interleaved in the
+same process, at batch 1 and at the evaluation batch
+(``suites/model_timing.py``; ``--timing-rounds``, ``--timing-min-time``,
+``--no-timing``): its row carries ``speedup_vs_dense_b1``,
+``speedup_vs_dense_beval`` with their intervals, latency percentiles and
+the kernels that ran (``inference_impl``). The model's top-1 class of every
+test sample is stored as int16 in ``OUT/predictions/<case>.npy`` (the
+labels once in ``OUT/predictions/labels.npy``), both named in the row, for
+McNemar's test in ``dstbench report``.
+
 Under ``torchrun`` every process trains its shard with DDP (gloo on CPU,
 nccl on CUDA); rank 0 alone writes records, checkpoints and progress bars.
 For tests, ``DSTBENCH_FINGERPRINT_DIR`` makes every rank append, per case,
@@ -37,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import random
@@ -58,8 +70,8 @@ from dstbench.errors import UserError
 from dstbench.methods.base import SparsityMethod
 from dstbench.methods.options import accepts as method_accepts
 from dstbench.registry import register_suite
-from dstbench.suites import base, data, loop, models
-from dstbench.table import Column, format_table
+from dstbench.suites import base, data, loop, model_timing, models
+from dstbench.table import Column, fmt_ratio_ci, format_table
 
 NAME = "accuracy"
 FINGERPRINT_ENV = "DSTBENCH_FINGERPRINT_DIR"
@@ -96,6 +108,9 @@ SPARSITY, SEEDS = "0.9", "0"
 QUICK = dict(dataset="digits", sparsity="0.9", seeds="0", epochs=15)
 MOMENTUM = 0.9
 EVAL_BATCH = 256
+#: rounds and seconds per timed block of the same-model inference timing (a few seconds per case on digits)
+TIMING_ROUNDS, TIMING_MIN_TIME = 7, 0.01
+PREDICTIONS = "predictions"
 _SPEC = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
@@ -194,6 +209,9 @@ class Config:
     options: list[str]
     device: str
     threads: int
+    timing: bool
+    timing_rounds: int
+    timing_min_time: float
     checkpoint_every: int
     quick: bool
     out: str
@@ -273,6 +291,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--impl", default="auto", help="kernel of the sparse layers: auto, cpu, cuda or reference")
     parser.add_argument("--threads", type=int, help="intra-op threads per process (default: cores / local processes)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--timing-rounds", type=int, default=TIMING_ROUNDS,
+                        help=f"rounds of the inference timing of each trained model against dense (default {TIMING_ROUNDS})")
+    parser.add_argument("--timing-min-time", type=float, default=TIMING_MIN_TIME,
+                        help=f"seconds each timed block lasts at least (default {TIMING_MIN_TIME})")
+    parser.add_argument("--no-timing", action="store_true",
+                        help="do not time the trained models (no speedup columns; no accuracy-vs-speedup figure)")
     parser.add_argument("--checkpoint-every", type=int,
                         help="steps between checkpoints inside a case, 0 for none (default: digits 200, cifar10 500, "
                              "imagenet 1000)")
@@ -318,6 +342,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
     checkpoint_every = _pick(args, "checkpoint_every", dataset, model)
     if checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    if args.timing_rounds < 2:
+        raise UserError(f"--timing-rounds must be >= 2 (the confidence intervals need several samples), got "
+                        f"{args.timing_rounds}")
+    if not args.timing_min_time > 0:
+        raise UserError(f"--timing-min-time must be a positive number of seconds, got {args.timing_min_time}")
     if args.image_size < 16:
         raise UserError(f"--image-size must be >= 16 pixels, got {args.image_size}")
     device = base.resolve_device(args.device)
@@ -326,7 +355,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         dataset=dataset, data_dir=args.data_dir, image_size=args.image_size, model=model, methods=[s.label for s in specs], sparsities=sparsities,
         seeds=list(dict.fromkeys(seeds)), hyper=loop.hyper_dict(hyper), delta_t=args.delta_t,
         distribution=args.distribution, impl=args.impl, options=list(args.option or []), device=device.type,
-        threads=base.set_threads(threads), checkpoint_every=checkpoint_every, quick=args.quick,
+        threads=base.set_threads(threads), timing=not args.no_timing, timing_rounds=args.timing_rounds,
+        timing_min_time=args.timing_min_time, checkpoint_every=checkpoint_every, quick=args.quick,
         out=str(args.out or base.default_out(NAME)),
     )
 
@@ -341,21 +371,54 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _inference_gap(method: SparsityMethod, model: nn.Module, example: torch.Tensor) -> float | None:
-    """max |logits(to_inference(model)) - logits(model)| on ``example``; None (with a warning) if it cannot run."""
+def _inference_model(method: SparsityMethod, model: nn.Module,
+                     example: torch.Tensor) -> tuple[nn.Module | None, float | None]:
+    """``method.to_inference(model)`` in eval mode and max |its logits - model's logits| on ``example``;
+    (None, None), with a warning, if it cannot run."""
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-            fast = method.to_inference(model)
+            fast = method.to_inference(model).eval()
             with torch.no_grad():
                 was_training = model.training
                 model.eval()
                 gap = (fast(example) - model(example)).abs().max().item()
                 model.train(was_training)
-        return gap
+        return fast, gap
     except (RuntimeError, NotImplementedError) as exc:
         warnings.warn(f"{method.name}: the inference-format check could not run ({exc})", stacklevel=2)
-        return None
+        return None, None
+
+
+def _time_inference(fast: nn.Module, case: Case, config: Config, dataset: data.Data, world: World) -> dict[str, Any]:
+    """The same-model timing columns (``suites/model_timing.py``) of ``fast`` against a dense model of its
+    architecture, at batch 1 and at the evaluation batch of test inputs, plus the kernels each ran."""
+    dense = registry.make_method("dense").to_inference(
+        models.build(config.model, dataset.shape, dataset.classes, case.seed).to(world.device)).eval()
+    inputs = {label: loop.example_batch(dataset.test, batch, world.device)
+              for label, batch in zip(model_timing.BATCH_LABELS, (1, EVAL_BATCH))}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        columns = model_timing.time_against_dense(fast, dense, inputs, rounds=config.timing_rounds,
+                                                  min_time=config.timing_min_time, threads=config.threads,
+                                                  device=world.device)
+    return {"inference_impl": model_timing.kernel_impls(fast), "dense_inference_impl": model_timing.kernel_impls(dense),
+            **columns}
+
+
+def _write_predictions(folder: Path, case_id: str, predictions: torch.Tensor, labels: torch.Tensor,
+                       write: bool) -> dict[str, str]:
+    """The row's ``predictions`` and ``labels`` columns: files, relative to the run folder, holding the top-1
+    class of every test sample (int16, int32 beyond 32767 classes) and the labels, written atomically if ``write``."""
+    names = {"predictions": f"{PREDICTIONS}/{_slug(case_id)}.npy", "labels": f"{PREDICTIONS}/labels.npy"}
+    if write:
+        (folder / PREDICTIONS).mkdir(parents=True, exist_ok=True)
+        dtype = np.int16 if max(int(labels.max()), int(predictions.max())) <= np.iinfo(np.int16).max else np.int32
+        for key, values in (("predictions", predictions), ("labels", labels)):
+            buffer = io.BytesIO()
+            np.save(buffer, values.numpy().astype(dtype))
+            records.atomic_write_bytes(folder / names[key], buffer.getvalue())
+    return names
 
 
 def _dump_fingerprint(case_id: str, method: SparsityMethod, model: nn.Module, world: World) -> None:
@@ -385,11 +448,13 @@ def run_case(case: Case, config: Config, dataset: data.Data, world: World,
     outcome = loop.train(model, method, dataset.train, hyper, world, seed=case.seed, checkpoint=checkpoint,
                          desc=f"{case.spec.label} s={case.sparsity:g} seed={case.seed}")
     start = time.perf_counter()
-    top1 = loop.evaluate(model, dataset.test, EVAL_BATCH, world, hyper.workers)
+    predictions, labels = loop.predict(model, dataset.test, EVAL_BATCH, world, hyper.workers)
     eval_time = time.perf_counter() - start
     example = loop.example_batch(dataset.test, 2, world.device)
     summary = method.summary(model, example)
     _dump_fingerprint(case_id, method, model, world)
+    fast, gap = _inference_model(method, model, example)
+    timed = _time_inference(fast, case, config, dataset, world) if config.timing and fast is not None and world.is_main else {}
     return {
         "suite": NAME,
         "case_id": case_id,
@@ -400,13 +465,15 @@ def run_case(case: Case, config: Config, dataset: data.Data, world: World,
         "options": options,
         "sparsity": case.sparsity,
         "seed": case.seed,
-        "top1": top1,
+        "top1": (predictions == labels).double().mean().item(),
+        **_write_predictions(folder, case_id, predictions, labels, world.is_main),
         "sparsity_achieved": summary["sparsity"],
         "params": summary["params"],
         "flops": summary["flops"],
         "impl": loop.training_impl(model, method),
         "inference_format": method.inference_format,
-        "inference_max_abs_diff": _inference_gap(method, model, example),
+        "inference_max_abs_diff": gap,
+        **timed,
         "train_time_s": outcome.train_time_s,
         "eval_time_s": eval_time,
         "steps": outcome.steps,
@@ -422,8 +489,15 @@ def run_case(case: Case, config: Config, dataset: data.Data, world: World,
     }, checkpoint
 
 
+def _speedup_cell(row: dict[str, Any], label: str) -> str:
+    value, lo, hi = (row.get(model_timing.column(name, label)) for name in
+                     ("speedup_vs_dense", "speedup_vs_dense_lo", "speedup_vs_dense_hi"))
+    return fmt_ratio_ci(value, lo, hi)
+
+
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    """One line per case: method variant, sparsity, seed, top-1 %, achieved sparsity, params, FLOPs, time."""
+    """One line per case: method variant, sparsity, seed, top-1 %, achieved sparsity, params, FLOPs, time, and
+    the inference speedup over dense of the same model at batch 1 and at the evaluation batch, with 95% intervals."""
     return format_table(rows, [
         Column("method", "method"),
         Column("sparsity", lambda r: f"{r['sparsity']:g}", ">"),
@@ -435,6 +509,8 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
         Column("impl", "impl"),
         Column("train s", lambda r: f"{r['train_time_s']:.1f}", ">"),
         Column("steps", "steps", ">"),
+        Column("vs dense b1 [95% CI]", lambda r: _speedup_cell(r, "b1"), ">"),
+        Column(f"vs dense b{EVAL_BATCH} [95% CI]", lambda r: _speedup_cell(r, "beval"), ">"),
     ])
 
 

@@ -294,21 +294,27 @@ def save_checkpoint(checkpoint: Checkpoint, state: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, world: World, workers: int = 0) -> float:
-    """Top-1 accuracy of the bare ``model`` on ``dataset``, each rank taking every W-th sample (no padding)."""
+def predict(model: nn.Module, dataset: Dataset, batch_size: int, world: World, workers: int = 0) -> tuple[Tensor, Tensor]:
+    """The bare ``model``'s top-1 class and the label of every sample of ``dataset``: two int64 tensors (N,) on the CPU.
+
+    Each rank predicts every W-th sample (no padding); the ranks' shares are
+    summed into the full vectors, in dataset order, on every rank.
+    """
     indices = list(range(world.rank, len(dataset), world.size))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers,
                         pin_memory=world.device.type == "cuda")
     was_training = model.training
     model.eval()
-    counts = torch.zeros(2, dtype=torch.float64, device=world.device)
+    out = torch.zeros(2, len(dataset), dtype=torch.int64, device=world.device)
+    start = 0
     for x, y in loader:
-        y = y.to(world.device)
-        counts[0] += (model(x.to(world.device)).argmax(dim=1) == y).sum()
-        counts[1] += y.numel()
+        mine = torch.tensor(indices[start:start + len(y)], device=world.device)
+        out[0, mine] = model(x.to(world.device)).argmax(dim=1)
+        out[1, mine] = y.to(world.device)
+        start += len(y)
     model.train(was_training)
-    correct, seen = distributed.all_reduce_sum(counts, world).tolist()
-    return correct / seen if seen else float("nan")
+    predictions, labels = distributed.all_reduce_sum(out, world).cpu()
+    return predictions, labels
 
 
 def example_batch(dataset: Dataset, size: int, device: torch.device) -> Tensor:

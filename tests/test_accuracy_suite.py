@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from dstbench import records
 from dstbench.cli import main
 from dstbench.errors import UserError
-from dstbench.suites import accuracy, loop
+from dstbench.suites import accuracy, loop, model_timing
 
-TINY = ["--epochs", "2", "--delta-t", "5", "--threads", "1"]
+TINY = ["--epochs", "2", "--delta-t", "5", "--threads", "1", "--timing-rounds", "3", "--timing-min-time", "0.002"]
+TIMED = {f"{name}_{label}" for label in model_timing.BATCH_LABELS for name in (
+    "batch", "n", "p50_s", "p90_s", "p99_s", "dispersion", "dense_p50_s", "speedup_vs_dense", "speedup_vs_dense_lo",
+    "speedup_vs_dense_hi", "samples_s", "dense_samples_s")}
 COLUMNS = {"suite", "case_id", "dataset", "model", "method", "base_method", "options", "sparsity", "seed", "top1",
            "sparsity_achieved", "params", "flops", "impl", "train_time_s", "steps", "epochs", "device",
-           "world_size", "inference_max_abs_diff", "resumed_from_step", "batch_size", "lr", "optimizer"}
+           "world_size", "inference_max_abs_diff", "resumed_from_step", "batch_size", "lr", "optimizer",
+           "predictions", "labels", "inference_impl", "dense_inference_impl"} | TIMED
 
 
 def run(out: Path, *extra: str) -> int:
@@ -27,26 +32,53 @@ def rows(out: Path) -> dict[str, dict]:
     return {row["case_id"]: row for row in records.read_rows(out)}
 
 
-def test_every_method_trains_and_records_its_row(tmp_path):
+def _shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
+    return [(m.in_features, m.out_features) for m in model.modules() if hasattr(m, "in_features")]
+
+
+def test_every_method_trains_and_records_its_row(tmp_path, monkeypatch):
     methods = "dense,rigl,srigl,srigl:ablation=false,dynadiag"
+    timed, real = [], model_timing.time_against_dense
+    monkeypatch.setattr(model_timing, "time_against_dense", lambda *a, **k: timed.append(a) or real(*a, **k))
     assert run(tmp_path, "--methods", methods, "--sparsity", "0.8", "--option", "srigl.gamma_sal=0.5") == 0
     got = rows(tmp_path)
+    for fast, dense, inputs in timed:  # every trained model is timed against a dense one of the same shapes
+        assert _shapes(fast) == _shapes(dense) == [(64, 256), (256, 256), (256, 10)]
+        assert all(m.weight.count_nonzero() == m.weight.numel() for m in dense.modules() if hasattr(m, "in_features"))
+        assert {label: len(x) for label, x in inputs.items()} == {"b1": 1, "beval": 256}
     assert list(got) == [f"digits/mlp/{m}/s{0 if m == 'dense' else 0.8}/seed0" for m in methods.split(",")]
     for row in got.values():
         assert COLUMNS <= set(row)
         assert 0.0 <= row["top1"] <= 1.0
         assert row["steps"] == 2 * 22 and row["epochs"] == 2  # 1347 digits / batch 64 -> 22 steps per epoch
         assert row["inference_max_abs_diff"] < 1e-3
+        assert (row["batch_b1"], row["batch_beval"], row["n_b1"], row["n_beval"]) == (1, 256, 3, 3)
+        for label in model_timing.BATCH_LABELS:
+            ratio = np.median(row[f"dense_samples_s_{label}"]) / np.median(row[f"samples_s_{label}"])
+            assert row[f"speedup_vs_dense_{label}"] == pytest.approx(ratio)
+            assert row[f"speedup_vs_dense_lo_{label}"] <= ratio <= row[f"speedup_vs_dense_hi_{label}"]
+        predictions, labels = np.load(tmp_path / row["predictions"]), np.load(tmp_path / row["labels"])
+        assert predictions.dtype == labels.dtype == np.int16 and predictions.shape == (row["test_size"],) == (450,)
+        assert (predictions == labels).mean() == pytest.approx(row["top1"])
     dense, rigl = got["digits/mlp/dense/s0/seed0"], got["digits/mlp/rigl/s0.8/seed0"]
     assert dense["top1"] > 0.8  # two epochs already learn digits
     assert dense["sparsity_achieved"] == 0.0 and dense["impl"] == "dense"
     assert rigl["sparsity_achieved"] == pytest.approx(0.8, abs=0.01) and rigl["impl"] == "masked-dense"
     assert rigl["params"] < 0.4 * dense["params"] and rigl["flops"] < 0.4 * dense["flops"]
+    assert dense["inference_impl"] == dense["dense_inference_impl"] != rigl["inference_impl"]
+    assert len({row["predictions"] for row in got.values()}) == len(got)
     plain, ablated = got["digits/mlp/srigl/s0.8/seed0"], got["digits/mlp/srigl:ablation=false/s0.8/seed0"]
     assert plain["options"]["gamma_sal"] == 0.5 and "ablation" not in plain["options"]
     assert ablated["options"]["ablation"] is False and ablated["base_method"] == "srigl"
     assert got["digits/mlp/dynadiag/s0.8/seed0"]["impl"] in ("cpu", "reference")
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_no_timing_keeps_the_predictions(tmp_path):
+    assert run(tmp_path, "--methods", "rigl", "--epochs", "1", "--no-timing") == 0
+    row, = rows(tmp_path).values()
+    assert not TIMED & set(row) and "inference_impl" not in row
+    assert np.load(tmp_path / row["predictions"]).shape == (450,)
 
 
 def test_option_parsing():
@@ -66,8 +98,11 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert run(out, "--methods", "rigl:ablation=false") == 2
     assert run(out, "--dataset", "cifar10") == 2
     assert run(out, "--batch-size", "0") == 2
+    assert run(out, "--timing-rounds", "1") == 2
+    assert run(out, "--timing-min-time", "0") == 2
     err = capsys.readouterr().err
     assert "has no option(s) ablation" in err and "needs --data-dir" in err and "--batch-size must be >= 1" in err
+    assert "--timing-rounds must be >= 2" in err and "--timing-min-time must be a positive" in err
     assert not out.exists()
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -30,6 +31,10 @@ def test_torchrun_trains_with_ddp_and_ranks_agree(tmp_path):
     rows = records.read_rows(out)
     assert [r["method"] for r in rows] == METHODS  # rank 0 alone wrote, once per case
     assert all(r["world_size"] == 2 and r["steps"] == 2 * 22 for r in rows)  # global batch 64 split over 2 ranks
+    for row in rows:  # both ranks' shares of the test set, in order
+        predictions, labels = np.load(out / row["predictions"]), np.load(out / row["labels"])
+        assert predictions.shape == labels.shape == (450,) and (predictions == labels).mean() == row["top1"]
+        assert row["n_b1"] == accuracy.TIMING_ROUNDS  # rank 0 timed the model
     ranks = [[json.loads(line) for line in (fingerprints / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
     assert [line["case_id"] for line in ranks[0]] == [line["case_id"] for line in ranks[1]] == [r["case_id"] for r in rows]
     for zero, one in zip(*ranks):
