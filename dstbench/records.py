@@ -51,6 +51,13 @@ COMMIT_FIELDS = ("git_sha", "git_dirty")
 ENV_FIELDS = ("cpu_model", "gpu_name", "threads", "torch")
 #: how long a second writer waits for the lock holder to name itself in the lock file
 _HOLDER_WAIT_S = 1.0
+#: labels of the batches at which the accuracy suite times each trained model: one sample, the evaluation batch
+TIMED_BATCHES = ("b1", "beval")
+
+
+def timed_column(name: str, label: str) -> str:
+    """The row column of ``name`` at the timed batch ``label``: ('speedup_vs_dense', 'b1') -> 'speedup_vs_dense_b1'."""
+    return f"{name}_{label}"
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -396,7 +396,7 @@ def _time_inference(fast: nn.Module, case: Case, config: Config, dataset: data.D
     dense = registry.make_method("dense").to_inference(
         models.build(config.model, dataset.shape, dataset.classes, case.seed).to(world.device)).eval()
     inputs = {label: loop.example_batch(dataset.test, batch, world.device)
-              for label, batch in zip(model_timing.BATCH_LABELS, (1, EVAL_BATCH))}
+              for label, batch in zip(records.TIMED_BATCHES, (1, EVAL_BATCH))}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
         columns = model_timing.time_against_dense(fast, dense, inputs, rounds=config.timing_rounds,
@@ -490,7 +490,7 @@ def run_case(case: Case, config: Config, dataset: data.Data, world: World,
 
 
 def _speedup_cell(row: dict[str, Any], label: str) -> str:
-    value, lo, hi = (row.get(model_timing.column(name, label)) for name in
+    value, lo, hi = (row.get(records.timed_column(name, label)) for name in
                      ("speedup_vs_dense", "speedup_vs_dense_lo", "speedup_vs_dense_hi"))
     return fmt_ratio_ci(value, lo, hi)
 

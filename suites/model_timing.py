@@ -4,7 +4,7 @@ The converted model (``method.to_inference``) and a dense model with the
 same layer shapes are timed interleaved in the same process with
 ``dstbench.timing`` (warm-up, calibrated blocks, rotated rounds, explicit
 threads) at each batch of ``inputs``. The columns of one batch carry its
-label as suffix (``_b1``, ``_beval``): the batch (samples), the rounds ``n``,
+label as suffix (``records.TIMED_BATCHES``: ``_b1``, ``_beval``): the batch (samples), the rounds ``n``,
 the model's p50/p90/p99 seconds per call and dispersion, dense's p50, the
 paired speedup over dense with its 95% bootstrap interval
 (``speedup_vs_dense``, ``speedup_vs_dense_lo``, ``speedup_vs_dense_hi``) and
@@ -18,16 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from dstbench import stats, timing
-
-#: labels of the timed batches: one sample, and the suite's evaluation batch
-BATCH_LABELS = ("b1", "beval")
-
-
-def column(name: str, label: str) -> str:
-    """The row column of ``name`` at the batch labelled ``label``: ('speedup_vs_dense', 'b1') -> 'speedup_vs_dense_b1'."""
-    return f"{name}_{label}"
-
+from dstbench import records, stats, timing
 
 def kernel_impls(model: nn.Module) -> str:
     """The kernel implementations of the layers of ``model`` that report one (``impl``), sorted and joined by '+'."""
@@ -57,5 +48,5 @@ def time_against_dense(model: nn.Module, dense: nn.Module, inputs: Mapping[str, 
         values = {"batch": len(x), "n": len(own), "p50_s": pct[50], "p90_s": pct[90], "p99_s": pct[99],
                   "dispersion": stats.dispersion(own), "dense_p50_s": stats.percentiles(base, (50,))[50],
                   **stats.speedup_columns("speedup_vs_dense", base, own), "samples_s": own, "dense_samples_s": base}
-        columns.update({column(name, label): value for name, value in values.items()})
+        columns.update({records.timed_column(name, label): value for name, value in values.items()})
     return columns

@@ -15,7 +15,7 @@ from dstbench.errors import UserError
 from dstbench.suites import accuracy, loop, model_timing
 
 TINY = ["--epochs", "2", "--delta-t", "5", "--threads", "1", "--timing-rounds", "3", "--timing-min-time", "0.002"]
-TIMED = {f"{name}_{label}" for label in model_timing.BATCH_LABELS for name in (
+TIMED = {f"{name}_{label}" for label in records.TIMED_BATCHES for name in (
     "batch", "n", "p50_s", "p90_s", "p99_s", "dispersion", "dense_p50_s", "speedup_vs_dense", "speedup_vs_dense_lo",
     "speedup_vs_dense_hi", "samples_s", "dense_samples_s")}
 COLUMNS = {"suite", "case_id", "dataset", "model", "method", "base_method", "options", "sparsity", "seed", "top1",
@@ -53,7 +53,7 @@ def test_every_method_trains_and_records_its_row(tmp_path, monkeypatch):
         assert row["steps"] == 2 * 22 and row["epochs"] == 2  # 1347 digits / batch 64 -> 22 steps per epoch
         assert row["inference_max_abs_diff"] < 1e-3
         assert (row["batch_b1"], row["batch_beval"], row["n_b1"], row["n_beval"]) == (1, 256, 3, 3)
-        for label in model_timing.BATCH_LABELS:
+        for label in records.TIMED_BATCHES:
             ratio = np.median(row[f"dense_samples_s_{label}"]) / np.median(row[f"samples_s_{label}"])
             assert row[f"speedup_vs_dense_{label}"] == pytest.approx(ratio)
             assert row[f"speedup_vs_dense_lo_{label}"] <= ratio <= row[f"speedup_vs_dense_hi_{label}"]
