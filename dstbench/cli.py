@@ -39,7 +39,12 @@ def cmd_run(argv: Sequence[str]) -> int:
 
 def cmd_list(argv: Sequence[str]) -> int:
     OneLineParser(prog="dstbench list", description="List methods and suites.").parse_args(argv)
+    from dstbench.methods.options import declared  # noqa: PLC0415
+
     print("methods:", ", ".join(registry.list_methods()))
+    for name in registry.list_methods():
+        cls = registry.method_class(name)
+        print(f"  {name:<10} {cls.display_name} [{cls.inference_format}]; options: {', '.join(sorted(declared(cls)))}")
     print("suites: ", ", ".join(registry.list_suites()))
     return 0
 

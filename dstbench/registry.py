@@ -1,8 +1,22 @@
-"""Name -> SparsityMethod class and name -> Suite, with ``make_*`` factories (timm style)."""
+"""Name -> SparsityMethod class and name -> Suite, with ``make_*`` factories (timm style).
+
+Methods are found, not listed: every module of ``dstbench.methods`` is
+imported (a method module registers itself with ``@register_method``), then
+every entry point of the group ``dstbench.methods`` of the installed
+packages, so a package outside dstbench adds a method by declaring, in its
+``pyproject.toml``::
+
+    [project.entry-points."dstbench.methods"]
+    mymethod = "mypackage.mymethod"
+
+Methods list in their declared ``order``, then by name.
+"""
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import warnings
 from typing import Any, Callable, TypeVar
 
 from dstbench.errors import UserError
@@ -34,15 +48,28 @@ def register_suite(name: str) -> Callable[[T], T]:
     return add
 
 
+METHOD_ENTRY_POINTS = "dstbench.methods"
+_plugins_loaded = False
+
+
 def _load_builtins() -> None:
+    global _plugins_loaded
     importlib.import_module("dstbench.methods")
     importlib.import_module("dstbench.suites")
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for entry in importlib.metadata.entry_points(group=METHOD_ENTRY_POINTS):
+        try:
+            entry.load()
+        except Exception as exc:  # a broken plugin must not take the built-in methods down
+            warnings.warn(f"dstbench: method plugin {entry.name!r} ({entry.value}) failed to load: {exc}", stacklevel=2)
 
 
 def list_methods() -> list[str]:
-    """Registered method names, in registration order."""
+    """Registered method names, in their declared ``order``, then by name."""
     _load_builtins()
-    return list(_METHODS)
+    return sorted(_METHODS, key=lambda name: (_METHODS[name].order, name))
 
 
 def list_suites() -> list[str]:
@@ -55,7 +82,7 @@ def method_class(name: str) -> type:
     """The SparsityMethod class registered as ``name``; UserError if unknown."""
     _load_builtins()
     if name not in _METHODS:
-        raise UserError(f"unknown method {name!r}; choose from: {', '.join(_METHODS)}")
+        raise UserError(f"unknown method {name!r}; choose from: {', '.join(list_methods())}")
     return _METHODS[name]
 
 

@@ -8,12 +8,33 @@ they timed.
 from __future__ import annotations
 
 import warnings
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from dstbench.kernels import ops
 from dstbench.kernels.formats import CondensedWeight, DiagonalWeight
+
+
+@runtime_checkable
+class InferenceLayer(Protocol):
+    """The contract of ``SparsityMethod.sparsify_linear``'s layer, which the inference suite times and records.
+
+    Called on x (..., in_features) it returns (..., out_features); ``impl`` names
+    the kernel that runs (recorded in every row) and ``nnz`` the weights it holds.
+    """
+
+    in_features: int
+    out_features: int
+
+    @property
+    def impl(self) -> str: ...
+
+    @property
+    def nnz(self) -> int: ...
+
+    def __call__(self, x: Tensor) -> Tensor: ...
 
 
 def _dense_impl_name(device: torch.device) -> str:
@@ -28,6 +49,10 @@ class DenseLinear(nn.Linear):
     @property
     def impl(self) -> str:
         return _dense_impl_name(self.weight.device)
+
+    @property
+    def nnz(self) -> int:
+        return self.weight.numel()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "DenseLinear":

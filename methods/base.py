@@ -82,6 +82,11 @@ class SparsityMethod(ABC):
     default_distribution: ClassVar[str] = "erk"
     #: whether the method's authors sparsify the classifier head
     default_sparse_head: ClassVar[bool] = False
+    #: how reports name and draw the method, and where it sorts in tables and legends
+    display_name: ClassVar[str] = ""
+    color: ClassVar[str] = "#999999"
+    marker: ClassVar[str] = "o"
+    order: ClassVar[int] = 100
 
     def __init__(
         self,

@@ -17,6 +17,7 @@ class Dense(SparsityMethod):
     """Dense baseline; its sparsity is always 0 and it accepts (and ignores) the training options of the others."""
 
     inference_format = "dense"
+    display_name, color, marker, order = "Dense", "#000000", "s", 0
 
     def __init__(self, sparsity: float = 0.0, **options: Any) -> None:
         super().__init__(0.0, **options)

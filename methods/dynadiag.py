@@ -64,6 +64,7 @@ class DynaDiag(SparsityMethod):
     """
 
     inference_format = "diagonal"
+    display_name, color, marker, order = "DynaDiag (diagonal)", "#009E73", "D", 30
     layer_types = (nn.Linear,)
     default_distribution = "uniform"
 

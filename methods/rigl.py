@@ -40,6 +40,7 @@ class RigL(PruneAndGrow):
     """Unstructured dynamic sparse training; inference format CSR."""
 
     inference_format = "csr"
+    display_name, color, marker, order = "RigL (CSR)", "#0072B2", "o", 10
 
     def sparsify_linear(self, linear: nn.Linear) -> nn.Module:
         w = linear.weight.detach()

@@ -77,6 +77,7 @@ class SRigL(PruneAndGrow):
     """
 
     inference_format = "condensed"
+    display_name, color, marker, order = "SRigL (condensed)", "#E69F00", "^", 20
     default_sparse_init = "grad_flow"
 
     def __init__(self, sparsity: float = 0.9, *, ablation: bool = True, gamma_sal: float = 0.3, **options: Any) -> None:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from dstbench import records, registry, stats, timing
 from dstbench.errors import UserError
+from dstbench.kernels.layers import InferenceLayer
 from dstbench.registry import register_suite
 from dstbench.suites import base, vit_e2e
 from dstbench.table import Column, fmt_ratio_ci, format_table
@@ -240,8 +241,17 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def build_layer(method: str, linear: nn.Linear, sparsity: float, impl: str) -> nn.Module:
-    """``linear`` in ``method``'s inference format at ``sparsity`` (dense ignores the sparsity)."""
-    return registry.make_method(method, sparsity=sparsity, impl=impl).sparsify_linear(linear)
+    """``linear`` in ``method``'s inference format at ``sparsity`` (dense ignores the sparsity).
+
+    Raises:
+        UserError: if the method's layer breaks the ``InferenceLayer`` contract (impl, nnz, shapes).
+    """
+    layer = registry.make_method(method, sparsity=sparsity, impl=impl).sparsify_linear(linear)
+    if not isinstance(layer, InferenceLayer):
+        missing = [a for a in ("in_features", "out_features", "impl", "nnz") if not hasattr(layer, a)]
+        raise UserError(f"method {method!r}: sparsify_linear returned a {type(layer).__name__} without "
+                        f"{', '.join(missing)}; see kernels.layers.InferenceLayer")
+    return layer
 
 
 def probe(config: Config) -> dict[str, str]:
@@ -276,8 +286,8 @@ def _impl_of(module: nn.Module) -> str:
 
 
 def _nnz_of(module: nn.Module) -> int:
-    layers = [module] if hasattr(module, "impl") else vit_e2e.converted_layers(module)
-    return sum(int(getattr(layer, "nnz", layer.in_features * layer.out_features)) for layer in layers)
+    layers = [module] if isinstance(module, InferenceLayer) else vit_e2e.converted_layers(module)
+    return sum(int(layer.nnz) for layer in layers)
 
 
 class Workloads:

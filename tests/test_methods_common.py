@@ -13,13 +13,19 @@ from dstbench.methods.distributions import erk_densities, kept_weights, layer_de
 from dstbench.methods.options import accepts, declared
 from dstbench.methods.schedules import UpdateSchedule, cosine_temperature
 from dstbench.methods.selection import select_layers
-from dstbench.registry import make_method, method_class
+from dstbench.kernels.layers import InferenceLayer
+from dstbench.registry import list_methods, make_method, method_class
 from methods_harness import accuracy, cnn, mlp, setup, train
 
 pytestmark = [pytest.mark.filterwarnings("ignore:dstbench. .* kernel unavailable"),
               pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")]
 
 SHAPES = [(96, 64), (48, 96), (10, 48), (8, 1, 3, 3), (300, 300)]
+#: every registered method: the contract tests below cover a new method without edits
+ALL = list_methods()
+SPARSE = [name for name in ALL if name != "dense"]
+#: the methods whose topology changes during training (they need total_steps for their schedule)
+DYNAMIC = [name for name in SPARSE if make_method(name).dynamic_fraction() > 0]
 
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.8, 0.9, 0.99])
@@ -58,7 +64,7 @@ def test_schedule_update_steps_and_cosine_drop_fraction():
     assert cosine_temperature(0, 0, 5.0, 0.05) == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize("name", ["rigl", "srigl", "dynadiag", "dense"])
+@pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("bad", [{"sparsity": 1.0}, {"sparsity": -0.1}, {"sparsity": "lots"}, {"distribution": "gaussian"},
                                  {"total_steps": 0}, {"delta_t": 0}, {"t_end": 1.5}, {"no_such_option": 1}])
 def test_bad_input_raises_user_error(name, bad):
@@ -96,7 +102,7 @@ def test_schedule_options_belong_to_the_rigl_family():
     assert declared(method_class("srigl"))["ablation"] is bool
 
 
-@pytest.mark.parametrize("name", ["rigl", "srigl", "dynadiag"])
+@pytest.mark.parametrize("name", DYNAMIC)
 def test_prepare_needs_total_steps(name):
     with pytest.raises(UserError, match="total_steps"):
         make_method(name, sparsity=0.9).prepare(mlp())
@@ -116,7 +122,7 @@ def test_layer_selection_rules():
     assert names(select_layers(attn, (nn.Linear,))) == ["0"]
 
 
-@pytest.mark.parametrize("name", ["rigl", "srigl", "dynadiag"])
+@pytest.mark.parametrize("name", SPARSE)
 def test_summary_counts_sparse_params_and_flops(name):
     model, method, _ = setup(name, sparsity=0.8, distribution="uniform", total_steps=10, sparse_head=False)
     s = method.summary(model)
@@ -151,10 +157,38 @@ def test_dense_to_inference_and_training_options_accepted():
     torch.testing.assert_close(fast(x), model(x))
 
 
-@pytest.mark.parametrize("name", ["dense", "rigl", "srigl", "dynadiag"])
+@pytest.mark.parametrize("name", ALL)
 def test_every_method_learns_digits(name):
     schedule = {"delta_t": 10} if accepts(method_class(name), "delta_t") else {}
     model, method, opt = setup(name, sparsity=0.8, total_steps=150, **schedule)
     train(model, method, opt, 150)
     assert accuracy(model) > 0.85
     assert accuracy(method.to_inference(model)) > 0.85
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_method_honours_the_interface(name):
+    """Declared display metadata, an InferenceLayer from sparsify_linear that matches the dense product's shape,
+    a state that round-trips, and an inference copy that computes what the trained model computes."""
+    cls = method_class(name)
+    assert cls.name == name and cls.display_name and cls.color.startswith("#") and cls.marker
+    assert cls.inference_format in ("dense", "csr", "condensed", "diagonal")
+    linear = nn.Linear(24, 40)
+    layer = make_method(name, sparsity=0.75).sparsify_linear(linear)
+    assert isinstance(layer, InferenceLayer) and (layer.in_features, layer.out_features) == (24, 40)
+    assert layer(torch.randn(3, 24)).shape == (3, 40) and 0 < layer.nnz <= 24 * 40
+    schedule = {"delta_t": 5} if accepts(cls, "delta_t") else {}
+    model, method, opt = setup(name, sparsity=0.8, total_steps=20, **schedule)
+    train(model, method, opt, 12)
+    fresh = make_method(name, sparsity=0.8, total_steps=20, seed=5, **schedule)
+    fresh.prepare(mlp(3))
+    fresh.load_state_dict(method.state_dict())
+    assert fresh.step_count == method.step_count == 12
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(method.to_inference(model)(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def test_methods_list_in_their_declared_order():
+    orders = [method_class(name).order for name in ALL]
+    assert orders == sorted(orders) and ALL[0] == "dense"
