@@ -35,12 +35,11 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     return torch.zeros(weight.numel(), dtype=torch.bool, device=weight.device).index_fill_(0, idx, True).view_as(weight)
 
 
-@register_method("rigl")
-class RigL(PruneAndGrow):
-    """Unstructured dynamic sparse training; inference format CSR."""
+class UnstructuredCSR:
+    """For the unstructured mask methods (RigL, SET, static): a random initial mask of the layer's budget,
+    drawn from the method's generator, and CSR (``torch.sparse_csr``) at inference."""
 
     inference_format = "csr"
-    display_name, color, marker, order = "RigL (CSR)", "#0072B2", "o", 10
 
     def sparsify_linear(self, linear: nn.Linear) -> nn.Module:
         w = linear.weight.detach()
@@ -50,12 +49,19 @@ class RigL(PruneAndGrow):
         scores = torch.rand(shape, generator=self.generator)
         return top_mask(scores, self.targets[name])
 
+    def inference_linear(self, linear: nn.Linear, mask: Tensor) -> nn.Module:
+        return CSRLinear(linear.weight.detach() * mask, linear.bias)
+
+
+@register_method("rigl")
+class RigL(UnstructuredCSR, PruneAndGrow):
+    """Unstructured dynamic sparse training; inference format CSR."""
+
+    display_name, color, marker, order = "RigL (CSR)", "#0072B2", "o", 10
+
     def update_mask(self, name: str, weight: Tensor, grad: Tensor, mask: Tensor, drop_fraction: float) -> Tensor:
         nnz = int(mask.sum())
         n_drop = int(drop_fraction * nnz)
         keep = top_mask(weight.abs().float().masked_fill(~mask, -1.0), nnz - n_drop)
         grow = top_mask(grad.abs().float().masked_fill(keep, -1.0), n_drop)
         return keep | grow
-
-    def inference_linear(self, linear: nn.Linear, mask: Tensor) -> nn.Module:
-        return CSRLinear(linear.weight.detach() * mask, linear.bias)

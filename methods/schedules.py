@@ -11,26 +11,30 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class UpdateSchedule:
-    """RigL / SRigL: update every ``delta_t`` steps while ``step < end_step``; cosine-decayed drop fraction.
+    """RigL / SRigL / SET: update every ``delta_t`` steps while ``step < end_step``, dropping a fraction of the weights.
 
     Attributes:
         delta_t: steps between updates.
         end_step: T_end in steps (``int(t_end * total_steps)``); no update at or after it.
         alpha: the initial drop fraction.
+        cosine: decay the drop fraction to 0 at end_step on a cosine (RigL); False keeps alpha (SET's zeta).
     """
 
     delta_t: int
     end_step: int
     alpha: float
+    cosine: bool = True
 
     def is_update(self, step: int) -> bool:
         """True if the topology is updated after the ``step``-th optimizer step."""
         return step > 0 and step % self.delta_t == 0 and step < self.end_step
 
     def drop_fraction(self, step: int) -> float:
-        """alpha_t = alpha * (1 + cos(pi * step / end_step)) / 2."""
+        """alpha_t = alpha * (1 + cos(pi * step / end_step)) / 2 (alpha itself when not ``cosine``)."""
         if self.end_step <= 0:
             return 0.0
+        if not self.cosine:
+            return self.alpha
         return self.alpha * (1.0 + math.cos(math.pi * min(step, self.end_step) / self.end_step)) / 2.0
 
 

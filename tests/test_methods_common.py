@@ -57,6 +57,8 @@ def test_schedule_update_steps_and_cosine_drop_fraction():
     assert sched.drop_fraction(0) == pytest.approx(0.3)
     assert sched.drop_fraction(75) == pytest.approx(0.0)
     assert sched.drop_fraction(37.5) == pytest.approx(0.15)
+    constant = UpdateSchedule(delta_t=10, end_step=75, alpha=0.3, cosine=False)
+    assert constant.drop_fraction(0) == constant.drop_fraction(60) == 0.3
     assert cosine_temperature(0, 100, 5.0, 0.05) == pytest.approx(5.0)
     assert cosine_temperature(50, 100, 5.0, 0.05) == pytest.approx(2.525)
     assert cosine_temperature(100, 100, 5.0, 0.05) == pytest.approx(0.05)
