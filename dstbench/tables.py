@@ -12,7 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
+
+from dstbench import records, significance, stats
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
@@ -175,9 +178,7 @@ def accuracy_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
     ``top1`` may be recorded as a fraction (all values <= 1) or in percent.
     """
-    frame = frame.copy()
-    if frame["top1"].max() <= 1.0:
-        frame["top1"] = frame["top1"] * 100.0
+    frame = frame.assign(top1=significance.top1_percent(frame))
     for column in ("dataset", "model"):
         if column not in frame:
             frame[column] = "-"
@@ -202,3 +203,101 @@ def accuracy_table(summary: pd.DataFrame) -> Table:
                      fmt_count(r.get("params")), fmt_count(r.get("flops"))])
     return Table(headers, ["l", "l", "l", "r", "r", "r", "r", "r", "r"], rows,
                  "Top-1 accuracy, mean ± sample standard deviation over seeds.")
+
+
+def fmt_difference(value: float | None, lo: float | None = None, hi: float | None = None) -> str:
+    """A signed difference in percentage points with its interval, '-1.23 [-2.01, -0.45]'; '–' if missing."""
+    if _missing(value):
+        return "–"
+    if _missing(lo) or _missing(hi):
+        return f"{value:+.2f}"
+    return f"{value:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value, 'n.s. (0.41)' when not significant (p >= ``significance.ALPHA``); '–' if missing."""
+    if _missing(p):
+        return "–"
+    text = "< 0.001" if p < 1e-3 else f"{p:.2g}"
+    return f"n.s. ({text})" if p >= significance.ALPHA else text
+
+
+def significance_table(summary: pd.DataFrame, differences: pd.DataFrame) -> Table:
+    """Top-1 of every method and sparsity with its difference from dense and from RigL at the same sparsity.
+
+    Args:
+        summary: ``accuracy_summary`` rows.
+        differences: ``significance.differences`` rows of the same runs.
+    """
+    keys = significance.KEYS
+    found = {(*(r[k] for k in keys[:3]), round(r["sparsity"], 6), r["baseline"]): r for _, r in differences.iterrows()}
+    rows = []
+    for _, r in summary.iterrows():
+        cells = [str(r["dataset"]), str(r["model"]), r["method"], fmt_sparsity(r["sparsity"]),
+                 f"{r['top1_mean']:.2f} ± {r['top1_sd']:.2f}"]
+        for baseline in significance.BASELINES:
+            d = found.get((r["dataset"], r["model"], r["method"], round(r["sparsity"], 6), baseline))
+            cells += ["–", "–"] if d is None else [fmt_difference(d["diff"], d["diff_lo"], d["diff_hi"]), fmt_p(d["p"])]
+        rows.append(cells)
+    headers = ["dataset", "model", "method", "sparsity", "top-1 (%)", "Δ vs dense (pp) [95% CI]", "McNemar p",
+               "Δ vs RigL (pp) [95% CI]", "McNemar p"]
+    return Table(headers, ["l", "l", "l", "r", "r", "r", "r", "r", "r"], rows,
+                 "Top-1 accuracy against dense and against RigL at the same sparsity: mean over seeds of the paired "
+                 "difference (percentage points) with its 95% t-interval, and McNemar's test on the per-sample "
+                 f"predictions pooled over seeds (exact below {stats.MCNEMAR_EXACT_BELOW} discordant samples, "
+                 f"chi-square otherwise); n.s.: not significant at p < {significance.ALPHA}.")
+
+
+def same_model_speedups(frame: pd.DataFrame, label: str) -> pd.DataFrame:
+    """The inference speedup over dense of the trained models themselves at the timed batch ``label``.
+
+    Each accuracy row timed its own converted model against a dense model of
+    the same architecture (``suites/model_timing.py``). Per (machine, dataset,
+    model, method, sparsity), the per-round samples of its seeds are pooled:
+    the speedup is the ratio of the medians of all dense and all model rounds,
+    with a paired bootstrap 95% interval (rounds stay paired with the dense
+    round they were measured beside).
+
+    Args:
+        frame: accuracy rows (a ``machine`` column is kept as a key if present).
+        label: one of ``records.TIMED_BATCHES``.
+    Returns:
+        The keys, ``batch``, ``kernels``, ``seeds``, ``p50_s`` and ``dense_p50_s`` (seconds per call, pooled medians),
+        ``speedup``, ``speedup_lo``, ``speedup_hi``; no rows if none was timed at ``label``.
+    """
+    def col(name: str) -> str:
+        return records.timed_column(name, label)
+
+    keys = (["machine"] if "machine" in frame else []) + significance.KEYS
+    columns = keys + ["batch", "kernels", "seeds", "p50_s", "dense_p50_s", "speedup", "speedup_lo", "speedup_hi"]
+    if col("speedup_vs_dense") not in frame:
+        return pd.DataFrame(columns=columns)
+    out = []
+    for key, rows in frame[frame[col("speedup_vs_dense")].notna()].groupby(keys, sort=False):
+        own = np.concatenate(rows[col("samples_s")].tolist())
+        dense = np.concatenate(rows[col("dense_samples_s")].tolist())
+        ci = stats.ratio_of_medians(dense, own, paired=True)
+        out.append({**dict(zip(keys, key)), "batch": int(rows[col("batch")].max()),
+                    "kernels": ", ".join(sorted(set(rows["inference_impl"]))), "seeds": rows["seed"].nunique(),
+                    "p50_s": float(np.median(own)), "dense_p50_s": float(np.median(dense)),
+                    "speedup": ci.ratio, "speedup_lo": ci.lo, "speedup_hi": ci.hi})
+    result = pd.DataFrame(out, columns=columns)
+    return _sorted(result, keys).drop(columns="_method").reset_index(drop=True) if out else result
+
+
+def same_model_table(frame: pd.DataFrame, machines: bool) -> Table:
+    """Every trained model's inference latency and speedup over dense of the same architecture, per timed batch."""
+    speeds = pd.concat([same_model_speedups(frame, label) for label in records.TIMED_BATCHES], ignore_index=True)
+    headers = (["machine"] if machines else []) + ["dataset", "model", "method", "sparsity", "batch", "kernels",
+                                                   "seeds", "p50", "dense p50", "vs dense [95% CI]"]
+    rows = []
+    for _, r in _sorted(speeds, ["machine", "dataset", "model", "sparsity", "batch"]).iterrows():
+        rows.append(([r["machine"]] if machines else []) + [
+            str(r["dataset"]), str(r["model"]), r["method"], fmt_sparsity(r["sparsity"]), str(int(r["batch"])),
+            r["kernels"], str(int(r["seeds"])), fmt_seconds(r["p50_s"]), fmt_seconds(r["dense_p50_s"]),
+            fmt_speedup(r["speedup"], r["speedup_lo"], r["speedup_hi"])])
+    align = (["l"] if machines else []) + ["l", "l", "l", "r", "r", "l", "r", "r", "r", "r"]
+    return Table(headers, align, rows,
+                 "Latency of the trained models themselves (converted with to_inference), timed interleaved with "
+                 "a dense model of the same architecture: median per call and speedup over dense, rounds of all "
+                 "seeds pooled, with 95% paired bootstrap intervals.")
