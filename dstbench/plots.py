@@ -300,10 +300,10 @@ def pareto_figure(points: pd.DataFrame, title: str, xlabel: str) -> Figure:
     """Accuracy against speedup over dense, one point per (method, sparsity), with the Pareto front.
 
     Args:
-        points: columns method, sparsity, speedup (x), speedup_lo, speedup_hi, top1_mean, top1_sd (%);
-            a dense row sits at speedup 1.
+        points: ``report.pareto_points`` of one model: columns method, sparsity, speedup (x), speedup_lo,
+            speedup_hi, top1_mean, top1_sd (%); dense's own timing puts it near speedup 1.
         title: the figure title.
-        xlabel: names the timed case, e.g. 'speedup over dense (b16-fc1, batch 256)'.
+        xlabel: names the timed model and batch, e.g. 'speedup over dense of the same mlp, batch 1'.
     """
     fig = _figure(2.6)
     ax = fig.subplots()

@@ -1,4 +1,4 @@
-"""``dstbench report RUN... --out reports/NAME``: figures (PDF + PNG), tables (Markdown + LaTeX) and an index.md.
+"""``dstbench report RUN... --out reports/NAME``: figures (PDF + PNG), tables (Markdown + LaTeX), index.md, provenance.json.
 
 Runs of any suites, from any machines, are combined; inference and
 training runs are labelled by machine (``dstbench.runs.machine_label``).
@@ -9,18 +9,24 @@ Figures are drawn only for the suites present:
   and batch;
 * training: throughput per model and batch;
 * accuracy: top-1 (mean ± sd over seeds) against sparsity with the dense
-  band, per dataset and model;
-* accuracy and inference together: accuracy against speedup (Pareto), joining
-  method and sparsity, at one inference case and batch (``--pareto-case``,
-  ``--pareto-batch``; by default the end-to-end model if timed, else the
-  first layer case, at its largest batch).
+  band, per dataset and model; tables of top-1, of its differences from
+  dense and from RigL with their significance (``dstbench.significance``)
+  and of the trained models' own inference speedups;
+* accuracy against speedup (Pareto), per machine, dataset and model and per
+  timed batch: both coordinates come from the accuracy rows alone, each of
+  which timed the model it trained against a dense model of the same
+  architecture (``pareto_points``). Inference runs, which time other
+  layers and models, never enter it.
 
-The output folder holds ``index.md``, ``figures/`` and ``tables/``; an
-earlier report there is replaced, any other non-empty folder is refused.
+The output folder holds ``index.md``, ``figures/``, ``tables/`` and
+``provenance.json``, which names for every figure and table the runs (and
+their segments), commits, machines and commands behind it. An earlier
+report there is replaced, any other non-empty folder is refused.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -30,11 +36,13 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from dstbench import plots, records, tables
+from dstbench import env as envinfo
+from dstbench import plots, records, significance, tables
 from dstbench.errors import OneLineParser, UserError
 from dstbench.runs import Run, load_run, machine_label
 
 INDEX = "index.md"
+PROVENANCE = "provenance.json"
 
 
 def slug(text: str) -> str:
@@ -52,10 +60,17 @@ class Section:
 
 @dataclass
 class Report:
-    """What has been written so far, to be tied together in index.md."""
+    """What has been written so far, to be tied together in index.md, and where each piece came from.
+
+    ``runs`` maps a run folder (as given) to its Run and machine label;
+    ``provenance`` maps each written figure or table (``figures/STEM``,
+    ``tables/STEM``) to its files, caption and sources (``source``).
+    """
 
     out: Path
+    runs: dict[str, tuple[Run, str]] = field(default_factory=dict)
     sections: list[Section] = field(default_factory=list)
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
     figures: int = 0
     tables: int = 0
 
@@ -63,20 +78,47 @@ class Report:
         self.sections.append(Section(title))
         return self.sections[-1]
 
-    def figure(self, section: Section, fig: Any, stem: str, caption: str) -> None:
+    def sources(self, rows: pd.DataFrame) -> list[dict[str, Any]]:
+        """``source`` of every (run, segment) that ``rows`` (with ``run`` and ``segment`` columns) come from."""
+        pairs = sorted({(str(r), int(s)) for r, s in zip(rows["run"], rows.get("segment", pd.Series(0, rows.index)))})
+        return [source(*self.runs[run], segment) for run, segment in pairs]
+
+    def _record(self, name: str, files: list[str], caption: str, rows: pd.DataFrame) -> None:
+        self.provenance[name] = {"files": files, "caption": caption, "sources": self.sources(rows)}
+
+    def figure(self, section: Section, fig: Any, stem: str, caption: str, rows: pd.DataFrame) -> None:
+        """Save ``fig`` as figures/STEM.pdf and .png, drawn from ``rows``, and show it in ``section``."""
         plots.save(fig, self.out / "figures", stem)
         self.figures += 1
+        self._record(f"figures/{stem}", [f"figures/{stem}.pdf", f"figures/{stem}.png"], caption, rows)
         section.blocks.append(f"![{caption}](figures/{stem}.png)\n\n*{caption}* ([PDF](figures/{stem}.pdf))")
 
-    def table(self, section: Section, table: tables.Table, stem: str, inline: bool = True) -> None:
+    def table(self, section: Section, table: tables.Table, stem: str, rows: pd.DataFrame, inline: bool = True) -> None:
+        """Write ``table``, built from ``rows``, as tables/STEM.md and .tex, and show or link it in ``section``."""
         folder = self.out / "tables"
         folder.mkdir(parents=True, exist_ok=True)
         markdown = table.to_markdown()
         (folder / f"{stem}.md").write_text(markdown)
         (folder / f"{stem}.tex").write_text(table.to_latex(label=f"tab:{stem}"))
         self.tables += 1
+        self._record(f"tables/{stem}", [f"tables/{stem}.md", f"tables/{stem}.tex"], table.caption, rows)
         links = f"Table `{stem}`: [Markdown](tables/{stem}.md), [LaTeX](tables/{stem}.tex)"
         section.blocks.append(f"{links}. {table.caption}\n\n{markdown}" if inline else f"{links}. {table.caption}")
+
+
+def source(run: Run, label: str, segment: int) -> dict[str, Any]:
+    """Where one segment of a run was measured: folder, suite, commit, machine, command and times."""
+    part = next((s for s in records.segments(run.meta) if s["segment"] == segment), run.meta)
+    env = part.get("env") or run.env
+    argv = env.get("argv")
+    return {
+        "run": str(run.path), "suite": run.suite, "segment": segment,
+        "commit": {"git_sha": env.get("git_sha"), "git_dirty": env.get("git_dirty")},
+        "machine": {"label": label, **{key: env.get(key) for key in
+                                       ("hostname", "cpu_model", "gpu_name", "threads", "torch", "cuda", "cupy")}},
+        "command": " ".join(argv) if argv else None,
+        "started_at": part.get("started_at"), "finished_at": part.get("finished_at"),
+    }
 
 
 def _labels(runs: Sequence[Run]) -> dict[Path, str]:
@@ -120,12 +162,13 @@ def inference_section(report: Report, frame: pd.DataFrame) -> None:
         for case, case_rows in rows.groupby("case", sort=False):
             title = _with_machine(_case_title(case_rows, case), machine, several)
             report.figure(section, plots.speedup_figure(case_rows, title), f"speedup-{prefix}{slug(case)}",
-                          f"Speedup over dense, {title}")
+                          f"Speedup over dense, {title}", case_rows)
             for batch, batch_rows in case_rows.groupby("batch", sort=True):
                 report.figure(section, plots.latency_figure(batch_rows, f"{title}, batch {batch}"),
-                              f"latency-{prefix}{slug(case)}-b{batch}", f"Latency per call, {title}, batch {batch}")
-    report.table(section, tables.speedup_pivot(frame, several), "inference-speedup")
-    report.table(section, tables.inference_table(frame, several), "inference", inline=False)
+                              f"latency-{prefix}{slug(case)}-b{batch}", f"Latency per call, {title}, batch {batch}",
+                              batch_rows)
+    report.table(section, tables.speedup_pivot(frame, several), "inference-speedup", frame)
+    report.table(section, tables.inference_table(frame, several), "inference", frame, inline=False)
 
 
 def training_section(report: Report, frame: pd.DataFrame) -> None:
@@ -139,72 +182,90 @@ def training_section(report: Report, frame: pd.DataFrame) -> None:
         prefix = f"{slug(machine)}-" if several else ""
         title = _with_machine(f"{model}, batch {batch}", machine, several)
         report.figure(section, plots.training_figure(rows, title), f"training-{prefix}{slug(str(model))}-b{batch}",
-                      f"Training throughput, {title}")
-    report.table(section, tables.training_table(frame, several), "training")
+                      f"Training throughput, {title}", rows)
+    report.table(section, tables.training_table(frame, several), "training", frame)
 
 
-def accuracy_section(report: Report, summary: pd.DataFrame) -> None:
-    """Accuracy against sparsity per dataset and model, and the accuracy table."""
+def accuracy_section(report: Report, frame: pd.DataFrame) -> None:
+    """Accuracy against sparsity per dataset and model; the accuracy, significance and same-model speed tables."""
     section = report.section("Accuracy")
     section.blocks.append("Top-1 accuracy, mean ± sample standard deviation over seeds; the grey band is dense "
                           "(mean ± sd).")
-    for (dataset, model), rows in summary.groupby(["dataset", "model"], sort=False):
+    for (dataset, model), rows in frame.groupby(["dataset", "model"], sort=False):
         title = f"{dataset}, {model}"
-        report.figure(section, plots.accuracy_figure(rows, title), f"accuracy-{slug(str(dataset))}-{slug(str(model))}",
-                      f"Top-1 accuracy against sparsity, {title}")
-    report.table(section, tables.accuracy_table(summary), "accuracy")
+        report.figure(section, plots.accuracy_figure(tables.accuracy_summary(rows), title),
+                      f"accuracy-{slug(str(dataset))}-{slug(str(model))}", f"Top-1 accuracy against sparsity, {title}",
+                      rows)
+    summary = tables.accuracy_summary(frame)
+    report.table(section, tables.accuracy_table(summary), "accuracy", frame)
+    report.table(section, tables.significance_table(summary, significance.differences(frame)), "accuracy-significance",
+                 frame)
+    timed = _timed(frame)
+    if not timed.empty:
+        report.table(section, tables.same_model_table(timed, timed["machine"].nunique() > 1), "accuracy-speedup", timed)
 
 
-def pareto_choice(inference: pd.DataFrame, case: str | None, batch: int | None) -> tuple[str, int]:
-    """The inference case and batch of the Pareto plot: the given ones, or the defaults (module docstring)."""
-    cases = list(dict.fromkeys(inference["case"]))
-    if case is None:
-        e2e = inference[inference["e2e"] == True]["case"] if "e2e" in inference else pd.Series(dtype=str)  # noqa: E712
-        case = e2e.iloc[0] if len(e2e) else cases[0]
-    elif case not in cases:
-        raise UserError(f"--pareto-case {case!r} is not in the inference runs; choose one of {', '.join(map(str, cases))}")
-    batches = sorted(inference[inference["case"] == case]["batch"].unique())
-    if batch is None:
-        batch = int(batches[-1])
-    elif batch not in batches:
-        raise UserError(f"--pareto-batch {batch} was not timed for {case}; choose one of {', '.join(map(str, batches))}")
-    return case, batch
+def _timed(frame: pd.DataFrame, label: str | None = None) -> pd.DataFrame:
+    """The rows of ``frame`` whose model was timed at batch ``label`` (at any timed batch if None)."""
+    columns = [records.timed_column("speedup_vs_dense", b) for b in ([label] if label else records.TIMED_BATCHES)]
+    present = [c for c in columns if c in frame]
+    return frame[frame[present].notna().any(axis=1)] if present else frame.iloc[:0]
 
 
-def pareto_points(summary: pd.DataFrame, speed: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy rows (one dataset and model) joined with speedups (one machine, case, batch) by method and sparsity.
+def pareto_points(frame: pd.DataFrame, label: str) -> pd.DataFrame:
+    """Accuracy against the speedup of the same trained models at timed batch ``label``: one point per (method, sparsity).
 
-    Dense joins at speedup 1 whatever its recorded sparsity; methods or sparsities
-    missing on either side are left out.
+    Both coordinates come from the same accuracy rows: top-1 (mean ± sd over
+    seeds, ``tables.accuracy_summary``) and the speedup over dense at which
+    each row's own model was timed (``tables.same_model_speedups``). Rows
+    not timed at ``label`` are left out.
+
+    Raises:
+        ValueError: ``frame`` holds rows of another suite (say, inference rows of other layers) or of more than
+            one (machine, dataset, model): a point may only pair a model's accuracy with that model's speed.
     """
-    speed = speed[["method", "sparsity", "speedup_vs_dense", "speedup_vs_dense_lo", "speedup_vs_dense_hi"]].rename(
-        columns={"speedup_vs_dense": "speedup", "speedup_vs_dense_lo": "speedup_lo", "speedup_vs_dense_hi": "speedup_hi"})
-    speed = speed[speed["method"] != "dense"].assign(key=lambda f: f["sparsity"].round(6))
-    acc = summary.assign(key=summary["sparsity"].round(6))
-    joined = acc[acc["method"] != "dense"].merge(speed.drop(columns="sparsity"), on=["method", "key"])
-    dense = acc[acc["method"] == "dense"].assign(speedup=1.0, speedup_lo=1.0, speedup_hi=1.0)
-    return pd.concat([dense, joined], ignore_index=True).drop(columns="key")
+    suites = set(frame["suite"])
+    if suites != {"accuracy"}:
+        raise ValueError(f"a Pareto point pairs a trained model's accuracy with that model's own timing; got "
+                         f"{', '.join(sorted(map(str, suites)))} rows where only accuracy rows can give both")
+    keys = [key for key in ("machine", "dataset", "model") if key in frame]
+    models = frame[keys].drop_duplicates()
+    if len(models) > 1:
+        raise ValueError(f"a Pareto figure shows one model on one machine; got {len(models)}: "
+                         + "; ".join(" ".join(map(str, m)) for m in models.itertuples(index=False)))
+    timed = _timed(frame, label)
+    if timed.empty:
+        return pd.DataFrame()
+    speed = tables.same_model_speedups(timed, label).drop(columns=["machine"], errors="ignore")
+    return tables.accuracy_summary(timed).merge(speed, on=significance.KEYS)
 
 
-def pareto_section(report: Report, summary: pd.DataFrame, inference: pd.DataFrame, case: str, batch: int) -> None:
-    """Accuracy against speedup for every (machine, dataset, model), at the inference ``case`` and ``batch``."""
-    section = report.section("Accuracy against speedup")
-    section.blocks.append(
-        f"Accuracy runs joined with the inference speedups of `{case}` at batch {batch} by method and sparsity "
-        "(change with `--pareto-case` / `--pareto-batch`). Error bars: sd over seeds and the 95% interval of the "
-        "speedup; numbers next to the points are sparsities (%); the dotted line is the Pareto front.")
-    timed = inference[(inference["case"] == case) & (inference["batch"] == batch)]
-    several = timed["machine"].nunique() > 1
-    for machine, speed in timed.groupby("machine", sort=False):
-        for (dataset, model), acc in summary.groupby(["dataset", "model"], sort=False):
-            points = pareto_points(acc, speed)
-            if (points["method"] != "dense").sum() == 0:
-                section.blocks.append(f"No method and sparsity of {dataset}/{model} was timed on {machine}.")
+def pareto_section(report: Report, frame: pd.DataFrame) -> None:
+    """Accuracy against same-model speedup per (machine, dataset, model) and timed batch; nothing if none was timed."""
+    several = frame["machine"].nunique() > 1
+    figures = []
+    for (machine, dataset, model), rows in frame.groupby(["machine", "dataset", "model"], sort=False):
+        for label in records.TIMED_BATCHES:
+            points = pareto_points(rows, label)
+            if points.empty:
                 continue
+            batch = int(points["batch"].iloc[0])
             title = _with_machine(f"{dataset}, {model}", machine, several)
-            stem = f"pareto-{f'{slug(machine)}-' if several else ''}{slug(str(dataset))}-{slug(str(model))}"
-            report.figure(section, plots.pareto_figure(points, title, f"speedup over dense ({case}, batch {batch})"),
-                          stem, f"Top-1 accuracy against inference speedup, {title}")
+            stem = f"pareto-{f'{slug(machine)}-' if several else ''}{slug(str(dataset))}-{slug(str(model))}-b{batch}"
+            fig = plots.pareto_figure(points, title, f"speedup over dense of the same {model}, batch {batch}")
+            figures.append((fig, stem, f"Top-1 accuracy against inference speedup, {title}, batch {batch}",
+                            _timed(rows, label)))
+    if not figures:
+        return
+    section = report.section("Accuracy against speedup of the same model")
+    section.blocks.append(
+        "Each point is one method and sparsity (numbers: sparsity in %): its top-1 (mean ± sd over seeds) against "
+        "the inference speedup over dense of the very models that were trained and evaluated. The accuracy suite "
+        "converted each with to_inference and timed it interleaved with a dense model of the same architecture, "
+        "in the same process; the rounds of all seeds are pooled (95% paired bootstrap interval). Dense is timed "
+        "the same way (about 1×). The dotted line is the Pareto front.")
+    for fig, stem, caption, rows in figures:
+        report.figure(section, fig, stem, caption, rows)
 
 
 def _env_table(runs: Sequence[Run], labels: dict[Path, str]) -> tables.Table:
@@ -224,7 +285,9 @@ def write_index(report: Report, runs: Sequence[Run], labels: dict[Path, str], ar
     """index.md: the command, the runs' environments, then every section."""
     lines = ["# dstbench report", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `dstbench report {' '.join(argv)}`. "
-             "Figures are vector PDF (TrueType fonts) and PNG, one paper column (3.4 in) wide.", "",
+             "Figures are vector PDF (TrueType fonts) and PNG, one paper column (3.4 in) wide. "
+             f"[{PROVENANCE}]({PROVENANCE}) names the runs, commits, machines and commands behind every figure and "
+             "table.", "",
              "## Runs", "", _env_table(runs, labels).to_markdown()]
     for section in report.sections:
         lines += [f"## {section.title}", ""]
@@ -246,11 +309,26 @@ def prepare_out(out: Path, runs: Sequence[Run]) -> None:
             raise UserError(f"--out {out} is not empty and holds no earlier report; choose a new folder")
         for sub in ("figures", "tables"):
             shutil.rmtree(out / sub, ignore_errors=True)
+        (out / PROVENANCE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
-def build(paths: Sequence[str], out: Path, pareto_case: str | None = None, pareto_batch: int | None = None,
-          argv: Sequence[str] = ()) -> Report:
+def write_provenance(report: Report, argv: Sequence[str], rows: pd.DataFrame) -> Path:
+    """provenance.json: the report's command, time and commit, then, per figure and table, its files, caption and
+    sources (``source``); index.md's sources are all ``rows``."""
+    commit = envinfo.commit()
+    content = {
+        "report": {"command": " ".join(["dstbench", "report", *argv]), "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   "commit": commit},
+        "artifacts": {**report.provenance,
+                      INDEX: {"files": [INDEX], "caption": "the report", "sources": report.sources(rows)}},
+    }
+    path = report.out / PROVENANCE
+    records.atomic_write_text(path, json.dumps(content, indent=2, default=str) + "\n")
+    return path
+
+
+def build(paths: Sequence[str], out: Path, argv: Sequence[str] = ()) -> Report:
     """Load the runs and write the whole report into ``out``."""
     if len({Path(p).resolve() for p in paths}) < len(paths):
         raise UserError("a run folder is given twice; give each run once")
@@ -259,22 +337,18 @@ def build(paths: Sequence[str], out: Path, pareto_case: str | None = None, paret
     inference = frame_of(runs, "inference", labels)
     training = frame_of(runs, "training", labels)
     accuracy = frame_of(runs, "accuracy", labels)
-    if (pareto_case or pareto_batch) and inference.empty:
-        raise UserError("--pareto-case/--pareto-batch need an inference run among the runs")
-    if not inference.empty:
-        pareto_case, pareto_batch = pareto_choice(inference, pareto_case, pareto_batch)
     prepare_out(out, runs)
-    report = Report(out)
+    report = Report(out, runs={str(run.path): (run, labels[run.path]) for run in runs})
     if not inference.empty:
         inference_section(report, inference)
     if not training.empty:
         training_section(report, training)
     if not accuracy.empty:
-        summary = tables.accuracy_summary(accuracy)
-        accuracy_section(report, summary)
-        if not inference.empty:
-            pareto_section(report, summary, inference, pareto_case, pareto_batch)
+        accuracy_section(report, accuracy)
+        pareto_section(report, accuracy)
     write_index(report, runs, labels, argv)
+    write_provenance(report, argv, pd.concat([f[["run", "segment"]] for f in (inference, training, accuracy)
+                                              if not f.empty], ignore_index=True))
     return report
 
 
@@ -283,15 +357,13 @@ def main(argv: Sequence[str]) -> int:
     parser = OneLineParser(
         prog="dstbench report",
         description="Figures (PDF + PNG) and tables (Markdown + LaTeX) for papers from one or more run folders, "
-                    "tied together in OUT/index.md.")
+                    "tied together in OUT/index.md, with OUT/provenance.json naming the runs, commits, machines and "
+                    "commands behind each.")
     parser.add_argument("runs", nargs="+", help="run folders of any suites, from one or several machines")
     parser.add_argument("--out", type=Path, help="report folder (default reports/report-<timestamp>)")
-    parser.add_argument("--pareto-case", help="inference case of the accuracy-vs-speedup plot "
-                                              "(default: the end-to-end model if timed, else the first layer case)")
-    parser.add_argument("--pareto-batch", type=int, help="batch of that case (default: its largest)")
     args = parser.parse_args(argv)
     out = args.out or Path("reports") / f"report-{time.strftime('%Y%m%d-%H%M%S')}"
-    report = build(args.runs, out, args.pareto_case, args.pareto_batch, argv)
+    report = build(args.runs, out, argv)
     print(f"report written to {out / INDEX}: {report.figures} figures (PDF + PNG), {report.tables} tables "
-          "(Markdown + LaTeX)")
+          f"(Markdown + LaTeX), provenance in {out / PROVENANCE}")
     return 0

@@ -8,12 +8,13 @@ its own log-normal noise, like interleaved rounds on a noisy machine.
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from dstbench import stats
+from dstbench import records, stats
 
 SPEEDUPS = {"dense": 1.0, "rigl": 1.5, "srigl": 3.0, "dynadiag": 4.0}
 IMPLS = {"dense": "mkl", "rigl": "mkl-csr", "srigl": "cpu", "dynadiag": "cpu"}
@@ -29,7 +30,10 @@ ENV = {
     "cpu_count": 2,
     "gpu_name": None,
     "threads": 2,
+    "argv": ["/usr/bin/dstbench", "run", "--suite", "synthetic"],
 }
+#: test samples of a synthetic accuracy run (digits: 450)
+TEST_SIZE = 450
 
 
 def write_run(path: Path, suite: str, rows: Iterable[dict[str, Any]], **env: Any) -> Path:
@@ -39,8 +43,28 @@ def write_run(path: Path, suite: str, rows: Iterable[dict[str, Any]], **env: Any
     meta = {"schema": 1, "suite": suite, "config": {}, "env": {**ENV, **env},
             "started_at": "2025-01-01T00:00:00+0000", "finished_at": "2025-01-01T00:01:00+0000"}
     (path / "run.json").write_text(json.dumps(meta, indent=2))
+    rows = list(rows)
     (path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_predictions(path, [row for row in rows if "predictions" in row])
     return path
+
+
+def write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The files an accuracy row names: labels (10 classes) and predictions right on round(top1 * N) samples.
+
+    Which samples a case gets right is drawn from a generator seeded by its case id.
+    """
+    if not rows:
+        return
+    labels = (np.arange(TEST_SIZE) % 10).astype(np.int16)
+    (path / "predictions").mkdir(exist_ok=True)
+    np.save(path / rows[0]["labels"], labels)
+    for row in rows:
+        rng = np.random.default_rng(zlib.crc32(row["case_id"].encode()))
+        wrong = rng.permutation(TEST_SIZE)[:TEST_SIZE - round(row["top1"] * TEST_SIZE)]
+        predictions = labels.copy()
+        predictions[wrong] = (labels[wrong] + 1) % 10
+        np.save(path / row["predictions"], predictions)
 
 
 def _burst(rng: np.random.Generator, rounds: int, burst: float) -> np.ndarray:
@@ -140,18 +164,38 @@ def training_rows(*, models: tuple[str, ...] = ("mlp", "vit_tiny"), sparsities: 
     return rows
 
 
+def _same_model_timing(rng: np.random.Generator, method: str, sparsity: float, rounds: int = 5) -> dict[str, Any]:
+    """The timing columns of an accuracy row: the model against dense at batch 1 (speedup / 2) and 256."""
+    columns: dict[str, Any] = {"inference_impl": IMPLS[method], "dense_inference_impl": IMPLS["dense"]}
+    for label, batch, dense_s, scale in (("b1", 1, 5e-5, 0.5), ("beval", 256, 3e-4, 1.0)):
+        gain = 1.0 if method == "dense" else scale * SPEEDUPS[method] * (0.1 / (1.0 - sparsity)) ** 0.5
+        drift = rng.lognormal(0.0, 0.05, rounds)
+        dense = dense_s * drift * rng.lognormal(0.0, 0.02, rounds)
+        own = dense_s / gain * drift * rng.lognormal(0.0, 0.02, rounds)
+        values = {"batch": batch, "n": rounds, "p50_s": float(np.median(own)), "dense_p50_s": float(np.median(dense)),
+                  **_ratio("speedup_vs_dense", dense, own), "samples_s": own.tolist(),
+                  "dense_samples_s": dense.tolist()}
+        columns.update({records.timed_column(name, label): value for name, value in values.items()})
+    return columns
+
+
 def accuracy_rows(*, sparsities: tuple[float, ...] = (0.8, 0.9, 0.95, 0.99), seeds: tuple[int, ...] = (0, 1, 2),
-                  dataset: str = "digits", model: str = "mlp", seed: int = 0) -> list[dict[str, Any]]:
-    """Accuracy-suite rows: top-1 of every (method, sparsity, seed); dense is recorded at sparsity 0."""
+                  dataset: str = "digits", model: str = "mlp", timed: bool = True, seed: int = 0) -> list[dict[str, Any]]:
+    """Accuracy-suite rows: top-1 (a multiple of 1 / TEST_SIZE) of every (method, sparsity, seed), the names of its
+    prediction files (``write_run`` writes them) and, if ``timed``, its model's speedups over dense; dense is
+    recorded at sparsity 0."""
     rng = np.random.default_rng(seed)
     drops = {"rigl": 1.0, "srigl": 1.3, "dynadiag": 1.8}
     rows = []
 
     def row(method: str, sparsity: float, s: int, top1: float) -> dict[str, Any]:
-        return {"suite": "accuracy", "case_id": f"{dataset}/{model}/{method}/s{sparsity:g}/seed{s}", "method": method,
-                "sparsity": sparsity, "seed": s, "dataset": dataset, "model": model, "top1": top1,
-                "sparsity_achieved": sparsity, "params": int(70_000 * (1 - sparsity)),
-                "flops": int(140_000 * (1 - sparsity))}
+        case_id = f"{dataset}/{model}/{method}/s{sparsity:g}/seed{s}"
+        return {"suite": "accuracy", "case_id": case_id, "method": method,
+                "sparsity": sparsity, "seed": s, "dataset": dataset, "model": model,
+                "top1": round(top1 * TEST_SIZE) / TEST_SIZE, "sparsity_achieved": sparsity,
+                "params": int(70_000 * (1 - sparsity)), "flops": int(140_000 * (1 - sparsity)),
+                "predictions": f"predictions/{case_id.replace('/', '_')}.npy", "labels": "predictions/labels.npy",
+                **(_same_model_timing(rng, method, sparsity) if timed else {})}
 
     for s in seeds:
         rows.append(row("dense", 0.0, s, 0.975 + rng.normal(0, 0.003)))

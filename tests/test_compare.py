@@ -279,7 +279,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capture
     (["compare", "a", "b", "--format", "pdf"], "dstbench compare: argument --format: invalid choice"),
     (["compare", "a", "b", "--nope"], "dstbench compare: unrecognized arguments: --nope"),
     (["report"], "dstbench report: the following arguments are required: runs"),
-    (["report", "a", "--pareto-batch", "x"], "dstbench report: argument --pareto-batch: invalid int value"),
+    (["report", "a", "--pareto-case", "b16-fc1"], "dstbench report: unrecognized arguments: --pareto-case"),
     (["baseline"], "dstbench baseline: the following arguments are required: command"),
     (["baseline", "nope"], "dstbench baseline: argument command: invalid choice"),
     (["baseline", "check", "--format", "pdf"], "dstbench baseline check: argument --format: invalid choice"),

@@ -1,16 +1,21 @@
-"""dstbench report: figures (PDF with TrueType fonts + PNG) and tables per suite present, index.md, bad input."""
+"""dstbench report: figures (PDF with TrueType fonts + PNG) and tables per suite present, index.md, provenance.json,
+same-model Pareto points, significance of accuracy differences, bad input."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 import synthetic_runs as syn
-from dstbench import plots, report, tables
+from dstbench import plots, records, report, significance, stats, tables
 from dstbench.cli import main
+from dstbench.errors import UserError
 
 ONE_CASE = {"b16-fc1": (768, 3072)}
 
@@ -41,27 +46,28 @@ def test_full_report(runs: dict[str, Path], tmp_path: Path, capsys: pytest.Captu
     assert "report written to" in capsys.readouterr().out
     figures = out / "figures"
     assert stems(figures) == {"speedup-b16-fc1", "latency-b16-fc1-b1", "latency-b16-fc1-b256", "training-mlp-b128",
-                              "accuracy-digits-mlp", "pareto-digits-mlp"}
+                              "accuracy-digits-mlp", "pareto-digits-mlp-b1", "pareto-digits-mlp-b256"}
     for stem in stems(figures):
         pdf = (figures / f"{stem}.pdf").read_bytes()
         assert b"/FontFile2" in pdf and b"/Type3" not in pdf, stem  # TrueType (fonttype 42), not Type 3
         width, height = Image.open(figures / f"{stem}.png").size
         assert width == round(plots.COLUMN_WIDTH * plots.PNG_DPI) and 300 < height < 700, stem
-    for stem in ("inference", "inference-speedup", "training", "accuracy"):
+    for stem in ("inference", "inference-speedup", "training", "accuracy", "accuracy-significance", "accuracy-speedup"):
         assert (out / "tables" / f"{stem}.md").read_text().startswith("| ")
         tex = (out / "tables" / f"{stem}.tex").read_text()
         assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
     index = (out / "index.md").read_text()
     for text in ("## Runs", "Intel(R) Xeon(R) Platinum 8481C", "2.14.1", "0123456789", "## Inference latency and speedup",
-                 "## Training throughput", "## Accuracy", "## Accuracy against speedup", "`b16-fc1` at batch 256",
-                 "](figures/pareto-digits-mlp.png)", "](figures/pareto-digits-mlp.pdf)", "(tables/accuracy.tex)"):
+                 "## Training throughput", "## Accuracy", "## Accuracy against speedup of the same model",
+                 "](figures/pareto-digits-mlp-b1.png)", "](figures/pareto-digits-mlp-b256.pdf)", "(tables/accuracy.tex)",
+                 "Table `accuracy-significance`", "[provenance.json](provenance.json)"):
         assert text in index, text
 
 
 def test_figures_only_for_suites_present(runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "acc"
     assert main(["report", str(runs["accuracy"]), "--out", str(out)]) == 0
-    assert stems(out / "figures") == {"accuracy-digits-mlp"}
+    assert stems(out / "figures") == {"accuracy-digits-mlp", "pareto-digits-mlp-b1", "pareto-digits-mlp-b256"}
     index = (out / "index.md").read_text()
     assert "## Accuracy" in index and "Inference" not in index and "Training" not in index
     assert not (out / "tables" / "inference.md").exists()
@@ -70,10 +76,10 @@ def test_figures_only_for_suites_present(runs: dict[str, Path], tmp_path: Path) 
 def test_runs_from_two_machines_are_labelled_by_machine(runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "two"
     assert main(["report", str(runs["inference"]), str(runs["inference-gpu"]), str(runs["accuracy"]),
-                 "--out", str(out), "--pareto-case", "b16-fc1", "--pareto-batch", "256"]) == 0
+                 "--out", str(out)]) == 0
     names = stems(out / "figures")
     assert {"speedup-intel-xeon-platinum-8481c-2-threads-b16-fc1", "speedup-nvidia-h100-80gb-hbm3-b16-fc1",
-            "pareto-nvidia-h100-80gb-hbm3-digits-mlp", "pareto-intel-xeon-platinum-8481c-2-threads-digits-mlp"} <= names
+            "pareto-digits-mlp-b1", "pareto-digits-mlp-b256"} <= names
     table = (out / "tables" / "inference.md").read_text()
     assert table.startswith("| machine |") and "| NVIDIA H100 80GB HBM3 |" in table
     index = (out / "index.md").read_text()
@@ -83,8 +89,10 @@ def test_runs_from_two_machines_are_labelled_by_machine(runs: dict[str, Path], t
 def test_rerun_replaces_an_earlier_report(runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "again"
     assert main(["report", str(runs["inference"]), str(runs["accuracy"]), "--out", str(out)]) == 0
-    assert main(["report", str(runs["accuracy"]), "--out", str(out)]) == 0
-    assert stems(out / "figures") == {"accuracy-digits-mlp"}
+    assert main(["report", str(runs["training"]), "--out", str(out)]) == 0
+    assert stems(out / "figures") == {"training-mlp-b128"}
+    assert set(json.loads((out / "provenance.json").read_text())["artifacts"]) == {
+        "figures/training-mlp-b128", "tables/training", "index.md"}
 
 
 def one_error_line(capsys: pytest.CaptureFixture) -> str:
@@ -115,9 +123,6 @@ def test_bad_input_is_one_line_and_exit_2(runs: dict[str, Path], tmp_path: Path,
         ([str(runs["accuracy"]), str(runs["accuracy"]), "--out", out], "given twice"),
         ([str(runs["accuracy"]), "--out", str(runs["inference"])], "is a run folder"),
         ([str(runs["accuracy"]), "--out", str(busy)], "not empty"),
-        ([str(runs["inference"]), str(runs["accuracy"]), "--out", out, "--pareto-case", "nope"], "--pareto-case"),
-        ([str(runs["inference"]), str(runs["accuracy"]), "--out", out, "--pareto-batch", "7"], "--pareto-batch 7"),
-        ([str(runs["accuracy"]), "--out", out, "--pareto-batch", "7"], "need an inference run"),
     ]
     for argv, message in cases:
         assert main(["report", *argv]) == 2, argv
@@ -135,14 +140,135 @@ def test_every_figure_uses_the_method_style() -> None:
     assert plots.style("my-method").color not in {s.color for s in plots.STYLES.values()}
 
 
-def test_pareto_join_matches_method_and_sparsity() -> None:
-    summary = tables.accuracy_summary(pd.DataFrame(syn.accuracy_rows(sparsities=(0.9, 0.99), seeds=(0, 1))))
-    speed = pd.DataFrame(syn.inference_rows(cases=ONE_CASE, batches=(256,), sparsities=(0.9 + 1e-12, 0.95)))
-    points = report.pareto_points(summary, speed)
+def test_every_figure_and_table_has_provenance(runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    given = [str(runs[name]) for name in ("inference", "inference-gpu", "training", "accuracy")]
+    assert main(["report", *given, "--out", str(out)]) == 0
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["report"]["command"] == " ".join(["dstbench", "report", *given, "--out", str(out)])
+    artifacts = provenance["artifacts"]
+    written = {str(path.relative_to(out)) for path in out.rglob("*") if path.is_file()} - {"provenance.json"}
+    assert written == {name for artifact in artifacts.values() for name in artifact["files"]}
+    for name, artifact in artifacts.items():
+        assert artifact["caption"] and artifact["sources"], name
+        for source in artifact["sources"]:
+            assert source["run"] in given and source["segment"] == 0, name
+            assert source["commit"]["git_sha"] and source["machine"]["label"] and source["machine"]["cpu_model"], name
+            assert source["command"] == "/usr/bin/dstbench run --suite synthetic", name
+    def runs_of(name: str) -> set[str]:
+        return {source["run"] for source in artifacts[name]["sources"]}
+
+    assert runs_of("figures/pareto-digits-mlp-b1") == runs_of("tables/accuracy-significance") == {str(runs["accuracy"])}
+    assert runs_of("figures/speedup-nvidia-h100-80gb-hbm3-b16-fc1") == {str(runs["inference-gpu"])}
+    gpu, = artifacts["figures/speedup-nvidia-h100-80gb-hbm3-b16-fc1"]["sources"]
+    assert gpu["commit"]["git_sha"] == "fedcba9876543210" and gpu["machine"]["gpu_name"] == "NVIDIA H100 80GB HBM3"
+    assert runs_of("tables/inference") == {str(runs["inference"]), str(runs["inference-gpu"])}
+    assert runs_of("index.md") == set(given)
+
+
+def _accuracy_frame(path: Path, **options: object) -> pd.DataFrame:
+    run = syn.write_run(path, "accuracy", syn.accuracy_rows(**options))
+    return pd.DataFrame(records.read_rows(run)).assign(run=str(run), machine="m")
+
+
+def test_pareto_points_are_the_trained_models_own_timings(tmp_path: Path) -> None:
+    frame = _accuracy_frame(tmp_path / "acc", sparsities=(0.9, 0.99), seeds=(0, 1))
+    points = report.pareto_points(frame, "b1")
     assert sorted(zip(points["method"], points["sparsity"])) == [
-        ("dense", 0.0), ("dynadiag", 0.9), ("rigl", 0.9), ("srigl", 0.9)]
-    assert points.loc[points["method"] == "dense", "speedup"].item() == 1.0
-    assert points.loc[points["method"] == "dynadiag", "speedup"].item() > 3
+        ("dense", 0.0), *sorted((m, s) for m in ("dynadiag", "rigl", "srigl") for s in (0.9, 0.99))]
+    rigl = frame[(frame["method"] == "rigl") & (frame["sparsity"] == 0.9)]
+    pooled = np.median(np.concatenate(rigl["dense_samples_s_b1"].tolist())) / np.median(
+        np.concatenate(rigl["samples_s_b1"].tolist()))  # both seeds' rounds, dense over model
+    point = points[(points["method"] == "rigl") & (points["sparsity"] == 0.9)].iloc[0]
+    assert point["speedup"] == pytest.approx(pooled) and point["speedup_lo"] <= pooled <= point["speedup_hi"]
+    assert point["top1_mean"] == pytest.approx(100 * rigl["top1"].mean()) and point["batch"] == 1
+    assert points.loc[points["method"] == "dense", "speedup"].item() == pytest.approx(1.0, abs=0.1)  # timed too
+    untimed = _accuracy_frame(tmp_path / "untimed", timed=False)
+    assert report.pareto_points(untimed, "b1").empty
+
+
+def test_a_pareto_point_cannot_pair_two_models(runs: dict[str, Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    mlp = _accuracy_frame(tmp_path / "mlp", sparsities=(0.9,), seeds=(0,))
+    layers = pd.DataFrame(syn.inference_rows(cases=ONE_CASE, batches=(1,))).assign(run="inference", machine="m")
+    with pytest.raises(ValueError, match="only accuracy rows can give both"):
+        report.pareto_points(pd.concat([mlp, layers], ignore_index=True), "b1")  # digits MLP accuracy, ViT layer speed
+    vit = _accuracy_frame(tmp_path / "vit", sparsities=(0.9,), seeds=(0,), model="vit_tiny")
+    with pytest.raises(ValueError, match="one model on one machine; got 2"):
+        report.pareto_points(pd.concat([mlp, vit], ignore_index=True), "b1")
+
+    drawn = []
+    real = plots.pareto_figure
+    monkeypatch.setattr(plots, "pareto_figure", lambda points, title, xlabel: drawn.append((points, xlabel)) or
+                        real(points, title, xlabel))
+    assert main(["report", str(runs["inference"]), str(runs["accuracy"]), "--out", str(tmp_path / "r")]) == 0
+    assert [xlabel for _, xlabel in drawn] == ["speedup over dense of the same mlp, batch 1",
+                                               "speedup over dense of the same mlp, batch 256"]
+    accuracy = pd.DataFrame(records.read_rows(runs["accuracy"])).assign(run=str(runs["accuracy"]), machine="m")
+    for (points, _), label in zip(drawn, ("b1", "beval")):  # the inference run changes nothing
+        expected = report.pareto_points(accuracy, label)
+        assert points["speedup"].tolist() == pytest.approx(expected["speedup"].tolist())
+    untimed = syn.write_run(tmp_path / "untimed", "accuracy", syn.accuracy_rows(timed=False))
+    assert main(["report", str(runs["inference"]), str(untimed), "--out", str(tmp_path / "u")]) == 0
+    assert not list((tmp_path / "u" / "figures").glob("pareto-*"))  # no timed model: no Pareto figure at all
+
+
+def _predictions_run(folder: Path, correct: dict[tuple[str, float, int], np.ndarray],
+                     labels: np.ndarray | None = None) -> pd.DataFrame:
+    """Accuracy rows (digits, mlp) whose prediction files hold the given per-sample outcomes."""
+    labels = np.zeros(100, np.int16) if labels is None else labels
+    (folder / "predictions").mkdir(parents=True)
+    np.save(folder / "predictions" / "labels.npy", labels)
+    rows = []
+    for (method, sparsity, seed), right in correct.items():
+        name = f"predictions/{method}-{sparsity}-{seed}.npy"
+        np.save(folder / name, np.where(right, labels, labels + 1).astype(np.int16))
+        rows.append({"suite": "accuracy", "case_id": f"{method}/{sparsity}/{seed}", "dataset": "digits", "model": "mlp",
+                     "method": method, "sparsity": sparsity, "seed": seed, "top1": float(right.mean()),
+                     "predictions": name, "labels": "predictions/labels.npy", "run": str(folder)})
+    return pd.DataFrame(rows)
+
+
+def _wrong_at(*indices: int) -> np.ndarray:
+    right = np.ones(100, bool)
+    right[list(indices)] = False
+    return right
+
+
+def test_differences_against_dense_and_rigl(tmp_path: Path) -> None:
+    frame = _predictions_run(tmp_path / "run", {
+        ("dense", 0.0, 0): _wrong_at(), ("dense", 0.0, 1): _wrong_at(),
+        ("rigl", 0.9, 0): _wrong_at(*range(10)), ("rigl", 0.9, 1): _wrong_at(*range(6)),
+        ("srigl", 0.9, 0): _wrong_at(*range(1, 11)), ("srigl", 0.9, 1): _wrong_at(*range(7)),
+    })
+    found = significance.differences(frame).set_index(["method", "baseline"])
+    assert sorted(found.index) == [("rigl", "dense"), ("srigl", "dense"), ("srigl", "rigl")]
+    rigl = found.loc[("rigl", "dense")]
+    half = 12.706204736174707 * 2.0  # t(0.975, 1) * sd / sqrt(2), differences -10 and -6 percentage points
+    assert (rigl["seeds"], rigl["diff"]) == (2, -8.0)
+    assert (rigl["diff_lo"], rigl["diff_hi"]) == pytest.approx((-8.0 - half, -8.0 + half))
+    assert (rigl["b"], rigl["c"], rigl["exact"]) == (0, 16, True)  # rigl right where dense is wrong: never
+    assert rigl["p"] == pytest.approx(2 * 0.5 ** 16)  # two-sided exact binomial, 0 of 16
+    srigl = found.loc[("srigl", "rigl")]  # seed 0: srigl misses 10, rigl 0 (1 each way); seed 1: one more miss
+    assert (srigl["b"], srigl["c"], srigl["diff"]) == (1, 2, -0.5)
+    assert srigl["p"] == pytest.approx(1.0) and tables.fmt_p(srigl["p"]) == "n.s. (1)"
+    summary = tables.accuracy_summary(frame)
+    table = tables.significance_table(summary, significance.differences(frame)).to_markdown()
+    assert "| digits | mlp | srigl | 90% | 91.50 ± 2.12 | -8.50 [-27.56, +10.56] | < 0.001 | -0.50 [-6.85, +5.85] | n.s. (1) |" in table
+    assert "| digits | mlp | dense | 0% | 100.00 ± 0.00 | – | – | – | – |" in table
+
+
+def test_differences_refuse_other_test_sets_and_skip_missing_predictions(tmp_path: Path) -> None:
+    one = _predictions_run(tmp_path / "a", {("dense", 0.0, 0): _wrong_at()})
+    other = _predictions_run(tmp_path / "b", {("rigl", 0.9, 0): _wrong_at(3)}, labels=np.ones(100, np.int16))
+    with pytest.raises(UserError, match="different test sets"):
+        significance.differences(pd.concat([one, other], ignore_index=True))
+    old = pd.concat([one, other], ignore_index=True).drop(columns=["predictions"])  # rows recorded before predictions
+    diff = significance.differences(old).iloc[0]
+    assert diff["diff"] == -1.0 and math.isnan(diff["p"]) and math.isnan(diff["diff_lo"])
+    (tmp_path / "a" / "predictions" / "labels.npy").unlink()
+    with pytest.raises(UserError, match="labels.npy is missing"):
+        significance.differences(one.assign(method="rigl", sparsity=0.9).pipe(lambda f: pd.concat([one, f])))
 
 
 def test_pareto_front() -> None:
