@@ -13,15 +13,17 @@ from dstbench.cli import main
 
 TINY = ["--cases", "32x64", "--sparsity", "0.9", "--batch", "2", "--rounds", "6", "--min-time", "0.001", "--no-e2e",
         "--threads", "1", "--impl", "reference"]
-#: seconds per call of each method under the fake timer
+#: seconds per call of each method under the fake timer (another registered method: 5e-4)
 TIMES = {"dense": 1e-3, "rigl": 6e-4, "srigl": 3e-4, "dynadiag": 2.5e-4}
+#: speedups compared per case: vs dense for every method but dense, vs CSR for every method but dense and rigl
+COMPARISONS = 2 * (len(registry.list_methods()) - 1) - 1
 
 
 def fake_interleaved(slow: dict[str, float]) -> Callable[..., dict[str, timing.Samples]]:
     """A stand-in for timing.interleaved: fixed per-method times with a small per-round wobble, ``slow`` factors."""
 
     def interleaved(fns, *, rounds: int, **_) -> dict[str, timing.Samples]:  # noqa: ANN001, ANN003
-        return {name: timing.Samples(1, [TIMES[name] * slow.get(name, 1.0) * (1 + 0.01 * (r % 3)) for r in range(rounds)])
+        return {name: timing.Samples(1, [TIMES.get(name, 5e-4) * slow.get(name, 1.0) * (1 + 0.01 * (r % 3)) for r in range(rounds)])
                 for name in fns}
 
     return interleaved
@@ -32,7 +34,7 @@ def base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     monkeypatch.setattr(timing, "interleaved", fake_interleaved({}))
     out = tmp_path / "baselines" / "cpu-quick"
     assert main(["baseline", "update", "--out", str(out), *TINY]) == 0
-    assert f"baseline {out} updated: 4 rows" in capsys.readouterr().out
+    assert f"baseline {out} updated: {len(registry.list_methods())} rows" in capsys.readouterr().out
     return out
 
 
@@ -48,7 +50,7 @@ def test_check_of_unchanged_code_passes(base: Path, tmp_path: Path, capsys: pyte
     new = tmp_path / "check"
     assert main(["baseline", "check", "--baseline", str(base), "--out", str(new)]) == 0
     captured = capsys.readouterr()
-    assert captured.out.startswith("### dstbench compare (inference): 0 regressed, 0 improved, 0 noisy, 0 not comparable, 5 unchanged")
+    assert captured.out.startswith(f"### dstbench compare (inference): 0 regressed, 0 improved, 0 noisy, 0 not comparable, {COMPARISONS} unchanged")
     assert "vs dense [95% CI]" not in captured.out and "vs dense [95% CI]" in captured.err  # suite table: stderr
     assert json.loads((new / "run.json").read_text())["suite"] == "inference"
 
@@ -91,7 +93,7 @@ def test_other_machine_class_skips_the_check(base: Path, tmp_path: Path, capsys:
     assert out.startswith("dstbench baseline check: skipped") and "'Some Other CPU'" in out
     assert not new.exists()
     assert main(["baseline", "check", "--baseline", str(base), "--out", str(new), "--allow-machine-mismatch"]) == 0
-    assert "5 unchanged" in capsys.readouterr().out
+    assert f"{COMPARISONS} unchanged" in capsys.readouterr().out
 
 
 def one_error_line(capsys: pytest.CaptureFixture) -> str:

@@ -89,24 +89,26 @@ def test_resume_skips_recorded_groups(tmp_path: Path, monkeypatch: pytest.Monkey
     assert run(out) == 0
     seen = count_groups(monkeypatch)
     assert run(out) == 0
-    assert seen == [] and len(records.read_rows(out)) == 4
+    methods = len(registry.list_methods())
+    assert seen == [] and len(records.read_rows(out)) == methods
     assert "resuming" in capsys.readouterr().err
     assert run(out, "--batch", "2,3") == 2  # other options: refused, nothing measured
     assert seen == [] and "options.batches [2] -> [2, 3]" in capsys.readouterr().err
     assert run(out, "--batch", "2,3", "--new-segment") == 0
     assert len(seen) == 1 and "/b3/" in seen[0]
-    assert [row["segment"] for row in records.read_rows(out)] == [0] * 4 + [1] * 4
+    assert [row["segment"] for row in records.read_rows(out)] == [0] * methods + [1] * methods
 
 
 def test_interrupted_run_keeps_whole_groups_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "r"
     count_groups(monkeypatch, fail_on=2)
+    methods = len(registry.list_methods())
     assert run(out, "--batch", "2,3") == 130
-    assert len(records.read_rows(out)) == 4
+    assert len(records.read_rows(out)) == methods
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     seen = count_groups(monkeypatch)
     assert run(out, "--batch", "2,3") == 0
-    assert len(seen) == 1 and len(records.read_rows(out)) == 8
+    assert len(seen) == 1 and len(records.read_rows(out)) == 2 * methods
 
 
 def test_method_without_dtype_support(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
