@@ -21,6 +21,7 @@ def _example_source() -> str:
 
 def test_readme_method_example_trains_and_converts():
     namespace: dict = {}
+    registered = dict(_METHODS)
     exec(compile(_example_source(), "README.md", "exec"), namespace)
     try:
         torch.manual_seed(0)
@@ -40,4 +41,5 @@ def test_readme_method_example_trains_and_converts():
         fast = method.to_inference(model)
         torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-5)
     finally:
-        _METHODS.pop("static", None)
+        _METHODS.clear()
+        _METHODS.update(registered)
