@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import synthetic_runs as syn
-from dstbench import plots, records, report, significance, stats, tables
+from dstbench import plots, records, report, significance, tables
 from dstbench.cli import main
 from dstbench.errors import UserError
 
