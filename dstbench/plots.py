@@ -1,7 +1,9 @@
 """Paper figures: one column of a two-column paper (3.4 in wide, 7-8 pt fonts), vector PDF with TrueType fonts and PNG.
 
-Every figure draws each method with the same colour and marker (``STYLES``,
-Okabe-Ito colours, readable in greyscale and by colour-blind readers).
+Every figure draws each method with the colour, marker and name it declares
+(``SparsityMethod.color``, ``marker``, ``display_name``; Okabe-Ito colours,
+readable in greyscale and by colour-blind readers); a method variant gets a
+spare style of its own.
 Legends sit outside the axes, so they never cover data. The builders take
 DataFrames assembled by ``dstbench.report`` and return a
 ``matplotlib.figure.Figure`` drawn on the Agg canvas (no pyplot, no global
@@ -26,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from dstbench import registry
 from dstbench.tables import method_key
 
 #: inches; one column of a two-column paper (ICML/NeurIPS/IEEE columns are 3.25-3.5 in)
@@ -67,19 +70,14 @@ class MethodStyle:
     label: str
 
 
-STYLES = {
-    "dense": MethodStyle("#000000", "s", "Dense"),
-    "rigl": MethodStyle("#0072B2", "o", "RigL (CSR)"),
-    "srigl": MethodStyle("#E69F00", "^", "SRigL (condensed)"),
-    "dynadiag": MethodStyle("#009E73", "D", "DynaDiag (diagonal)"),
-}
-_SPARE = (("#CC79A7", "v"), ("#D55E00", "P"), ("#56B4E9", "X"), ("#999999", "*"))
+_SPARE = (("#F0E442", "h"), ("#56B4E9", "X"), ("#999999", "*"), ("#882255", "p"))
 
 
 def style(method: str) -> MethodStyle:
-    """The method's style; a method outside ``STYLES`` gets a spare one chosen by a stable hash of its name."""
-    if method in STYLES:
-        return STYLES[method]
+    """The style a registered method declares; a variant or an unknown label gets a spare one by a stable hash."""
+    if method in registry.list_methods():
+        cls = registry.method_class(method)
+        return MethodStyle(cls.color, cls.marker, cls.display_name or method)
     color, marker = _SPARE[zlib.crc32(method.encode()) % len(_SPARE)]
     return MethodStyle(color, marker, method)
 
@@ -117,7 +115,7 @@ def save(fig: Figure, folder: Path, stem: str) -> list[Path]:
 
 
 def ordered_methods(methods: Sequence[str]) -> list[str]:
-    """Distinct methods, dense, rigl, srigl, dynadiag first."""
+    """Distinct methods in their declared order (``tables.method_key``)."""
     return sorted(set(methods), key=method_key)
 
 
@@ -190,7 +188,7 @@ def speedup_figure(frame: pd.DataFrame, title: str) -> Figure:
     fig = _figure(2.3 if len(batches) > 1 else 2.4)
     axes = fig.subplots(1, len(batches), sharey=True, squeeze=False)[0]
     for ax, batch in zip(axes, batches):
-        ax.axhline(1.0, color=STYLES["dense"].color, ls="--", lw=0.8, label="Dense (1×)")
+        ax.axhline(1.0, color=style("dense").color, ls="--", lw=0.8, label="Dense (1×)")
         for i, method in enumerate(methods):
             rows = sparse[(sparse["batch"] == batch) & (sparse["method"] == method)].sort_values("sparsity")
             if rows.empty:
@@ -269,8 +267,8 @@ def accuracy_figure(summary: pd.DataFrame, title: str) -> Figure:
     ax = fig.subplots()
     if not dense.empty:
         mean, sd = dense["top1_mean"].mean(), dense["top1_sd"].max()
-        ax.axhspan(mean - sd, mean + sd, color=STYLES["dense"].color, alpha=0.12, lw=0)
-        ax.axhline(mean, color=STYLES["dense"].color, ls="--", lw=0.8, label=f"Dense ({mean:.1f}%)")
+        ax.axhspan(mean - sd, mean + sd, color=style("dense").color, alpha=0.12, lw=0)
+        ax.axhline(mean, color=style("dense").color, ls="--", lw=0.8, label=f"Dense ({mean:.1f}%)")
     for i, method in enumerate(methods):
         rows = sparse[sparse["method"] == method].sort_values("sparsity")
         st = style(method)
@@ -348,7 +346,7 @@ def training_figure(frame: pd.DataFrame, title: str) -> Figure:
     ax = fig.subplots()
     if not dense.empty:
         level = float(dense["samples_per_s"].median())
-        ax.axhline(level, color=STYLES["dense"].color, ls="--", lw=0.8, label=f"Dense ({level:.3g}/s)")
+        ax.axhline(level, color=style("dense").color, ls="--", lw=0.8, label=f"Dense ({level:.3g}/s)")
     width = 0.8 / max(len(methods), 1)
     for i, method in enumerate(methods):
         st = style(method)

@@ -9,18 +9,18 @@ column for the timed suites).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from dstbench import records, significance, stats
+from dstbench import records, registry, significance, stats
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _LATEX_SYMBOLS = {"×": r"$\times$", "±": r"$\pm$", "→": r"$\rightarrow$", "µ": r"$\mu$", "–": "--"}
-METHOD_ORDER = ("dense", "rigl", "srigl", "dynadiag")
 
 
 @dataclass
@@ -62,9 +62,12 @@ def latex_escape(text: str) -> str:
     return out
 
 
-def method_key(method: str) -> tuple[int, str]:
-    """Sort key putting dense, rigl, srigl, dynadiag first, then other methods by name."""
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+def method_key(method: str) -> tuple[int, bool, str]:
+    """Sort key of a row's method label: its registered method's declared ``order``, the plain method before its
+    variants (``srigl:ablation=false``), then by label; labels of no registered method last."""
+    base = method.split(":")[0]
+    order = registry.method_class(base).order if base in registry.list_methods() else sys.maxsize
+    return (order, method != base, method)
 
 
 def _missing(value: object) -> bool:

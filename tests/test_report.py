@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import synthetic_runs as syn
-from dstbench import plots, records, report, significance, tables
+from dstbench import plots, records, registry, report, significance, tables
 from dstbench.cli import main
 from dstbench.errors import UserError
 
@@ -135,9 +135,19 @@ def test_every_figure_uses_the_method_style() -> None:
     fig = plots.speedup_figure(frame, "t")
     colors = {bars.get_label(): bars.lines[0].get_color() for bars in fig.axes[0].containers}
     for method in ("rigl", "srigl", "dynadiag"):
-        assert colors[plots.STYLES[method].label] == plots.STYLES[method].color
+        cls = registry.method_class(method)
+        assert plots.style(method) == plots.MethodStyle(cls.color, cls.marker, cls.display_name)
+        assert colors[cls.display_name] == cls.color
+    declared = {plots.style(m).color for m in registry.list_methods()}
+    assert len(declared) == len(registry.list_methods()), "every registered method has a colour of its own"
     assert plots.style("my-method") == plots.style("my-method")
-    assert plots.style("my-method").color not in {s.color for s in plots.STYLES.values()}
+    assert plots.style("my-method").color not in declared
+
+
+def test_tables_and_legends_follow_the_declared_order() -> None:
+    labels = ["dynadiag", "srigl:ablation=false", "zzz", "srigl", "dense", "rigl"]
+    assert plots.ordered_methods(labels)[:5] == ["dense", "rigl", "srigl", "srigl:ablation=false", "dynadiag"]
+    assert plots.ordered_methods(labels)[-1] == "zzz"
 
 
 def test_every_figure_and_table_has_provenance(runs: dict[str, Path], tmp_path: Path) -> None:
