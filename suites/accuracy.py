@@ -56,7 +56,7 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ from dstbench.methods.base import SparsityMethod
 from dstbench.methods.options import accepts as method_accepts
 from dstbench.registry import register_suite
 from dstbench.suites import base, data, loop, model_timing, models
+from dstbench.suites.method_specs import MethodSpec, parse_methods, parse_options
 from dstbench.table import Column, fmt_ratio_ci, format_table
 
 NAME = "accuracy"
@@ -111,74 +112,6 @@ EVAL_BATCH = 256
 #: rounds and seconds per timed block of the same-model inference timing (a few seconds per case on digits)
 TIMING_ROUNDS, TIMING_MIN_TIME = 7, 0.01
 PREDICTIONS = "predictions"
-_SPEC = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-
-def parse_value(text: str) -> Any:
-    """'true' -> True, 'none' -> None, '3' -> 3, '0.5' -> 0.5, anything else stays a string."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _key_value(item: str, where: str) -> tuple[str, Any]:
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"{where} takes KEY=VALUE, got {item!r} (e.g. ablation=false)")
-    return key.strip(), parse_value(value)
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One entry of --methods: ``label`` as written, the registered ``method`` and its inline options."""
-
-    label: str
-    method: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_methods(text: str) -> list[MethodSpec]:
-    """'rigl,srigl:ablation=false' -> MethodSpecs; UserError for an unknown method or a bad option."""
-    specs = []
-    for label in (item.strip() for item in text.split(",")):
-        if not label:
-            continue
-        name, *items = label.split(":")
-        if not _SPEC.match(name):
-            raise UserError(f"--methods entry {label!r} is not NAME[:KEY=VALUE...]")
-        registry.method_class(name)
-        specs.append(MethodSpec(label, name, dict(_key_value(item, f"--methods {label}") for item in items)))
-    if not specs:
-        raise UserError("--methods is empty; give for example --methods dense,rigl")
-    labels = [s.label for s in specs]
-    if len(set(labels)) != len(labels):
-        raise UserError(f"--methods lists {labels} with repeats; list each variant once")
-    return specs
-
-
-def parse_options(items: list[str] | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """--option values -> (options for every method, {method: options for that method})."""
-    common: dict[str, Any] = {}
-    scoped: dict[str, dict[str, Any]] = {}
-    for item in items or []:
-        key, value = _key_value(item, "--option")
-        method, dot, option = key.rpartition(".")
-        if dot:
-            registry.method_class(method)
-            scoped.setdefault(method, {})[option] = value
-        else:
-            common[key] = value
-    return common, scoped
-
-
 @dataclass(frozen=True)
 class Case:
     """One trained model: method spec, target sparsity (0 for dense) and seed."""

@@ -57,6 +57,7 @@ from dstbench.methods.base import SparsityMethod
 from dstbench.methods.options import accepts
 from dstbench.registry import register_suite
 from dstbench.suites import base, loop, models
+from dstbench.suites.method_specs import parse_methods, with_baselines
 from dstbench.table import Column, fmt_ratio_ci, format_table
 
 NAME = "training"
@@ -128,8 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"batch {QUICK['batch']}, {QUICK['rounds']} rounds, sparsity {QUICK['sparsity']} "
                              "(explicit options override)")
-    parser.add_argument("--methods", help="comma-separated methods (default: all registered); dense and rigl are "
-                                          "always timed as the baselines of the speedups")
+    parser.add_argument("--methods", help="comma-separated method specs NAME[:KEY=VALUE...] (default: all registered); "
+                                          "dense and rigl are always timed as the baselines of the speedups")
     parser.add_argument("--models", help=f"comma-separated, among {', '.join(MODELS)} (default {DEFAULTS['models']})")
     parser.add_argument("--sparsity", help=f"comma-separated sparsities in [0, 1) (default {DEFAULTS['sparsity']})")
     parser.add_argument("--batch-size", type=int, help=f"images per step (default {DEFAULTS['batch']})")
@@ -154,12 +155,7 @@ def _preset(args: argparse.Namespace, key: str, attr: str | None = None) -> Any:
 
 def resolve_config(args: argparse.Namespace) -> Config:
     """Check every option and resolve the presets; raises UserError before anything is written."""
-    named = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
-    if args.methods is not None and not named:
-        raise UserError("--methods is empty; give for example --methods dense,dynadiag")
-    for name in named:
-        registry.method_class(name)
-    methods = list(dict.fromkeys([DENSE, RIGL] + (named or registry.list_methods())))
+    methods = [spec.label for spec in with_baselines([DENSE, RIGL], args.methods)]
     names = [m.strip() for m in _preset(args, "models").split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
     if unknown or not names:
@@ -278,14 +274,15 @@ def measure_group(group: Group, config: Config, methods: list[str],
     x = torch.randn((group.batch, *IMAGE), generator=gen).to(device)
     y = torch.randint(0, CLASSES, (group.batch,), generator=gen).to(device)
     trainees: dict[tuple[str, str], Trainee] = {}
-    for name in methods:
+    for spec in parse_methods(",".join(methods)):
+        schedule = {"delta_t": group.delta_t} if accepts(registry.method_class(spec.method), "delta_t") else {}
         for phase in phases:
             torch.manual_seed(config.seed)
             model = MODELS[group.model]().to(device)
-            schedule = {"delta_t": group.delta_t} if accepts(registry.method_class(name), "delta_t") else {}
-            method = registry.make_method(name, sparsity=group.sparsity, total_steps=positions(phase, group.delta_t)[0],
-                                          seed=config.seed, impl=config.impl, **schedule)
-            trainees[name, phase] = Trainee(method, model, x, y)
+            method = registry.make_method(spec.method, **{
+                "sparsity": group.sparsity, "total_steps": positions(phase, group.delta_t)[0], "seed": config.seed,
+                "impl": config.impl, **schedule, **spec.options})
+            trainees[spec.label, phase] = Trainee(method, model, x, y)
     result: dict[str, Timing] = {}
     for name in methods:
         n_inner = {}

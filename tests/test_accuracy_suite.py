@@ -81,18 +81,6 @@ def test_no_timing_keeps_the_predictions(tmp_path):
     assert np.load(tmp_path / row["predictions"]).shape == (450,)
 
 
-def test_option_parsing():
-    assert accuracy.parse_value("false") is False and accuracy.parse_value("None") is None
-    assert accuracy.parse_value("3") == 3 and accuracy.parse_value("0.5") == 0.5 and accuracy.parse_value("erk") == "erk"
-    common, scoped = accuracy.parse_options(["delta_t=7", "srigl.ablation=false"])
-    assert common == {"delta_t": 7} and scoped == {"srigl": {"ablation": False}}
-    spec, = accuracy.parse_methods("srigl:ablation=false:gamma_sal=0.9")
-    assert (spec.method, spec.options) == ("srigl", {"ablation": False, "gamma_sal": 0.9})
-    for bad in ("nosuch", "srigl:ablation", "rigl,rigl"):
-        with pytest.raises(UserError):
-            accuracy.parse_methods(bad)
-
-
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     assert run(out, "--methods", "rigl:ablation=false") == 2

@@ -96,3 +96,11 @@ def test_bad_options_are_user_errors(tmp_path, capsys):
     assert run(tmp_path / "c", "--delta-t", "2") == 2
     err = capsys.readouterr().err
     assert "--models takes names among" in err and "--rounds must be >= 2" in err and "--delta-t must be >= 3" in err
+
+
+def test_method_variants_are_timed_side_by_side(tmp_path):
+    assert run(tmp_path, "--models", "mlp", "--methods", "dynadiag,dynadiag:selection=topk", "--phase", "dynamic") == 0
+    rows = {r["method"]: r for r in records.read_rows(tmp_path)}
+    assert list(rows) == ["dense", "rigl", "dynadiag", "dynadiag:selection=topk"]
+    assert rows["dynadiag"]["case_id"] != rows["dynadiag:selection=topk"]["case_id"]
+    assert all(len(r["samples_s"]) == 3 for r in rows.values())
