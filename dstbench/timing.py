@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -148,6 +149,7 @@ def interleaved(
     device: torch.device,
     l2: str = "warm",
     on_block: Callable[[], None] | None = None,
+    block_context: Callable[[str], AbstractContextManager[object]] | None = None,
 ) -> dict[str, Samples]:
     """Time every function of ``fns`` in R interleaved rounds.
 
@@ -159,6 +161,8 @@ def interleaved(
         device: where the functions run (CUDA is synchronized).
         l2: "warm" or "flushed" (CUDA only), see the module docstring.
         on_block: called after every timed block of the rounds (progress bars).
+        block_context: name -> a context entered around each block of that function (its warm-up and
+            calibration, then each round's block), for example ``threadpools.PoolLimits.block``.
     Returns:
         name -> Samples with R per-call seconds in round order.
     """
@@ -166,16 +170,19 @@ def interleaved(
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     names = list(fns)
     blocks = {name: block_timer(fns[name], threads, device, l2) for name in names}
+    context = block_context or (lambda name: nullcontext())
     result: dict[str, Samples] = {}
     with set_torch_threads(threads):
         for name in names:
-            warm_up(fns[name], min_time, device)
-            result[name] = Samples(n_inner=calibrate(blocks[name], min_time))
+            with context(name):
+                warm_up(fns[name], min_time, device)
+                result[name] = Samples(n_inner=calibrate(blocks[name], min_time))
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             sample = result[name]
-            sample.samples_s.append(blocks[name](sample.n_inner) / sample.n_inner)
+            with context(name):
+                sample.samples_s.append(blocks[name](sample.n_inner) / sample.n_inner)
             if on_block is not None:
                 on_block()
     return result

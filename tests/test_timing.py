@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 import torch
@@ -87,6 +89,24 @@ def test_interleaved_rotates_order_and_divides_block_time(monkeypatch: pytest.Mo
     for name, samples in result.items():
         assert samples.n_inner * cost[name] >= 0.01
         assert samples.samples_s == pytest.approx([cost[name]] * 3)
+
+
+def test_interleaved_enters_each_functions_context_around_each_of_its_blocks() -> None:
+    """One context for a function's warm-up and calibration, then one per round block; its calls run inside it."""
+    log: list[tuple[str, str]] = []
+
+    @contextmanager
+    def context(name: str) -> Iterator[None]:
+        log.append(("enter", name))
+        yield
+        log.append(("exit", name))
+
+    def fn(name: str) -> None:
+        assert log[-1] == ("enter", name)
+
+    timing.interleaved({"a": lambda: fn("a"), "b": lambda: fn("b")}, rounds=2, min_time=1e-4, threads=1, device=CPU,
+                       block_context=context)
+    assert log == [(event, name) for name in ("a", "b", "a", "b", "b", "a") for event in ("enter", "exit")]
 
 
 def test_interleaved_on_real_functions() -> None:
