@@ -1,7 +1,11 @@
 """``dstbench compare BASE NEW``: a regression check on speedup ratios, never on absolute times.
 
 For every sparse method of every case group, the speedups over the group's
-baselines (dense, and CSR or RigL) of the two runs are compared. A case
+baselines (dense, and CSR or RigL) of the two runs are compared. An
+inference group times dense in several implementations (one row each, method
+"dense"): ``speedup_vs_dense`` is paired with the row its ``dense_impl``
+names (the fastest), ``speedup_vs_torch_dense`` with torch's default; when
+the fastest differs between the runs, the former is not comparable. A case
 *regresses* when both hold, as in asv:
 
 * its speedup dropped by more than the threshold: ``new / base < 1 - threshold``;
@@ -60,27 +64,30 @@ class SuiteSpec:
     Attributes:
         key: row fields naming a case group (besides the method).
         setup: row fields that must be equal in both runs for a case to be comparable.
-        ratios: speedup column -> the baseline method it is relative to.
+        ratios: speedup column -> (the baseline method it is relative to, the field of a method's row naming the
+            impl of that baseline's row where a group holds several, else None).
     """
 
     key: tuple[str, ...]
     setup: tuple[str, ...]
-    ratios: dict[str, str]
+    ratios: dict[str, tuple[str, str | None]]
 
 
 SPECS = {
     "inference": SuiteSpec(
         key=("case", "sparsity", "batch", "dtype", "device", "l2"),
         setup=("in_features", "out_features", "threads"),
-        ratios={"speedup_vs_dense": "dense", "speedup_vs_csr": "rigl"},
+        ratios={"speedup_vs_dense": ("dense", "dense_impl"), "speedup_vs_torch_dense": ("dense", "torch_dense_impl"),
+                "speedup_vs_csr": ("rigl", None)},
     ),
     "training": SuiteSpec(
         key=("model", "sparsity", "batch", "dtype", "device"),
         setup=("threads",),
-        ratios={"speedup_vs_dense": "dense", "speedup_vs_rigl": "rigl"},
+        ratios={"speedup_vs_dense": ("dense", None), "speedup_vs_rigl": ("rigl", None)},
     ),
 }
-_METRIC_LABELS = {"speedup_vs_dense": "vs dense", "speedup_vs_csr": "vs CSR", "speedup_vs_rigl": "vs RigL"}
+_METRIC_LABELS = {"speedup_vs_dense": "vs dense", "speedup_vs_torch_dense": "vs torch dense", "speedup_vs_csr": "vs CSR",
+                  "speedup_vs_rigl": "vs RigL"}
 
 
 @dataclass
@@ -166,26 +173,41 @@ def _key(spec: SuiteSpec, row: dict[str, Any]) -> tuple:
     return tuple(row.get(name) for name in spec.key)
 
 
-def _index(run: Run, spec: SuiteSpec) -> dict[tuple, dict[str, dict[str, Any]]]:
-    """group key -> method -> row; UserError if a (group, method) is recorded twice."""
-    groups: dict[tuple, dict[str, dict[str, Any]]] = {}
+Groups = dict[tuple, dict[str, list[dict[str, Any]]]]
+
+
+def _index(run: Run, spec: SuiteSpec) -> Groups:
+    """group key -> method -> its rows: one, or one per implementation of dense.
+
+    Raises:
+        UserError: a (group, method) is recorded twice (dense: twice with the same impl).
+    """
+    groups: Groups = {}
     for row in run.rows:
-        methods = groups.setdefault(_key(spec, row), {})
-        if row["method"] in methods:
+        rows = groups.setdefault(_key(spec, row), {}).setdefault(row["method"], [])
+        if rows and (row["method"] != "dense" or any(other.get("impl") == row.get("impl") for other in rows)):
             raise UserError(f"{run.path} records {row['method']} twice for the case {row['case_id']}; "
                             "it mixes two runs: compare single runs")
-        methods[row["method"]] = row
+        rows.append(row)
     return groups
 
 
-def _reference(groups: dict[tuple, dict[str, dict[str, Any]]], spec: SuiteSpec, key: tuple,
-               method: str) -> dict[str, Any] | None:
-    """The baseline ``method``'s row of group ``key``, or that of the same group at sparsity 0 (dense recorded once)."""
-    row = groups.get(key, {}).get(method)
-    if row is None and "sparsity" in spec.key:
+def _row(groups: Groups, key: tuple, method: str) -> dict[str, Any] | None:
+    """The row of ``method`` in group ``key`` (the first one recorded for dense), or None."""
+    rows = groups.get(key, {}).get(method)
+    return rows[0] if rows else None
+
+
+def _reference(groups: Groups, spec: SuiteSpec, key: tuple, method: str, impl: str | None) -> dict[str, Any] | None:
+    """The baseline ``method``'s row of group ``key`` with ``impl`` (None: the first one), or that of the same
+    group at sparsity 0 (dense recorded once)."""
+    rows = groups.get(key, {}).get(method)
+    if not rows and "sparsity" in spec.key:
         at_zero = tuple(0.0 if name == "sparsity" else value for name, value in zip(spec.key, key))
-        row = groups.get(at_zero, {}).get(method)
-    return row
+        rows = groups.get(at_zero, {}).get(method)
+    if not rows:
+        return None
+    return rows[0] if impl is None else next((row for row in rows if row.get("impl") == impl), None)
 
 
 def round_speedups(reference: dict[str, Any], own: dict[str, Any]) -> np.ndarray | None:
@@ -259,13 +281,13 @@ def _judge(comp: Comparison, base_r: np.ndarray, new_r: np.ndarray, threshold: f
         comp.note = f"not significant (p >= {alpha:g}, {len(base_r)} and {len(new_r)} rounds)"
 
 
-def _compare_case(spec: SuiteSpec, metric: str, ref_method: str, key: tuple, method: str, label: str,
-                  base_groups: dict, new_groups: dict, threshold: float, alpha: float,
-                  max_dispersion: float) -> Comparison | None:
+def _compare_case(spec: SuiteSpec, metric: str, key: tuple, method: str, label: str, base_groups: Groups,
+                  new_groups: Groups, threshold: float, alpha: float, max_dispersion: float) -> Comparison | None:
+    ref_method, impl_field = spec.ratios[metric]
     metric_label = _METRIC_LABELS.get(metric, metric)
     comp = Comparison(label, method, metric_label, "not comparable")
-    base_row = base_groups.get(key, {}).get(method)
-    new_row = new_groups.get(key, {}).get(method)
+    base_row = _row(base_groups, key, method)
+    new_row = _row(new_groups, key, method)
     if base_row is not None:
         comp.base = base_row.get(metric)
     if new_row is not None:
@@ -278,8 +300,8 @@ def _compare_case(spec: SuiteSpec, metric: str, ref_method: str, key: tuple, met
     if new_row is None or comp.new is None:
         comp.note = "missing in the new run"
         return comp
-    base_ref = _reference(base_groups, spec, key, ref_method)
-    new_ref = _reference(new_groups, spec, key, ref_method)
+    base_ref = _reference(base_groups, spec, key, ref_method, base_row.get(impl_field) if impl_field else None)
+    new_ref = _reference(new_groups, spec, key, ref_method, new_row.get(impl_field) if impl_field else None)
     if base_ref is None or new_ref is None:
         comp.note = f"no {ref_method} row to pair with"
         return comp
@@ -340,13 +362,13 @@ def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD, alph
     for key in keys:
         methods = list(dict.fromkeys([*base_groups.get(key, {}), *new_groups.get(key, {})]))
         for method in methods:
-            row = base_groups.get(key, {}).get(method) or new_groups[key][method]
+            row = _row(base_groups, key, method) or _row(new_groups, key, method)
             label = _label(spec, key, varying, row)
-            for metric, ref_method in spec.ratios.items():
+            for metric, (ref_method, _) in spec.ratios.items():
                 if method in (ref_method, "dense"):
                     continue
-                comp = _compare_case(spec, metric, ref_method, key, method, label, base_groups, new_groups,
-                                     threshold, alpha, max_dispersion)
+                comp = _compare_case(spec, metric, key, method, label, base_groups, new_groups, threshold, alpha,
+                                     max_dispersion)
                 if comp is None:
                     continue
                 if mismatch and not allow_machine_mismatch:

@@ -10,16 +10,33 @@ One *case group* is (case, sparsity, batch, dtype, device, threads, L2
 mode). All methods of a group, plus the dense and CSR (``rigl``) baselines,
 are timed interleaved in the same process (``dstbench.timing``), and the
 group's rows are appended in one atomic write; a rerun into the same
-``--out`` skips recorded groups. The dense layer of a shape is built once
-and shared by all sparsity groups; it is timed in each group, so that every
-speedup is a per-round paired ratio (``dstbench.stats``). A dense row's
-``sparsity`` is its group's (its ``nnz`` is in*out).
+``--out`` skips recorded groups. The dense layers of a shape are built once
+and shared by all sparsity groups; they are timed in each group, so that
+every speedup is a per-round paired ratio (``dstbench.stats``). A dense
+row's ``sparsity`` is its group's (its ``nnz`` is in*out).
+
+Dense is timed in several implementations, each its own row with method
+"dense" (``suites/dense_baselines.py``): torch's default F.linear (MKL),
+oneDNN and OpenBLAS on the CPU in float32; the end-to-end case times torch's
+only. Every row of a group carries:
+
+* ``speedup_vs_dense``: against the fastest dense implementation of the
+  group (least median), whose impl is ``dense_impl``;
+* ``speedup_vs_torch_dense``: against torch's default, whose impl is
+  ``torch_dense_impl``;
+* ``speedup_vs_csr``: against CSR (``rigl``);
+* ``dense_impls``: the impls of the dense rows timed in the group.
+
+Each library gets the run's threads while its block runs, and each block
+starts once the previous one's idle threads have gone quiet
+(``dstbench.threadpools``).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import sys
 import time
 import warnings
@@ -31,11 +48,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dstbench import records, registry, stats, timing
+from dstbench import records, registry, stats, threadpools, timing
 from dstbench.errors import UserError
 from dstbench.kernels.layers import InferenceLayer
 from dstbench.registry import register_suite
-from dstbench.suites import base, vit_e2e
+from dstbench.suites import base, dense_baselines, vit_e2e
 from dstbench.table import Column, fmt_ratio_ci, format_table
 
 NAME = "inference"
@@ -92,8 +109,9 @@ class Group:
         return (f"{self.case}/{shape}/s{self.sparsity:g}/b{self.batch}/{self.dtype}/{self.device}"
                 f"/t{self.threads}/l2-{self.l2}")
 
-    def case_id(self, method: str) -> str:
-        return f"{self.group_id}/{method}"
+    def case_id(self, name: str) -> str:
+        """The id of the row ``name`` (a method, or a dense implementation of ``dense_baselines.NAMES``)."""
+        return f"{self.group_id}/{name}"
 
 
 @dataclass
@@ -102,11 +120,14 @@ class Config:
 
     ``methods`` are the methods timed in every group: dense and the CSR
     baseline (rigl) first, then the others asked for. ``named`` are those
-    given in --methods (empty when it was not given).
+    given in --methods (empty when it was not given). ``dense`` are the
+    dense implementations timed in every layer group (``dense_baselines``),
+    torch's default first.
     """
 
     methods: list[str]
     named: list[str]
+    dense: list[str]
     cases: dict[str, tuple[int, int]]
     sparsities: list[float]
     batches: list[int]
@@ -142,6 +163,11 @@ class Config:
 
     def rounds_of(self, group: Group) -> int:
         return self.e2e_rounds if group.e2e else self.rounds
+
+    def names(self, group: Group) -> list[str]:
+        """The rows of ``group``: its dense implementations (torch's only end to end), then the other methods."""
+        dense = [DENSE] if group.e2e else self.dense
+        return dense + [m for m in self.methods if m != DENSE]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,7 +251,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if not min_time > 0:
         raise UserError(f"--min-time must be a positive number of seconds, got {min_time}")
     device = base.resolve_device(args.device)
-    base.resolve_dtype(args.dtype)
+    dtype = base.resolve_dtype(args.dtype)
     if args.impl not in ("auto", "cpu", "cuda", "reference"):
         raise UserError(f"--impl must be auto, cpu, cuda or reference, got {args.impl!r}")
     if not cases and args.no_e2e:
@@ -233,7 +259,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
     threads = base.set_threads(args.threads)
     e2e_rounds = rounds if args.rounds is not None or not args.quick else QUICK_E2E_ROUNDS
     return Config(
-        methods=methods, named=named, cases=cases, sparsities=sparsities, batches=batches, e2e=not args.no_e2e,
+        methods=methods, named=named, dense=dense_baselines.candidates(device.type, dtype), cases=cases,
+        sparsities=sparsities, batches=batches, e2e=not args.no_e2e,
         rounds=rounds, e2e_rounds=e2e_rounds, min_time=float(min_time), threads=threads, device=device.type,
         dtype=args.dtype, impl=args.impl, seed=args.seed, quick=args.quick,
         out=str(args.out or base.default_out(NAME)), notes=[],
@@ -254,28 +281,52 @@ def build_layer(method: str, linear: nn.Linear, sparsity: float, impl: str) -> n
     return layer
 
 
+def _run_tiny(make: Callable[[nn.Linear], nn.Module], config: Config) -> nn.Module:
+    """``make``'s layer of a tiny linear in the run's dtype and device, called once.
+
+    Raises:
+        RuntimeError, NotImplementedError: the layer cannot run in this dtype on this device.
+    """
+    device, dtype = torch.device(config.device), base.DTYPES[config.dtype]
+    layer = make(nn.Linear(16, 32).to(device, dtype))
+    with torch.inference_mode():
+        layer(torch.randn(2, 16, device=device, dtype=dtype))
+    return layer
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def probe(config: Config) -> dict[str, str]:
-    """Run every method once on a tiny layer in the run's dtype and device; method -> the impl that ran.
+    """Run every method and dense implementation once on a tiny layer in the run's dtype and device.
 
     A method that cannot run is a UserError if it was named in --methods (or
     is dense); otherwise it is dropped from ``config.methods`` with a warning
-    (without rigl, the speedup_vs_csr columns stay empty).
+    (without rigl, the speedup_vs_csr columns stay empty). A dense
+    implementation other than torch's that cannot run is dropped from
+    ``config.dense`` with a warning.
+
+    Returns:
+        method -> the impl that ran.
     """
-    device, dtype = torch.device(config.device), base.DTYPES[config.dtype]
     impls = {}
     for method in list(config.methods):
         try:
-            layer = build_layer(method, nn.Linear(16, 32).to(device, dtype), 0.5, config.impl)
-            with torch.inference_mode():
-                layer(torch.randn(2, 16, device=device, dtype=dtype))
-            impls[method] = layer.impl
+            impls[method] = _run_tiny(lambda linear: build_layer(method, linear, 0.5, config.impl), config).impl
         except (RuntimeError, NotImplementedError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            message = f"{method} cannot run in {config.dtype} on {config.device} ({reason})"
+            message = f"{method} cannot run in {config.dtype} on {config.device} ({_reason(exc)})"
             if method in config.named or method == DENSE:
                 raise UserError(f"{message}; choose another --dtype/--device or drop it from --methods") from None
             warnings.warn(f"{message}; leaving it out", stacklevel=2)
             config.methods.remove(method)
+    for name in config.dense[1:]:
+        try:
+            _run_tiny(dense_baselines.BUILDERS[name], config)
+        except (RuntimeError, NotImplementedError) as exc:
+            warnings.warn(f"dense baseline {name} cannot run in {config.dtype} on {config.device} ({_reason(exc)}); "
+                          "leaving it out", stacklevel=2)
+            config.dense.remove(name)
     return impls
 
 
@@ -291,41 +342,42 @@ def _nnz_of(module: nn.Module) -> int:
 
 
 class Workloads:
-    """Builds the timed modules and inputs of each group, reusing the dense layer of a shape across sparsities."""
+    """Builds the timed modules and inputs of each group, reusing the dense layers of a shape across sparsities."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.device = torch.device(config.device)
         self.dtype = base.DTYPES[config.dtype]
         self._key: tuple | None = None
-        self._dense: nn.Module | None = None
+        self._dense: dict[str, nn.Module] = {}
         self._source: nn.Module | None = None
 
-    def _base(self, group: Group) -> tuple[nn.Module, nn.Module]:
-        """(source, dense) for the group's shape: the seeded nn.Linear (or ViT) and its dense conversion."""
+    def _base(self, group: Group) -> tuple[nn.Module, dict[str, nn.Module]]:
+        """(source, dense) for the group's shape: the seeded nn.Linear (or ViT) and its dense implementations by name."""
         key = (group.case, group.in_features, group.out_features)
         if key != self._key:
-            self._key, self._source, self._dense = key, None, None
+            self._key, self._source, self._dense = key, None, {}
             if group.e2e:
                 self._source = vit_e2e.vit_b16(self.config.seed, self.device, self.dtype)
-                self._dense = vit_e2e.convert(self._source, registry.make_method(DENSE))
+                self._dense = {DENSE: vit_e2e.convert(self._source, registry.make_method(DENSE))}
             else:
                 torch.manual_seed(self.config.seed)
                 self._source = nn.Linear(group.in_features, group.out_features).to(self.device, self.dtype)
-                self._dense = build_layer(DENSE, self._source, 0.0, self.config.impl)
+                self._dense = {name: build_layer(DENSE, self._source, 0.0, self.config.impl) if name == DENSE
+                               else dense_baselines.BUILDERS[name](self._source) for name in self.config.dense}
         return self._source, self._dense
 
-    def modules(self, group: Group, methods: list[str]) -> dict[str, nn.Module]:
-        """method -> the module to time for this group."""
+    def modules(self, group: Group, names: list[str]) -> dict[str, nn.Module]:
+        """name (``Config.names``) -> the module to time for this group."""
         source, dense = self._base(group)
         out = {}
-        for method in methods:
-            if method == DENSE:
-                out[method] = dense
+        for name in names:
+            if name in dense:
+                out[name] = dense[name]
             elif group.e2e:
-                out[method] = vit_e2e.convert(source, registry.make_method(method, sparsity=group.sparsity, impl=self.config.impl))
+                out[name] = vit_e2e.convert(source, registry.make_method(name, sparsity=group.sparsity, impl=self.config.impl))
             else:
-                out[method] = build_layer(method, source, group.sparsity, self.config.impl)
+                out[name] = build_layer(name, source, group.sparsity, self.config.impl)
         return out
 
     def input(self, group: Group) -> torch.Tensor:
@@ -335,28 +387,32 @@ class Workloads:
         return torch.randn(shape, generator=gen).to(self.device, self.dtype)
 
 
-def measure_group(group: Group, workloads: Workloads, methods: list[str], config: Config,
+def measure_group(group: Group, workloads: Workloads, names: list[str], config: Config,
                   on_block: Callable[[], None] | None = None) -> list[dict[str, Any]]:
-    """Time all ``methods`` of one group interleaved; one row per method."""
-    modules = workloads.modules(group, methods)
+    """Time all ``names`` (``Config.names``) of one group interleaved; one row per name."""
+    modules = workloads.modules(group, names)
     x = workloads.input(group)
-    fns = {method: (lambda m=module: m(x)) for method, module in modules.items()}
+    fns = {name: (lambda m=module: m(x)) for name, module in modules.items()}
+    pools = threadpools.PoolLimits(config.threads, dense_baselines.BLAS)
     with torch.inference_mode():
         samples = timing.interleaved(fns, rounds=config.rounds_of(group), min_time=config.min_time,
                                      threads=config.threads, device=torch.device(config.device), l2=group.l2,
-                                     on_block=on_block)
-    return [_row(group, method, modules[method], samples) for method in methods]
+                                     on_block=on_block, block_context=pools.block)
+    dense = [name for name in names if name in dense_baselines.NAMES]
+    fastest = min(dense, key=lambda name: statistics.median(samples[name].samples_s))
+    return [_row(group, name, modules, samples, dense, fastest) for name in names]
 
 
-
-def _row(group: Group, method: str, module: nn.Module, samples: dict[str, timing.Samples]) -> dict[str, Any]:
-    own = samples[method]
+def _row(group: Group, name: str, modules: dict[str, nn.Module], samples: dict[str, timing.Samples],
+         dense: list[str], fastest: str) -> dict[str, Any]:
+    """The row of ``name``; ``dense`` are the group's dense implementations, ``fastest`` the one of least median."""
+    module, own = modules[name], samples[name]
     pct = stats.percentiles(own.samples_s, (50, 90, 99))
     return {
         "suite": NAME,
-        "case_id": group.case_id(method),
+        "case_id": group.case_id(name),
         "group_id": group.group_id,
-        "method": method,
+        "method": DENSE if name in dense_baselines.NAMES else name,
         "impl": _impl_of(module),
         "case": group.case,
         "e2e": group.e2e,
@@ -375,14 +431,21 @@ def _row(group: Group, method: str, module: nn.Module, samples: dict[str, timing
         "p90_s": pct[90],
         "p99_s": pct[99],
         "dispersion": stats.dispersion(own.samples_s),
-        **stats.speedup_columns("speedup_vs_dense", getattr(samples.get(DENSE), "samples_s", None), own.samples_s),
+        "dense_impl": _impl_of(modules[fastest]),
+        "torch_dense_impl": _impl_of(modules[DENSE]),
+        "dense_impls": [_impl_of(modules[n]) for n in dense],
+        **stats.speedup_columns("speedup_vs_dense", samples[fastest].samples_s, own.samples_s),
+        **stats.speedup_columns("speedup_vs_torch_dense", samples[DENSE].samples_s, own.samples_s),
         **stats.speedup_columns("speedup_vs_csr", getattr(samples.get(CSR), "samples_s", None), own.samples_s),
         "samples_s": own.samples_s,
     }
 
 
 def summary_table(rows: list[dict[str, Any]], device: str) -> str:
-    """The readable end-of-run table: one line per row, p50 in µs, speedups with their 95% intervals."""
+    """The readable end-of-run table: one line per row, p50 in µs, speedups with their 95% intervals.
+
+    "vs dense" is against the fastest dense implementation of the row's group, named in the "dense" column.
+    """
     columns = [
         Column("method", "method"),
         Column("case", "case"),
@@ -395,10 +458,16 @@ def summary_table(rows: list[dict[str, Any]], device: str) -> str:
         Column("impl", "impl"),
         Column("n", "n", ">"),
         Column("p50 µs", lambda r: f"{r['p50_s'] * 1e6:.1f}", ">"),
-        Column("vs dense [95% CI]", lambda r: fmt_ratio_ci(r["speedup_vs_dense"], r["speedup_vs_dense_lo"], r["speedup_vs_dense_hi"]), ">"),
-        Column("vs CSR [95% CI]", lambda r: fmt_ratio_ci(r["speedup_vs_csr"], r["speedup_vs_csr_lo"], r["speedup_vs_csr_hi"]), ">"),
+        _ratio_column("vs dense [95% CI]", "speedup_vs_dense"),
+        Column("dense", "dense_impl"),
+        _ratio_column("vs torch dense [95% CI]", "speedup_vs_torch_dense"),
+        _ratio_column("vs CSR [95% CI]", "speedup_vs_csr"),
     ]
     return format_table(rows, columns)
+
+
+def _ratio_column(header: str, column: str) -> Column:
+    return Column(header, lambda r: fmt_ratio_ci(r[column], r[f"{column}_lo"], r[f"{column}_hi"]), ">")
 
 
 def _check_e2e_speed(config: Config, impls: dict[str, str]) -> None:
@@ -429,22 +498,21 @@ def _run(args: argparse.Namespace) -> int:
     _check_e2e_speed(config, probe(config))
     with records.RunStore(Path(config.out), NAME, asdict(config), threads=config.threads, may_change=RESUMABLE,
                           new_segment=args.new_segment) as store:
-        methods = config.methods
         groups = config.groups()
-        pending = [g for g in groups if not all(g.case_id(m) in store.done for m in methods)]
+        pending = [g for g in groups if not all(g.case_id(name) in store.done for name in config.names(g))]
         if len(pending) < len(groups):
             print(f"dstbench: resuming {config.out}: {len(groups) - len(pending)} of {len(groups)} case groups already "
                   "recorded", file=sys.stderr)
         workloads = Workloads(config)
         start = time.perf_counter()
-        total_blocks = sum(len(methods) * config.rounds_of(g) for g in pending)
+        total_blocks = sum(len(config.names(g)) * config.rounds_of(g) for g in pending)
         with tqdm(total=total_blocks, unit="block", file=sys.stderr, desc=NAME) as bar:
             for group in pending:
                 bar.set_postfix_str(f"{group.case} s={group.sparsity:g} b={group.batch} l2={group.l2}")
-                rows = measure_group(group, workloads, methods, config, on_block=lambda: bar.update(1))
+                rows = measure_group(group, workloads, config.names(group), config, on_block=lambda: bar.update(1))
                 store.append_many(row for row in rows if row["case_id"] not in store.done)
         store.finish()
-    wanted = {g.case_id(m): None for g in groups for m in methods}
+    wanted = {g.case_id(name): None for g in groups for name in config.names(g)}
     by_id = {row["case_id"]: row for row in store.rows}
     rows = [by_id[case_id] for case_id in wanted if case_id in by_id]
     print(summary_table(rows, config.device))

@@ -96,6 +96,7 @@ def inference_rows(
     slow: dict[str, float] | None = None,
     impls: dict[str, str] | None = None,
     burst: float = 1.0,
+    dense: dict[str, float] | None = None,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Inference-suite rows: every method of every (case, sparsity, batch) group, timed in ``rounds`` rounds.
@@ -107,11 +108,20 @@ def inference_rows(
     makes the machine busy for a contiguous half of each group's rounds: every
     sample taken then is slowed by its own factor drawn from [1, burst], as
     when another job takes the cores now and then.
+
+    ``dense`` adds dense implementations besides torch's, as the suite
+    records them: impl -> its speed over torch's dense (2.0 = twice as fast).
+    Each is a row of method "dense" named ``dense-<impl>`` (``slow`` takes
+    that name); every row then carries ``speedup_vs_dense`` against the
+    fastest dense (``dense_impl``), ``speedup_vs_torch_dense``,
+    ``torch_dense_impl`` and ``dense_impls``.
     """
     speedups = speedups or SPEEDUPS
     cases = cases or CASES
     slow = slow or {}
     impls = {**IMPLS, **(impls or {})}
+    variants = {f"dense-{impl}": speed for impl, speed in (dense or {}).items()}
+    variants_impl = {f"dense-{impl}": impl for impl in dense or {}}
     rng = np.random.default_rng(seed)
     rows = []
     for case, (fin, fout) in cases.items():
@@ -120,23 +130,29 @@ def inference_rows(
                 dense_s = 2e-9 * fin * fout * max(batch, 8) ** 0.8
                 round_factor = rng.lognormal(0.0, drift, rounds)
                 times = {}
-                for method, speedup in speedups.items():
-                    gain = 1.0 if method == "dense" else speedup * (0.1 / (1.0 - sparsity)) ** 0.5
-                    base = dense_s / gain * slow.get(method, 1.0)
-                    times[method] = base * round_factor * rng.lognormal(0.0, noise, rounds) * _burst(rng, rounds, burst)
+                for name, speedup in {**speedups, **variants}.items():
+                    gain = (speedup if name in variants else 1.0 if name == "dense"
+                            else speedup * (0.1 / (1.0 - sparsity)) ** 0.5)
+                    base = dense_s / gain * slow.get(name, 1.0)
+                    times[name] = base * round_factor * rng.lognormal(0.0, noise, rounds) * _burst(rng, rounds, burst)
+                fastest = min(["dense", *variants], key=lambda n: float(np.median(times[n])))
                 group_id = f"{case}/{fin}x{fout}/s{sparsity:g}/b{batch}/float32/cpu/t2/l2-warm"
-                for method, own in times.items():
+                for name, own in times.items():
+                    method = "dense" if name in variants else name
                     pct = stats.percentiles(own)
                     rows.append({
-                        "suite": "inference", "case_id": f"{group_id}/{method}", "group_id": group_id,
-                        "method": method, "impl": impls[method], "case": case, "e2e": False,
+                        "suite": "inference", "case_id": f"{group_id}/{name}", "group_id": group_id,
+                        "method": method, "impl": variants_impl.get(name, impls[method]), "case": case, "e2e": False,
                         "in_features": fin, "out_features": fout, "sparsity": sparsity, "batch": batch,
                         "dtype": "float32", "device": "cpu", "threads": 2, "l2": "warm",
                         "nnz": fin * fout if method == "dense" else round(fin * fout * (1 - sparsity)),
                         "n": rounds, "n_inner": 100, "p50_s": pct[50], "p90_s": pct[90], "p99_s": pct[99],
-                        **_ratio("speedup_vs_dense", times.get("dense"), own),
+                        **_ratio("speedup_vs_dense", times[fastest], own),
                         **_ratio("speedup_vs_csr", times.get("rigl"), own),
                         "samples_s": own.tolist(),
+                        **({"dense_impl": variants_impl.get(fastest, impls["dense"]), "torch_dense_impl": impls["dense"],
+                            "dense_impls": [impls["dense"], *dense], **_ratio("speedup_vs_torch_dense", times["dense"], own)}
+                           if dense else {}),
                     })
     return rows
 

@@ -7,16 +7,22 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 
 from dstbench import baseline, registry, timing
 from dstbench.cli import main
+from dstbench.suites import dense_baselines
 
 TINY = ["--cases", "32x64", "--sparsity", "0.9", "--batch", "2", "--rounds", "6", "--min-time", "0.001", "--no-e2e",
         "--threads", "1", "--impl", "reference"]
-#: seconds per call of each method under the fake timer (another registered method: 5e-4)
-TIMES = {"dense": 1e-3, "rigl": 6e-4, "srigl": 3e-4, "dynadiag": 2.5e-4}
-#: speedups compared per case: vs dense for every method but dense, vs CSR for every method but dense and rigl
-COMPARISONS = 2 * (len(registry.list_methods()) - 1) - 1
+#: seconds per call of each method and dense implementation under the fake timer (another registered method: 5e-4)
+TIMES = {"dense": 1e-3, "dense-onednn": 9e-4, "dense-openblas": 8e-4, "rigl": 6e-4, "srigl": 3e-4, "dynadiag": 2.5e-4}
+#: the rows of a group: every dense implementation, then the CSR baseline and the other registered methods
+ROWS = [*dense_baselines.candidates("cpu", torch.float32),
+        *(m for m in dict.fromkeys(["rigl", *registry.list_methods()]) if m != "dense")]
+#: speedups compared per case: vs dense and vs torch dense for every method but dense, vs CSR for every method but
+#: dense and rigl
+COMPARISONS = 3 * (len(registry.list_methods()) - 1) - 1
 
 
 def fake_interleaved(slow: dict[str, float]) -> Callable[..., dict[str, timing.Samples]]:
@@ -34,7 +40,7 @@ def base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     monkeypatch.setattr(timing, "interleaved", fake_interleaved({}))
     out = tmp_path / "baselines" / "cpu-quick"
     assert main(["baseline", "update", "--out", str(out), *TINY]) == 0
-    assert f"baseline {out} updated: {len(registry.list_methods())} rows" in capsys.readouterr().out
+    assert f"baseline {out} updated: {len(ROWS)} rows" in capsys.readouterr().out
     return out
 
 
@@ -42,7 +48,7 @@ def test_update_writes_a_run_folder_with_the_suite_options(base: Path) -> None:
     assert json.loads((base / "baseline.json").read_text()) == {"suite": "inference", "suite_args": TINY}
     assert json.loads((base / "run.json").read_text())["suite"] == "inference"
     rows = [json.loads(line) for line in (base / "rows.jsonl").read_text().splitlines()]
-    assert [row["method"] for row in rows] == list(dict.fromkeys(["dense", "rigl", *registry.list_methods()]))
+    assert [row["case_id"].rsplit("/", 1)[1] for row in rows] == ROWS
     assert sorted(p.name for p in base.parent.iterdir()) == ["cpu-quick"]  # no temporary folders left
 
 
@@ -61,7 +67,7 @@ def test_check_catches_a_slower_kernel(base: Path, tmp_path: Path, monkeypatch: 
     assert main(["baseline", "check", "--baseline", str(base), "--out", str(tmp_path / "check"), "--format", "json"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert {(c["method"], c["metric"]) for c in data["comparisons"] if c["status"] == "regressed"} == {
-        ("dynadiag", "vs dense"), ("dynadiag", "vs CSR")}
+        ("dynadiag", "vs dense"), ("dynadiag", "vs torch dense"), ("dynadiag", "vs CSR")}
 
 
 def test_check_needs_the_regression_in_a_confirming_run(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -3,28 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 from torchvision.models import VisionTransformer
 
-from dstbench import records, registry
+from dstbench import records, registry, timing
 from dstbench.cli import main
 from dstbench.kernels import ops
-from dstbench.suites import inference, vit_e2e
+from dstbench.suites import dense_baselines, inference, vit_e2e
 
 TINY = ["--cases", "32x48", "--sparsity", "0.5", "--batch", "2", "--rounds", "3", "--min-time", "0.001",
         "--no-e2e", "--threads", "1"]
 COLUMNS = {"suite", "method", "impl", "case", "in_features", "out_features", "sparsity", "batch", "dtype", "device",
            "threads", "n", "p50_s", "p90_s", "p99_s", "speedup_vs_dense", "speedup_vs_csr", "case_id", "n_inner",
            "samples_s", "l2", "nnz", "speedup_vs_dense_lo", "speedup_vs_dense_hi", "speedup_vs_csr_lo",
-           "speedup_vs_csr_hi"}
+           "speedup_vs_csr_hi", "speedup_vs_torch_dense", "speedup_vs_torch_dense_lo", "speedup_vs_torch_dense_hi",
+           "dense_impl", "torch_dense_impl", "dense_impls"}
 
 #: the methods a run times by default: the dense and CSR baselines first, then every other registered method
 TIMED = list(dict.fromkeys(["dense", "rigl", *registry.list_methods()]))
+#: the dense implementations of a float32 CPU layer group (torch's default first), and all the group's rows
+DENSE = dense_baselines.candidates("cpu", torch.float32)
+ROWS = DENSE + TIMED[1:]
+
+
+def names(frame) -> list[str]:  # noqa: ANN001
+    """The row names (the last part of the case ids) of a records frame."""
+    return [case_id.rsplit("/", 1)[1] for case_id in frame["case_id"]]
 
 
 def run(out: Path, *extra: str) -> int:
@@ -50,29 +61,83 @@ def test_rows_columns_and_ratios(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert run(tmp_path / "r") == 0
     frame = records.load(tmp_path / "r")
     assert COLUMNS <= set(frame.columns)
-    frame = frame.set_index("method")
-    assert list(frame.index) == TIMED
+    frame = frame.set_index(pd.Index(names(frame)))
+    assert list(frame.index) == ROWS
+    assert list(frame["method"]) == ["dense"] * len(DENSE) + TIMED[1:]
     assert frame["case_id"].is_unique and frame["group_id"].nunique() == 1
     assert set(frame["l2"]) == {"warm"} and set(frame["threads"]) == {1} and set(frame["n"]) == {3}
-    dense_p50, csr_p50 = frame.loc["dense", "p50_s"], frame.loc["rigl", "p50_s"]
-    for method, row in frame.iterrows():
+    dense = frame.loc[DENSE]
+    fastest = dense["p50_s"].idxmin()
+    torch_p50, csr_p50 = frame.loc["dense", "p50_s"], frame.loc["rigl", "p50_s"]
+    for _, row in frame.iterrows():
         assert len(row["samples_s"]) == 3
         assert row["p50_s"] == pytest.approx(np.median(row["samples_s"]))
         assert row["p50_s"] <= row["p90_s"] <= row["p99_s"] <= max(row["samples_s"])
-        assert row["speedup_vs_dense"] == pytest.approx(dense_p50 / row["p50_s"])
+        assert row["speedup_vs_dense"] == pytest.approx(dense["p50_s"].min() / row["p50_s"])
+        assert row["speedup_vs_torch_dense"] == pytest.approx(torch_p50 / row["p50_s"])
         assert row["speedup_vs_csr"] == pytest.approx(csr_p50 / row["p50_s"])
-        for name in ("speedup_vs_dense", "speedup_vs_csr"):
+        for name in ("speedup_vs_dense", "speedup_vs_torch_dense", "speedup_vs_csr"):
             assert row[f"{name}_lo"] <= row[name] <= row[f"{name}_hi"]
-    assert frame.loc["dense", "speedup_vs_dense"] == 1.0 and frame.loc["rigl", "speedup_vs_csr"] == 1.0
-    assert frame.loc["dense", "nnz"] == 32 * 48
-    assert (frame.drop(index="dense")["nnz"] == 768).all()
+        assert row["dense_impl"] == frame.loc[fastest, "impl"] and row["torch_dense_impl"] == frame.loc["dense", "impl"]
+        assert row["dense_impls"] == list(dense["impl"])
+    assert frame.loc[fastest, "speedup_vs_dense"] == 1.0 and frame.loc["dense", "speedup_vs_torch_dense"] == 1.0
+    assert frame.loc["rigl", "speedup_vs_csr"] == 1.0
+    assert list(dense["impl"]) == [frame.loc["dense", "impl"], *(b.impl for n, b in dense_baselines.BUILDERS.items()
+                                                                  if n in DENSE)]
+    assert (dense["nnz"] == 32 * 48).all()
+    assert (frame.drop(index=DENSE)["nnz"] == 768).all()
     assert frame.loc["rigl", "impl"] in ("mkl-csr", "aten-csr")
     fast = ops.select_impl("cpu", torch.float32)
     assert frame.loc["srigl", "impl"] == frame.loc["dynadiag", "impl"] == fast
     table = capsys.readouterr().out
-    assert "vs dense [95% CI]" in table and "vs CSR [95% CI]" in table
-    assert [line.split()[0] for line in table.splitlines()[2:2 + len(TIMED)]] == TIMED
+    header, _, *lines = table.splitlines()[:2 + len(ROWS)]
+    assert re.split(r"\s{2,}", header.strip())[-4:] == ["vs dense [95% CI]", "dense", "vs torch dense [95% CI]",
+                                                         "vs CSR [95% CI]"]
+    assert [line.split()[0] for line in lines] == list(frame["method"])
+    assert [line.split()[4] for line in lines] == list(frame["impl"])
+    assert {line.split("]")[1].split()[0] for line in lines} == {frame.loc[fastest, "impl"]}  # the dense column
     assert not [p for p in (tmp_path / "r").iterdir() if p.name.endswith(".tmp")]
+
+
+def fake_interleaved(times: dict[str, float]):  # noqa: ANN201
+    """A stand-in for timing.interleaved: ``times[name]`` seconds per call (5e-4 for other names), wobbling by round."""
+
+    def interleaved(fns, *, rounds: int, **_) -> dict[str, timing.Samples]:  # noqa: ANN001, ANN003
+        return {name: timing.Samples(1, [times.get(name, 5e-4) * (1 + 0.01 * (r % 3)) for r in range(rounds)])
+                for name in fns}
+
+    return interleaved
+
+
+def test_speedups_are_against_the_fastest_dense_and_torch_dense_keeps_its_column(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dense_baselines, "candidates", lambda device, dtype: list(dense_baselines.NAMES))
+    monkeypatch.setattr(timing, "interleaved", fake_interleaved({"dense": 4e-4, "dense-onednn": 3e-4,
+                                                                 "dense-openblas": 1e-4, "srigl": 2e-4}))
+    assert run(tmp_path / "r", "--methods", "srigl", "--impl", "reference") == 0
+    frame = records.load(tmp_path / "r")
+    frame = frame.set_index(pd.Index(names(frame)))
+    assert set(frame["dense_impl"]) == {"openblas"}
+    assert frame["speedup_vs_dense"].to_dict() == pytest.approx(
+        {"dense": 0.25, "dense-onednn": 1 / 3, "dense-openblas": 1.0, "rigl": 0.2, "srigl": 0.5})
+    assert frame["speedup_vs_torch_dense"].to_dict() == pytest.approx(
+        {"dense": 1.0, "dense-onednn": 4 / 3, "dense-openblas": 4.0, "rigl": 0.8, "srigl": 2.0})
+
+
+def test_a_dense_baseline_that_cannot_run_is_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    def broken(linear: nn.Linear) -> nn.Module:
+        raise RuntimeError("no oneDNN kernel for this CPU")
+
+    monkeypatch.setattr(dense_baselines, "candidates", lambda device, dtype: list(dense_baselines.NAMES))
+    monkeypatch.setitem(dense_baselines.BUILDERS, dense_baselines.ONEDNN, broken)
+    assert run(tmp_path / "r", "--methods", "dense") == 0
+    assert ("warning: dense baseline dense-onednn cannot run in float32 on cpu (no oneDNN kernel for this CPU); "
+            "leaving it out") in capsys.readouterr().err
+    frame = records.load(tmp_path / "r")
+    assert names(frame) == ["dense", "dense-openblas", "rigl"]
+    assert set(frame["dense_impls"].map(tuple)) == {(frame["impl"].iloc[0], "openblas")}
+    assert records.read_meta(tmp_path / "r")["config"]["dense"] == ["dense", "dense-openblas"]
 
 
 def test_requested_impl_is_recorded_and_quick_leaves_out_slow_e2e(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -80,7 +145,7 @@ def test_requested_impl_is_recorded_and_quick_leaves_out_slow_e2e(tmp_path: Path
     assert main(["run", "--suite", "inference", *argv, "--impl", "reference", "--methods", "srigl", "--quick",
                  "--out", str(tmp_path / "r")]) == 0
     frame = records.load(tmp_path / "r")
-    assert list(frame["method"]) == ["dense", "rigl", "srigl"]  # the baselines are always timed
+    assert list(frame["method"]) == ["dense"] * len(DENSE) + ["rigl", "srigl"]  # the baselines are always timed
     assert frame.set_index("method").loc["srigl", "impl"] == "reference"
     assert "left out of --quick" in capsys.readouterr().out
     assert records.read_meta(tmp_path / "r")["config"]["e2e"] is False
@@ -91,7 +156,7 @@ def test_resume_skips_recorded_groups(tmp_path: Path, monkeypatch: pytest.Monkey
     assert run(out) == 0
     seen = count_groups(monkeypatch)
     assert run(out) == 0
-    methods = len(registry.list_methods())
+    methods = len(ROWS)
     assert seen == [] and len(records.read_rows(out)) == methods
     assert "resuming" in capsys.readouterr().err
     assert run(out, "--batch", "2,3") == 2  # other options: refused, nothing measured
@@ -104,7 +169,7 @@ def test_resume_skips_recorded_groups(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_interrupted_run_keeps_whole_groups_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "r"
     count_groups(monkeypatch, fail_on=2)
-    methods = len(registry.list_methods())
+    methods = len(ROWS)
     assert run(out, "--batch", "2,3") == 130
     assert len(records.read_rows(out)) == methods
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -120,7 +185,8 @@ def test_method_without_dtype_support(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "rigl cannot run in float16" in capsys.readouterr().err.splitlines()[-1]
     assert run(tmp_path / "b", "--dtype", "float16", "--methods", "dense,srigl", "--impl", "reference") == 0
     frame = records.load(tmp_path / "b")
-    assert list(frame["method"]) == ["dense", "srigl"]
+    dense = dense_baselines.candidates("cpu", torch.float16)
+    assert "dense-openblas" not in dense and names(frame) == [*dense, "srigl"]
     assert frame["speedup_vs_csr"].isna().all() and set(frame["dtype"]) == {"float16"}
 
 
@@ -200,6 +266,9 @@ def test_e2e_rows_with_a_tiny_vit(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert len(frame) == 2 * 3 and set(frame["case"]) == {"vit_b16"} and frame["e2e"].all()
     assert set(frame["batch"]) == {1} and frame["in_features"].isna().all()
     dense = frame[frame["method"] == "dense"]
-    assert set(dense["nnz"]) == {2 * (16 * 48 + 16 * 16 + 16 * 32 + 32 * 16)}
+    assert len(dense) == 2 and set(dense["nnz"]) == {2 * (16 * 48 + 16 * 16 + 16 * 32 + 32 * 16)}
+    # end to end, torch's dense only (the rows say so); both ratios are against it
+    assert set(frame["dense_impls"].map(tuple)) == {(dense["impl"].iloc[0],)}
+    assert (frame["speedup_vs_dense"] == frame["speedup_vs_torch_dense"]).all()
     sparse = frame[frame["method"] == "srigl"].set_index("sparsity")
     assert sparse.loc[0.9, "nnz"] < sparse.loc[0.5, "nnz"] < dense["nnz"].iloc[0]
