@@ -52,7 +52,9 @@ from dstbench import records, registry, stats, threadpools, timing
 from dstbench.errors import UserError
 from dstbench.kernels.layers import InferenceLayer
 from dstbench.registry import register_suite
+from dstbench.methods.base import SparsityMethod
 from dstbench.suites import base, dense_baselines, vit_e2e
+from dstbench.suites.method_specs import parse_methods, with_baselines
 from dstbench.table import Column, fmt_ratio_ci, format_table
 
 NAME = "inference"
@@ -176,7 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"small subset: cases {QUICK['cases']}, sparsity {QUICK['sparsity']}, batch {QUICK['batch']}, "
                              f"{QUICK['rounds']} rounds, ViT-B/16 end to end at 0.9 with {QUICK_E2E_ROUNDS} rounds "
                              "when the compiled kernels are available (explicit options override)")
-    parser.add_argument("--methods", help="comma-separated methods (default: all registered); dense and rigl (CSR) "
+    parser.add_argument("--methods", help="comma-separated method specs NAME[:KEY=VALUE...] (default: all registered); dense and rigl (CSR) "
                                           "are always timed as the baselines of the speedups")
     parser.add_argument("--cases", help=f"comma-separated layer cases, names among {', '.join(LAYER_CASES)} "
                                         f"or shapes INxOUT such as 64x128 (default: all names)")
@@ -221,22 +223,16 @@ def parse_cases(text: str) -> dict[str, tuple[int, int]]:
     return cases
 
 
-def parse_methods(text: str | None) -> list[str]:
-    """--methods as registered names (UserError for an unknown one); None means all registered."""
-    if text is None:
-        return registry.list_methods()
-    names = [item.strip() for item in text.split(",") if item.strip()]
-    if not names:
-        raise UserError("--methods is empty; give for example --methods dense,srigl")
-    for name in names:
-        registry.method_class(name)
-    return list(dict.fromkeys(names))
+def make_method(label: str, **options: Any) -> SparsityMethod:
+    """The method of a --methods spec label (``srigl:ablation=false``) with the suite's ``options`` added."""
+    spec, = parse_methods(label)
+    return registry.make_method(spec.method, **options, **spec.options)
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
     """Check every option and resolve the --quick presets; raises UserError before anything is written."""
-    named = parse_methods(args.methods) if args.methods is not None else []
-    methods = list(dict.fromkeys([DENSE, CSR] + (named or parse_methods(None))))
+    named = [spec.label for spec in parse_methods(args.methods)] if args.methods is not None else []
+    methods = [spec.label for spec in with_baselines([DENSE, CSR], args.methods)]
     cases = parse_cases(_preset(args, "cases"))
     sparsities = base.sparsities(_preset(args, "sparsity"))
     batches = base.batches(_preset(args, "batch"))
@@ -273,7 +269,7 @@ def build_layer(method: str, linear: nn.Linear, sparsity: float, impl: str) -> n
     Raises:
         UserError: if the method's layer breaks the ``InferenceLayer`` contract (impl, nnz, shapes).
     """
-    layer = registry.make_method(method, sparsity=sparsity, impl=impl).sparsify_linear(linear)
+    layer = make_method(method, sparsity=sparsity, impl=impl).sparsify_linear(linear)
     if not isinstance(layer, InferenceLayer):
         missing = [a for a in ("in_features", "out_features", "impl", "nnz") if not hasattr(layer, a)]
         raise UserError(f"method {method!r}: sparsify_linear returned a {type(layer).__name__} without "
@@ -375,7 +371,7 @@ class Workloads:
             if name in dense:
                 out[name] = dense[name]
             elif group.e2e:
-                out[name] = vit_e2e.convert(source, registry.make_method(name, sparsity=group.sparsity, impl=self.config.impl))
+                out[name] = vit_e2e.convert(source, make_method(name, sparsity=group.sparsity, impl=self.config.impl))
             else:
                 out[name] = build_layer(name, source, group.sparsity, self.config.impl)
         return out

@@ -75,8 +75,7 @@ def parse_methods(text: str) -> list[MethodSpec]:
 def with_baselines(baselines: list[str], text: str | None) -> list[MethodSpec]:
     """The specs a suite times: its ``baselines`` (registered names) first, then --methods or every registered method."""
     named = parse_methods(text) if text is not None else [MethodSpec(n, n) for n in registry.list_methods()]
-    labels = {spec.label for spec in named}
-    return [MethodSpec(b, b) for b in baselines if b not in labels] + named
+    return [MethodSpec(b, b) for b in baselines] + [spec for spec in named if spec.label not in baselines]
 
 
 def parse_options(items: list[str] | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

@@ -32,14 +32,25 @@ def test_bad_specs_are_one_line_errors(bad, message):
 
 def test_baselines_come_first_and_default_to_the_registry():
     assert [s.label for s in with_baselines(["dense", "rigl"], "srigl:ablation=false,rigl")] == [
-        "dense", "srigl:ablation=false", "rigl"]
+        "dense", "rigl", "srigl:ablation=false"]
     assert [s.label for s in with_baselines(["dense"], None)] == registry.list_methods()
     assert with_baselines([], "set")[0] == MethodSpec("set", "set")
 
 
-@pytest.mark.parametrize("suite", ["training", "accuracy"])
+@pytest.mark.parametrize("suite", ["inference", "training", "accuracy"])
 def test_every_suite_refuses_a_bad_value_in_one_line(suite, tmp_path, capsys):
     assert main(["run", "--suite", suite, "--methods", "srigl:ablation=maybe", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "option ablation takes true or false, got 'maybe'" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_inference_rows_carry_the_spec_label(tmp_path):
+    from dstbench import records  # noqa: PLC0415
+
+    argv = ["run", "--suite", "inference", "--cases", "32x48", "--sparsity", "0.5", "--batch", "2", "--rounds", "2",
+            "--min-time", "0.001", "--no-e2e", "--threads", "1", "--methods", "srigl:gamma_sal=0.5",
+            "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    methods = [row["method"] for row in records.read_rows(tmp_path / "r")]
+    assert methods[-1] == "srigl:gamma_sal=0.5" and "rigl" in methods
