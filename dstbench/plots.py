@@ -222,20 +222,23 @@ def latency_figure(frame: pd.DataFrame, title: str) -> Figure:
         title: the figure title.
     """
     sparsities = sorted(frame["sparsity"].unique())
-    methods = ordered_methods(frame["method"])
+    series = _latency_series(frame)
+    methods = ordered_methods(series)
+    hatches = {label: _DENSE_HATCHES[i % len(_DENSE_HATCHES)]
+               for i, label in enumerate(m for m in methods if m.startswith("dense:"))}
     scale, unit = _time_unit([t for samples in frame["samples_s"] for t in samples])
     fig = _figure(2.2)
     ax = fig.subplots()
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
-        st = style(method)
-        rows = frame[frame["method"] == method]
+        st = _series_style(method)
+        rows = frame[series == method]
         for _, row in rows.iterrows():
             position = sparsities.index(row["sparsity"]) - 0.4 + width * (i + 0.5)
             ax.boxplot([np.asarray(row["samples_s"], float) * scale], positions=[position], widths=width * 0.8,
                        patch_artist=True, manage_ticks=False, whis=(0, 100),
                        boxprops={"facecolor": to_rgba(st.color, 0.35), "edgecolor": st.color,
-                                 "linewidth": 0.6},
+                                 "linewidth": 0.6, "hatch": hatches.get(method, "")},
                        medianprops={"color": st.color, "linewidth": 1.2},
                        whiskerprops={"color": st.color, "linewidth": 0.6},
                        capprops={"color": st.color, "linewidth": 0.6})
@@ -245,10 +248,29 @@ def latency_figure(frame: pd.DataFrame, title: str) -> Figure:
     _sparsity_ticks(ax, sparsities)
     ax.set_ylabel(f"latency per call ({unit})")
     ax.set_title(title)
-    handles = [Patch(facecolor=to_rgba(style(m).color, 0.35), edgecolor=style(m).color,
-                     label=style(m).label) for m in methods]
+    handles = [Patch(facecolor=to_rgba(_series_style(m).color, 0.35), edgecolor=_series_style(m).color,
+                     hatch=hatches.get(m, ""), label=_series_style(m).label) for m in methods]
     _legend(fig, handles, [h.get_label() for h in handles])
     return fig
+
+
+_DENSE_HATCHES = ("", "////", "....", "xxxx")
+
+
+def _latency_series(frame: pd.DataFrame) -> pd.Series:
+    """The box series of each row: its method, or ``dense:<impl>`` where several dense libraries were timed."""
+    dense = frame["method"] == "dense"
+    if "impl" not in frame or frame.loc[dense, "impl"].nunique() < 2:
+        return frame["method"]
+    return frame["method"].where(~dense, "dense:" + frame["impl"].astype(str))
+
+
+def _series_style(label: str) -> MethodStyle:
+    """A method's style; a dense library's series keeps dense's colour and names the library."""
+    if label.startswith("dense:"):
+        dense = style("dense")
+        return MethodStyle(dense.color, dense.marker, f"{dense.label} ({label.partition(':')[2]})")
+    return style(label)
 
 
 @_styled

@@ -119,19 +119,23 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def inference_table(frame: pd.DataFrame, machines: bool) -> Table:
-    """Every inference row: latency p50 and speedups vs dense and vs CSR with their 95% intervals."""
+    """Every inference row: latency p50 and speedups vs the fastest dense (named), vs torch's dense and vs CSR."""
     headers = (["machine"] if machines else []) + ["case", "shape", "batch", "sparsity", "method", "kernel", "n",
-                                                   "p50", "vs dense [95% CI]", "vs CSR [95% CI]"]
+                                                   "p50", "vs dense [95% CI]", "dense", "vs torch dense",
+                                                   "vs CSR [95% CI]"]
     rows = []
     for _, r in _sorted(frame, ["machine", "case", "batch", "sparsity"]).iterrows():
         rows.append(([r["machine"]] if machines else []) + [
             str(r["case"]), shape_of(r), str(int(r["batch"])), fmt_sparsity(r["sparsity"]), r["method"], str(r["impl"]),
             str(int(r.get("n", len(r["samples_s"])))), fmt_seconds(r["p50_s"]),
             fmt_speedup(r["speedup_vs_dense"], r.get("speedup_vs_dense_lo"), r.get("speedup_vs_dense_hi")),
+            "–" if _missing(r.get("dense_impl")) else str(r["dense_impl"]), fmt_speedup(r.get("speedup_vs_torch_dense")),
             fmt_speedup(r.get("speedup_vs_csr"), r.get("speedup_vs_csr_lo"), r.get("speedup_vs_csr_hi")),
         ])
-    align = (["l"] if machines else []) + ["l", "l", "r", "r", "l", "l", "r", "r", "r", "r"]
-    return Table(headers, align, rows, "Inference latency (median) and speedups with 95% bootstrap intervals.")
+    align = (["l"] if machines else []) + ["l", "l", "r", "r", "l", "l", "r", "r", "r", "l", "r", "r"]
+    return Table(headers, align, rows, "Inference latency (median) and speedups with 95% bootstrap intervals: "
+                                       "vs dense is against the fastest dense library of the case (named), vs torch "
+                                       "dense against torch's default.")
 
 
 def speedup_pivot(frame: pd.DataFrame, machines: bool) -> Table:

@@ -301,3 +301,12 @@ def test_latex_escaping_and_symbols() -> None:
     table = tables.Table(["x|y", "n"], ["l", "r"], [["a|b", "1"]], caption="c")
     assert table.to_markdown() == "| x\\|y | n |\n|---|---:|\n| a\\|b | 1 |\n"
     assert r"\begin{tabular}{lr}" in table.to_latex("tab:x") and r"\label{tab:x}" in table.to_latex("tab:x")
+
+
+def test_several_dense_libraries_get_their_own_boxes_and_columns() -> None:
+    frame = pd.DataFrame(syn.inference_rows(cases=ONE_CASE, sparsities=(0.9,), batches=(1,), dense={"openblas": 1.2}))
+    fig = plots.latency_figure(frame, "t")
+    labels = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert "Dense (mkl)" in labels and "Dense (openblas)" in labels
+    table = tables.inference_table(frame, machines=False)
+    assert "dense" in table.headers and "vs torch dense" in table.headers
