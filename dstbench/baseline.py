@@ -30,7 +30,6 @@ from dstbench import records
 from dstbench.compare import FORMATS, Result, add_options, check_options, compare_with_options
 from dstbench.errors import OneLineParser, UserError
 from dstbench.runs import Run, load_run, machine_class
-from dstbench.suites.base import default_out
 
 SUITE = "inference"
 DEFAULT_DIR = Path("results/baselines/cpu-quick")
@@ -124,7 +123,7 @@ def check(args: argparse.Namespace) -> int:
                 "class (dstbench baseline update) or pass --allow-machine-mismatch")
         print(json.dumps({"skipped": True, "note": note}) if args.format == "json" else f"dstbench baseline check: {note}")
         return 0
-    out = Path(args.out or default_out(f"{SUITE}-check"))
+    out = Path(args.out or records.default_out(f"{SUITE}-check"))
     suite_args = _check_suite_args(info["suite_args"])
     run_suite(suite_args, out)
     result = compare_with_options(base, load_run(out), args)

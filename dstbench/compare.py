@@ -41,12 +41,13 @@ import argparse
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from dstbench import stats
+from dstbench import registry, stats
 from dstbench.errors import OneLineParser, UserError
 from dstbench.runs import Run, load_run, machine_class, machine_label
 from dstbench.table import Column, format_table
@@ -58,36 +59,45 @@ STATUSES = ("regressed", "improved", "noisy", "not comparable", "unchanged")
 
 
 @dataclass(frozen=True)
+class Ratio:
+    """One speedup column a suite records: its baseline method and how compare names it.
+
+    Attributes:
+        baseline: the method whose rows the speedup is relative to.
+        impl_field: the field of a method's row naming the impl of that baseline's row where a group
+            holds several rows of the baseline (e.g. ``dense_impl``), else None.
+        label: how tables name the ratio ("vs dense").
+    """
+
+    baseline: str
+    impl_field: str | None
+    label: str
+
+
+@dataclass(frozen=True)
 class SuiteSpec:
-    """How one suite's rows are matched and compared.
+    """How one suite's rows are matched and compared; a suite declares it when it registers (``Suite.compare``).
 
     Attributes:
         key: row fields naming a case group (besides the method).
         setup: row fields that must be equal in both runs for a case to be comparable.
-        ratios: speedup column -> (the baseline method it is relative to, the field of a method's row naming the
-            impl of that baseline's row where a group holds several, else None).
+        ratios: speedup column -> its ``Ratio``.
+        reference: the method every speedup is ultimately relative to; its own rows are not compared.
     """
 
     key: tuple[str, ...]
     setup: tuple[str, ...]
-    ratios: dict[str, tuple[str, str | None]]
+    ratios: dict[str, Ratio]
+    reference: str
 
 
-SPECS = {
-    "inference": SuiteSpec(
-        key=("case", "sparsity", "batch", "dtype", "device", "l2"),
-        setup=("in_features", "out_features", "threads"),
-        ratios={"speedup_vs_dense": ("dense", "dense_impl"), "speedup_vs_torch_dense": ("dense", "torch_dense_impl"),
-                "speedup_vs_csr": ("rigl", None)},
-    ),
-    "training": SuiteSpec(
-        key=("model", "sparsity", "batch", "dtype", "device"),
-        setup=("threads",),
-        ratios={"speedup_vs_dense": ("dense", None), "speedup_vs_rigl": ("rigl", None)},
-    ),
-}
-_METRIC_LABELS = {"speedup_vs_dense": "vs dense", "speedup_vs_torch_dense": "vs torch dense", "speedup_vs_csr": "vs CSR",
-                  "speedup_vs_rigl": "vs RigL"}
+def suite_spec(suite: str, path: Path) -> SuiteSpec:
+    """The compare declaration of the suite of a run at ``path``; UserError if that suite records no speedups."""
+    spec = registry.get_suite(suite).compare
+    if spec is None:
+        compared = [name for name in registry.list_suites() if registry.get_suite(name).compare is not None]
+        raise UserError(f"compare checks speedups of {' and '.join(compared)} runs; {path} is a {suite} run")
+    return spec
 
 
 @dataclass
@@ -283,8 +293,8 @@ def _judge(comp: Comparison, base_r: np.ndarray, new_r: np.ndarray, threshold: f
 
 def _compare_case(spec: SuiteSpec, metric: str, key: tuple, method: str, label: str, base_groups: Groups,
                   new_groups: Groups, threshold: float, alpha: float, max_dispersion: float) -> Comparison | None:
-    ref_method, impl_field = spec.ratios[metric]
-    metric_label = _METRIC_LABELS.get(metric, metric)
+    ratio = spec.ratios[metric]
+    ref_method, impl_field, metric_label = ratio.baseline, ratio.impl_field, ratio.label
     comp = Comparison(label, method, metric_label, "not comparable")
     base_row = _row(base_groups, key, method)
     new_row = _row(new_groups, key, method)
@@ -344,9 +354,7 @@ def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD, alph
     if base.suite != new.suite:
         raise UserError(f"cannot compare runs of different suites: {base.path} is {base.suite}, {new.path} is "
                         f"{new.suite}; compare two runs of the same suite")
-    if base.suite not in SPECS:
-        raise UserError(f"compare checks speedups of {' and '.join(SPECS)} runs; {base.path} is a {base.suite} run")
-    spec = SPECS[base.suite]
+    spec = suite_spec(base.suite, base.path)
     result = Result(_describe(base), _describe(new), threshold, alpha, max_dispersion)
     mismatch = result.base["machine_class"] != result.new["machine_class"]
     if mismatch:
@@ -364,8 +372,8 @@ def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD, alph
         for method in methods:
             row = _row(base_groups, key, method) or _row(new_groups, key, method)
             label = _label(spec, key, varying, row)
-            for metric, (ref_method, _) in spec.ratios.items():
-                if method in (ref_method, "dense"):
+            for metric, ref_method in ((m, r.baseline) for m, r in spec.ratios.items()):
+                if method in (ref_method, spec.reference):
                     continue
                 comp = _compare_case(spec, metric, key, method, label, base_groups, new_groups, threshold, alpha,
                                      max_dispersion)

@@ -413,3 +413,8 @@ def load(path: Path | str) -> pd.DataFrame:
     if "suite" not in frame:
         frame["suite"] = meta["suite"]
     return frame
+
+
+def default_out(name: str) -> Path:
+    """results/<name>-<timestamp> under the current folder: where a run goes without --out."""
+    return Path("results") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"

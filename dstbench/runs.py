@@ -14,15 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from dstbench import env as envinfo
-from dstbench import records
+from dstbench import records, registry
 from dstbench.errors import UserError
 
-#: fields every row of a suite must carry for compare and report
-REQUIRED = {
-    "inference": ("method", "impl", "case", "sparsity", "batch", "p50_s", "samples_s", "speedup_vs_dense"),
-    "training": ("method", "model", "sparsity", "batch", "samples_per_s", "samples_s", "speedup_vs_dense"),
-    "accuracy": ("method", "sparsity", "seed", "top1"),
-}
 
 
 @dataclass(frozen=True)
@@ -58,13 +52,15 @@ def load_run(path: Path | str) -> Run:
     path = Path(path)
     meta = records.read_meta(path)
     suite = meta["suite"]
-    if suite not in REQUIRED:
-        raise UserError(f"{path} holds a run of unknown suite {suite!r}; dstbench reads {', '.join(REQUIRED)} runs")
+    if suite not in registry.list_suites():
+        raise UserError(f"{path} holds a run of unknown suite {suite!r}; dstbench reads "
+                        f"{', '.join(registry.list_suites())} runs")
+    required = registry.get_suite(suite).required
     rows = records.read_rows(path)
     if not rows:
         raise UserError(f"{path} has no recorded cases (empty {records.ROWS_FILE}); rerun 'dstbench run' into it to finish it")
     for lineno, row in enumerate(rows, start=1):
-        missing = [key for key in REQUIRED[suite] if key not in row]
+        missing = [key for key in required if key not in row]
         if missing:
             raise UserError(
                 f"{path / records.ROWS_FILE} line {lineno} lacks {', '.join(missing)} for a {suite} row; "

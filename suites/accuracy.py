@@ -290,7 +290,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         distribution=args.distribution, impl=args.impl, options=list(args.option or []), device=device.type,
         threads=base.set_threads(threads), timing=not args.no_timing, timing_rounds=args.timing_rounds,
         timing_min_time=args.timing_min_time, checkpoint_every=checkpoint_every, quick=args.quick,
-        out=str(args.out or base.default_out(NAME)),
+        out=str(args.out or records.default_out(NAME)),
     )
 
 
@@ -510,4 +510,5 @@ def _run(config: Config, dataset: data.Data, world: World, store: records.RunSto
 
 
 SUITE = register_suite(NAME)(
-    base.Suite(NAME, "train and evaluate each method (top-1, sparsity, FLOPs)", add_arguments, run))
+    base.Suite(NAME, "train and evaluate each method (top-1, sparsity, FLOPs)", add_arguments, run,
+               required=("method", "sparsity", "seed", "top1")))

@@ -5,23 +5,33 @@ from __future__ import annotations
 import argparse
 import os
 import warnings
-from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from dstbench.compare import SuiteSpec
 from dstbench.errors import UserError, check_sparsity
 
 
 @dataclass(frozen=True)
 class Suite:
-    """A suite adds its own options to ``dstbench run`` and runs into a RunStore; ``run`` returns the exit code."""
+    """A suite describes itself to the harness, which names no suite.
+
+    Attributes:
+        name, help: how ``dstbench run --suite`` and ``dstbench list`` show it.
+        add_arguments: adds its options to ``dstbench run``.
+        run: runs it into a RunStore; returns the exit code.
+        required: the fields every row of its records carries (``runs.load_run`` checks them).
+        compare: how ``dstbench compare`` matches its rows and which speedups it checks; None when it records none.
+    """
 
     name: str
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    required: tuple[str, ...] = ()
+    compare: SuiteSpec | None = None
 
 
 def parse_list(text: str, kind: type, what: str) -> list:
@@ -88,10 +98,3 @@ def add_out_arguments(parser: argparse.ArgumentParser, suite: str) -> None:
     parser.add_argument("--new-segment", action="store_true",
                         help="continue the run in --out although its options, commit or environment differ, as a new "
                              "segment of it that records its own (its rows name their segment)")
-
-
-def default_out(suite: str) -> Path:
-    """results/<suite>-<timestamp> under the current folder."""
-    import time  # noqa: PLC0415
-
-    return Path("results") / f"{suite}-{time.strftime('%Y%m%d-%H%M%S')}"

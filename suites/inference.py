@@ -49,6 +49,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dstbench import records, registry, stats, threadpools, timing
+from dstbench.compare import Ratio, SuiteSpec
 from dstbench.errors import UserError
 from dstbench.kernels.layers import InferenceLayer
 from dstbench.registry import register_suite
@@ -259,7 +260,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
         sparsities=sparsities, batches=batches, e2e=not args.no_e2e,
         rounds=rounds, e2e_rounds=e2e_rounds, min_time=float(min_time), threads=threads, device=device.type,
         dtype=args.dtype, impl=args.impl, seed=args.seed, quick=args.quick,
-        out=str(args.out or base.default_out(NAME)), notes=[],
+        out=str(args.out or records.default_out(NAME)), notes=[],
     )
 
 
@@ -518,4 +519,13 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-SUITE = register_suite(NAME)(base.Suite(NAME, "inference latency and speedups", add_arguments, run))
+SUITE = register_suite(NAME)(base.Suite(
+    NAME, "inference latency and speedups", add_arguments, run,
+    required=("method", "impl", "case", "sparsity", "batch", "p50_s", "samples_s", "speedup_vs_dense"),
+    compare=SuiteSpec(
+        key=("case", "sparsity", "batch", "dtype", "device", "l2"),
+        setup=("in_features", "out_features", "threads"),
+        ratios={"speedup_vs_dense": Ratio(DENSE, "dense_impl", "vs dense"),
+                "speedup_vs_torch_dense": Ratio(DENSE, "torch_dense_impl", "vs torch dense"),
+                "speedup_vs_csr": Ratio(CSR, None, "vs CSR")},
+        reference=DENSE)))

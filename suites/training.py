@@ -52,6 +52,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dstbench import records, registry, stats, timing
+from dstbench.compare import Ratio, SuiteSpec
 from dstbench.errors import UserError
 from dstbench.methods.base import SparsityMethod
 from dstbench.methods.options import accepts
@@ -180,7 +181,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return Config(methods=methods, models=list(dict.fromkeys(names)), sparsities=sparsities, batch=batch,
                   phase=args.phase, delta_t=args.delta_t, rounds=rounds, min_time=float(min_time),
                   threads=base.set_threads(args.threads), device=device.type, impl=args.impl, seed=args.seed,
-                  quick=args.quick, out=str(args.out or base.default_out(NAME)))
+                  quick=args.quick, out=str(args.out or records.default_out(NAME)))
 
 
 class Trainee:
@@ -411,4 +412,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-SUITE = register_suite(NAME)(base.Suite(NAME, "training throughput and speedups", add_arguments, run))
+SUITE = register_suite(NAME)(base.Suite(
+    NAME, "training throughput and speedups", add_arguments, run,
+    required=("method", "model", "sparsity", "batch", "samples_per_s", "samples_s", "speedup_vs_dense"),
+    compare=SuiteSpec(key=("model", "sparsity", "batch", "dtype", "device"), setup=("threads",),
+                      ratios={"speedup_vs_dense": Ratio(DENSE, None, "vs dense"),
+                              "speedup_vs_rigl": Ratio(RIGL, None, "vs RigL")},
+                      reference=DENSE)))
