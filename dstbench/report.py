@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from dstbench import env as envinfo
-from dstbench import plots, records, significance, tables
+from dstbench import plots, records, registry, significance, tables
 from dstbench.errors import OneLineParser, UserError
 from dstbench.runs import Run, load_run, machine_label
 
@@ -240,6 +240,12 @@ def pareto_points(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     return tables.accuracy_summary(timed).merge(speed, on=significance.KEYS)
 
 
+def accuracy_sections(report: Report, frame: pd.DataFrame) -> None:
+    """The accuracy suite's report: accuracy figures and tables, then the same-model Pareto figures."""
+    accuracy_section(report, frame)
+    pareto_section(report, frame)
+
+
 def pareto_section(report: Report, frame: pd.DataFrame) -> None:
     """Accuracy against same-model speedup per (machine, dataset, model) and timed batch; nothing if none was timed."""
     several = frame["machine"].nunique() > 1
@@ -334,21 +340,16 @@ def build(paths: Sequence[str], out: Path, argv: Sequence[str] = ()) -> Report:
         raise UserError("a run folder is given twice; give each run once")
     runs = [load_run(p) for p in paths]
     labels = _labels(runs)
-    inference = frame_of(runs, "inference", labels)
-    training = frame_of(runs, "training", labels)
-    accuracy = frame_of(runs, "accuracy", labels)
+    frames = {name: frame_of(runs, name, labels) for name in registry.list_suites()}
+    frames = {name: frame for name, frame in frames.items() if not frame.empty}
     prepare_out(out, runs)
     report = Report(out, runs={str(run.path): (run, labels[run.path]) for run in runs})
-    if not inference.empty:
-        inference_section(report, inference)
-    if not training.empty:
-        training_section(report, training)
-    if not accuracy.empty:
-        accuracy_section(report, accuracy)
-        pareto_section(report, accuracy)
+    for name, frame in frames.items():  # each suite writes the section it declares, in registration order
+        section = registry.get_suite(name).report
+        if section is not None:
+            section(report, frame)
     write_index(report, runs, labels, argv)
-    write_provenance(report, argv, pd.concat([f[["run", "segment"]] for f in (inference, training, accuracy)
-                                              if not f.empty], ignore_index=True))
+    write_provenance(report, argv, pd.concat([f[["run", "segment"]] for f in frames.values()], ignore_index=True))
     return report
 
 

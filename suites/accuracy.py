@@ -68,6 +68,7 @@ from dstbench import distributed, records, registry
 from dstbench.distributed import World
 from dstbench.errors import UserError
 from dstbench.methods.base import SparsityMethod
+from dstbench import report as reporting
 from dstbench.methods.options import accepts as method_accepts
 from dstbench.registry import register_suite
 from dstbench.suites import base, data, loop, model_timing, models
@@ -511,4 +512,4 @@ def _run(config: Config, dataset: data.Data, world: World, store: records.RunSto
 
 SUITE = register_suite(NAME)(
     base.Suite(NAME, "train and evaluate each method (top-1, sparsity, FLOPs)", add_arguments, run,
-               required=("method", "sparsity", "seed", "top1")))
+               required=("method", "sparsity", "seed", "top1"), report=reporting.accuracy_sections))

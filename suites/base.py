@@ -6,7 +6,7 @@ import argparse
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -24,6 +24,7 @@ class Suite:
         run: runs it into a RunStore; returns the exit code.
         required: the fields every row of its records carries (``runs.load_run`` checks them).
         compare: how ``dstbench compare`` matches its rows and which speedups it checks; None when it records none.
+        report: writes its section of ``dstbench report`` (``report(Report, rows DataFrame)``); None for none.
     """
 
     name: str
@@ -32,6 +33,7 @@ class Suite:
     run: Callable[[argparse.Namespace], int]
     required: tuple[str, ...] = ()
     compare: SuiteSpec | None = None
+    report: Callable[[Any, Any], None] | None = None
 
 
 def parse_list(text: str, kind: type, what: str) -> list:

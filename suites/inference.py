@@ -49,6 +49,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dstbench import records, registry, stats, threadpools, timing
+from dstbench import report as reporting
 from dstbench.compare import Ratio, SuiteSpec
 from dstbench.errors import UserError
 from dstbench.kernels.layers import InferenceLayer
@@ -528,4 +529,5 @@ SUITE = register_suite(NAME)(base.Suite(
         ratios={"speedup_vs_dense": Ratio(DENSE, "dense_impl", "vs dense"),
                 "speedup_vs_torch_dense": Ratio(DENSE, "torch_dense_impl", "vs torch dense"),
                 "speedup_vs_csr": Ratio(CSR, None, "vs CSR")},
-        reference=DENSE)))
+        reference=DENSE),
+    report=reporting.inference_section))

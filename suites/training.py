@@ -52,6 +52,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dstbench import records, registry, stats, timing
+from dstbench import report as reporting
 from dstbench.compare import Ratio, SuiteSpec
 from dstbench.errors import UserError
 from dstbench.methods.base import SparsityMethod
@@ -418,4 +419,5 @@ SUITE = register_suite(NAME)(base.Suite(
     compare=SuiteSpec(key=("model", "sparsity", "batch", "dtype", "device"), setup=("threads",),
                       ratios={"speedup_vs_dense": Ratio(DENSE, None, "vs dense"),
                               "speedup_vs_rigl": Ratio(RIGL, None, "vs RigL")},
-                      reference=DENSE)))
+                      reference=DENSE),
+    report=reporting.training_section))

@@ -20,10 +20,12 @@ def toy_suite():
     registry.list_suites()
     spec = SuiteSpec(key=("model", "sparsity", "batch", "dtype", "device"), setup=("threads",),
                      ratios={"speedup_vs_rigl": Ratio("rigl", None, "vs the toy baseline")}, reference="dense")
+    reported = []
     suite = Suite("toy", "a suite of a test", lambda parser: None, lambda args: 0,
-                  required=("method", "model", "speedup_vs_rigl", "toy_field"), compare=spec)
+                  required=("method", "model", "speedup_vs_rigl", "toy_field"), compare=spec,
+                  report=lambda report, frame: reported.append((report.section("Toy"), len(frame))))
     _SUITES["toy"] = suite
-    yield suite
+    yield suite, reported
     _SUITES.pop("toy")
 
 
@@ -37,6 +39,14 @@ def toy_rows(seed: int, slower: float = 1.0) -> list[dict]:
                 row[key] /= slower
         rows.append({**row, "toy_field": 1})
     return rows
+
+
+def test_report_writes_the_section_the_suite_declares(toy_suite, tmp_path):
+    _, reported = toy_suite
+    run = syn.write_run(tmp_path / "run", "toy", toy_rows(seed=1))
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert [count for _, count in reported] == [len(toy_rows(seed=1))]
+    assert "## Toy" in (tmp_path / "report" / "index.md").read_text()
 
 
 def test_compare_uses_the_suites_own_declaration(toy_suite, tmp_path, capsys):
