@@ -74,13 +74,18 @@ def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def fmt_speedup(value: float | None, lo: float | None = None, hi: float | None = None) -> str:
-    """'3.10× [2.95, 3.22]', or '3.10×' without an interval, '–' if missing."""
+def _with_interval(value: float | None, lo: float | None, hi: float | None, spec: str, unit: str = "") -> str:
+    """``value`` formatted by ``spec`` with ``unit``, then ' [lo, hi]' when both bounds exist; '–' if missing."""
     if _missing(value):
         return "–"
     if _missing(lo) or _missing(hi):
-        return f"{value:.2f}×"
-    return f"{value:.2f}× [{lo:.2f}, {hi:.2f}]"
+        return f"{value:{spec}}{unit}"
+    return f"{value:{spec}}{unit} [{lo:{spec}}, {hi:{spec}}]"
+
+
+def fmt_speedup(value: float | None, lo: float | None = None, hi: float | None = None) -> str:
+    """'3.10× [2.95, 3.22]', or '3.10×' without an interval, '–' if missing."""
+    return _with_interval(value, lo, hi, ".2f", "×")
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -214,11 +219,7 @@ def accuracy_table(summary: pd.DataFrame) -> Table:
 
 def fmt_difference(value: float | None, lo: float | None = None, hi: float | None = None) -> str:
     """A signed difference in percentage points with its interval, '-1.23 [-2.01, -0.45]'; '–' if missing."""
-    if _missing(value):
-        return "–"
-    if _missing(lo) or _missing(hi):
-        return f"{value:+.2f}"
-    return f"{value:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    return _with_interval(value, lo, hi, "+.2f")
 
 
 def fmt_p(p: float | None) -> str:

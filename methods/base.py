@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from dstbench.errors import UserError, check_sparsity
-from dstbench.methods.options import declared
+from dstbench.methods.options import check
 
 LayerFilter = Callable[[str, nn.Module], bool]
 DISTRIBUTIONS = ("erk", "uniform")
@@ -103,8 +103,7 @@ class SparsityMethod(ABC):
         **unknown: Any,
     ) -> None:
         if unknown:
-            raise UserError(f"method {self.name!r} has no option(s) {', '.join(sorted(unknown))}; its options are "
-                            f"{', '.join(sorted(declared(type(self))))}")
+            check(self.name, type(self), unknown)
         self.sparsity = check_sparsity(sparsity)
         self.impl = impl
         self.distribution = self.default_distribution if distribution is None else distribution

@@ -43,6 +43,13 @@ from dstbench.kernels.formats import DiagonalWeight
 SELECTIONS = ("all", "topk")
 
 
+def check_selection(selection: str) -> str:
+    """``selection`` if it is one of SELECTIONS; UserError otherwise."""
+    if selection not in SELECTIONS:
+        raise UserError(f"dynadiag: selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    return selection
+
+
 _SCRATCH = threading.local()
 
 
@@ -131,8 +138,7 @@ class DiagonalTrainLinear(nn.Module):
                  bias: bool = True, impl: str = "auto", generator: torch.Generator | None = None,
                  device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if selection not in SELECTIONS:
-            raise UserError(f"dynadiag: selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+        check_selection(selection)
         self.out_features, self.in_features = out_features, in_features
         p, d = max(out_features, in_features), min(out_features, in_features)
         if not 1 <= k <= p:

@@ -41,7 +41,7 @@ from dstbench.errors import UserError
 from dstbench.kernels.formats import DiagonalWeight, num_diagonals
 from dstbench.kernels.layers import DiagonalLinear
 from dstbench.methods.base import SparsityMethod, inference_copy, replace_module, unwrap
-from dstbench.methods.diagonal_layer import SELECTIONS, DiagonalTrainLinear
+from dstbench.methods.diagonal_layer import DiagonalTrainLinear, check_selection
 from dstbench.methods.distributions import layer_densities
 from dstbench.methods.masking import broadcast_, distributed_ready, reset_optimizer_state
 from dstbench.methods.schedules import cosine_temperature
@@ -76,8 +76,7 @@ class DynaDiag(SparsityMethod):
             raise UserError(f"temperatures must satisfy 0 < t_min <= t_max, got t_min={t_min}, t_max={t_max}")
         if freeze_at is not None and not 0.0 <= float(freeze_at) <= 1.0:
             raise UserError(f"freeze_at must be a fraction of training in [0, 1] or None, got {freeze_at!r}")
-        if selection not in SELECTIONS:
-            raise UserError(f"dynadiag: selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+        check_selection(selection)
         if reset_reentering and selection != "topk":
             raise UserError("dynadiag: reset_reentering applies to selection=topk only (with selection=all every "
                             "diagonal keeps training); drop it or add selection=topk")

@@ -39,6 +39,12 @@ def accepts(cls: type, option: str) -> bool:
     return option in declared(cls)
 
 
+def accepted(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``options`` the method class declares (suite-wide options reach the methods that have them)."""
+    known = declared(cls)
+    return {key: value for key, value in options.items() if key in known}
+
+
 def _fits(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if hint is Any:

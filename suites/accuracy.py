@@ -69,7 +69,7 @@ from dstbench.distributed import World
 from dstbench.errors import UserError
 from dstbench.methods.base import SparsityMethod
 from dstbench import report as reporting
-from dstbench.methods.options import accepts as method_accepts
+from dstbench.methods.options import accepted, accepts
 from dstbench.registry import register_suite
 from dstbench.suites import base, data, loop, model_timing, models
 from dstbench.suites.method_specs import MethodSpec, parse_methods, parse_options
@@ -170,9 +170,8 @@ class Config:
         """
         common, scoped = parse_options(self.options)
         cls = registry.method_class(spec.method)
-        common = {key: value for key, value in common.items() if method_accepts(cls, key)}
-        options: dict[str, Any] = {"delta_t": self.delta_t} if method_accepts(cls, "delta_t") else {}
-        options.update(method_options(self.model, spec.method))
+        common = accepted(cls, common)
+        options = {**accepted(cls, {"delta_t": self.delta_t}), **method_options(self.model, spec.method)}
         if self.distribution is not None:
             options["distribution"] = self.distribution
         return {**options, **common, **scoped.get(spec.method, {}), **spec.options}
@@ -264,7 +263,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     specs = parse_methods(args.methods)
     common, _ = parse_options(args.option)
     for key in common:
-        if not any(method_accepts(registry.method_class(spec.method), key) for spec in specs):
+        if not any(accepts(registry.method_class(spec.method), key) for spec in specs):
             raise UserError(f"--option {key}: none of the methods {', '.join(s.label for s in specs)} has that option; "
                             "check its name (options are listed with dstbench list)")
     sparsities = base.sparsities(args.sparsity or (QUICK["sparsity"] if args.quick else SPARSITY))

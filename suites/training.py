@@ -56,7 +56,7 @@ from dstbench import report as reporting
 from dstbench.compare import Ratio, SuiteSpec
 from dstbench.errors import UserError
 from dstbench.methods.base import SparsityMethod
-from dstbench.methods.options import accepts
+from dstbench.methods.options import accepted
 from dstbench.registry import register_suite
 from dstbench.suites import base, loop, models
 from dstbench.suites.method_specs import parse_methods, with_baselines
@@ -277,7 +277,7 @@ def measure_group(group: Group, config: Config, methods: list[str],
     y = torch.randint(0, CLASSES, (group.batch,), generator=gen).to(device)
     trainees: dict[tuple[str, str], Trainee] = {}
     for spec in parse_methods(",".join(methods)):
-        schedule = {"delta_t": group.delta_t} if accepts(registry.method_class(spec.method), "delta_t") else {}
+        schedule = accepted(registry.method_class(spec.method), {"delta_t": group.delta_t})
         for phase in phases:
             torch.manual_seed(config.seed)
             model = MODELS[group.model]().to(device)

@@ -10,7 +10,7 @@ from torch import nn
 
 from dstbench.errors import UserError
 from dstbench.methods.distributions import erk_densities, kept_weights, layer_densities
-from dstbench.methods.options import accepts, declared
+from dstbench.methods.options import accepted, accepts, declared
 from dstbench.methods.schedules import UpdateSchedule, cosine_temperature
 from dstbench.methods.selection import select_layers
 from dstbench.kernels.layers import InferenceLayer
@@ -161,7 +161,7 @@ def test_dense_to_inference_and_training_options_accepted():
 
 @pytest.mark.parametrize("name", ALL)
 def test_every_method_learns_digits(name):
-    schedule = {"delta_t": 10} if accepts(method_class(name), "delta_t") else {}
+    schedule = accepted(method_class(name), {"delta_t": 10})
     model, method, opt = setup(name, sparsity=0.8, total_steps=150, **schedule)
     train(model, method, opt, 150)
     assert accuracy(model) > 0.85
@@ -179,7 +179,7 @@ def test_every_method_honours_the_interface(name):
     layer = make_method(name, sparsity=0.75).sparsify_linear(linear)
     assert isinstance(layer, InferenceLayer) and (layer.in_features, layer.out_features) == (24, 40)
     assert layer(torch.randn(3, 24)).shape == (3, 40) and 0 < layer.nnz <= 24 * 40
-    schedule = {"delta_t": 5} if accepts(cls, "delta_t") else {}
+    schedule = accepted(cls, {"delta_t": 5})
     model, method, opt = setup(name, sparsity=0.8, total_steps=20, **schedule)
     train(model, method, opt, 12)
     fresh = make_method(name, sparsity=0.8, total_steps=20, seed=5, **schedule)

@@ -13,14 +13,14 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from dstbench.methods.options import accepts
+from dstbench.methods.options import accepted
 from dstbench.registry import list_methods, method_class
 
 
 def options_for(name: str) -> dict:
     """A 16-step run with topology updates every 3 steps (or a freeze at step 8) where the method has them."""
     cls = method_class(name)
-    extra = {key: value for key, value in (("delta_t", 3), ("freeze_at", 0.5)) if accepts(cls, key)}
+    extra = accepted(cls, {"delta_t": 3, "freeze_at": 0.5})
     return dict(sparsity=0.9, total_steps=16, **extra)
 
 
