@@ -1,10 +1,11 @@
 """``dstbench baseline update | check``: the committed CPU baseline of the speedup regression check.
 
-``update`` runs the inference suite in-process (``--quick`` unless other
-suite options are given) into a fresh folder and puts it in place of the
-baseline folder (``results/baselines/cpu-quick``), with a ``baseline.json``
-that records the suite options. ``check`` reruns the suite with those same
-options into a new run folder and compares it with the baseline
+``update`` runs a suite that records speedups (``--suite``, default the
+inference suite) in-process, ``--quick`` unless other suite options are
+given, into a fresh folder and puts it in place of the baseline folder
+(``results/baselines/cpu-quick``), with a ``baseline.json`` that records the
+suite and its options. ``check`` reruns that suite with those same options
+into a new run folder and compares it with the baseline
 (``dstbench compare``): exit 1 on a regression, 0 otherwise. When this
 machine's class (CPU model) differs from the baseline's, ``check`` runs
 nothing, says so, and exits 0: speedups from another CPU say nothing about
@@ -26,57 +27,67 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dstbench import env as envinfo
-from dstbench import records
+from dstbench import records, registry
 from dstbench.compare import FORMATS, Result, add_options, check_options, compare_with_options
 from dstbench.errors import OneLineParser, UserError
 from dstbench.runs import Run, load_run, machine_class
 
-SUITE = "inference"
+DEFAULT_SUITE = "inference"
 DEFAULT_DIR = Path("results/baselines/cpu-quick")
 DEFAULT_SUITE_ARGS = ("--quick",)
 INFO_FILE = "baseline.json"
 
 
-def run_suite(suite_args: Sequence[str], out: Path) -> None:
-    """Run the inference suite in this process into ``out``, its stdout sent to stderr."""
+def run_suite(suite: str, suite_args: Sequence[str], out: Path) -> None:
+    """Run ``suite`` in this process into ``out``, its stdout sent to stderr."""
     from dstbench.cli import cmd_run  # noqa: PLC0415  (cli routes to this module)
 
     with contextlib.redirect_stdout(sys.stderr):
-        code = cmd_run(["--suite", SUITE, *suite_args, "--out", str(out)])
+        code = cmd_run(["--suite", suite, *suite_args, "--out", str(out)])
     if code != 0:
-        raise UserError(f"the {SUITE} suite failed (exit {code}); see the messages above")
+        raise UserError(f"the {suite} suite failed (exit {code}); see the messages above")
+
+
+def check_suite(suite: str) -> str:
+    """``suite`` if it records speedups that compare can check; UserError otherwise."""
+    if suite not in registry.list_suites():
+        raise UserError(f"unknown suite {suite!r}; choose one of: {', '.join(registry.list_suites())}")
+    if registry.get_suite(suite).compare is None:
+        tracked = [name for name in registry.list_suites() if registry.get_suite(name).compare is not None]
+        raise UserError(f"a baseline tracks speedups and the {suite} suite records none; use --suite "
+                        f"{' or '.join(tracked)}")
+    return suite
 
 
 def _check_suite_args(suite_args: Sequence[str]) -> list[str]:
     if any(arg == "--out" or arg.startswith("--out=") for arg in suite_args):
         raise UserError(f"the suite options {' '.join(suite_args)} hold --out; the baseline command chooses the run folder")
-    if any(arg == "--suite" or arg.startswith("--suite=") for arg in suite_args):
-        raise UserError(f"the baseline is always an {SUITE} run; leave out --suite")
     return list(suite_args) or list(DEFAULT_SUITE_ARGS)
 
 
-def _check_target(out: Path) -> None:
-    """UserError unless ``out`` is absent, empty, or an earlier baseline (an inference run folder)."""
+def _check_target(out: Path, suite: str) -> None:
+    """UserError unless ``out`` is absent, empty, or an earlier baseline (a run folder of ``suite``)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / records.RUN_FILE).exists():
         raise UserError(f"--out {out} holds files that are not a dstbench baseline; choose an empty or new folder")
     if (out / records.RUN_FILE).exists():
-        records.check_folder(out, SUITE)
+        records.check_folder(out, suite)
 
 
-def update(out: Path, suite_args: Sequence[str]) -> Run:
-    """Regenerate the baseline at ``out``: run the suite into a sibling folder, then swap it in."""
+def update(out: Path, suite_args: Sequence[str], suite: str = DEFAULT_SUITE) -> Run:
+    """Regenerate the baseline at ``out``: run ``suite`` into a sibling folder, then swap it in."""
     out = Path(out)
+    suite = check_suite(suite)
     suite_args = _check_suite_args(suite_args)
-    _check_target(out)
+    _check_target(out, suite)
     out.parent.mkdir(parents=True, exist_ok=True)
     fresh = out.with_name(f".{out.name}.new-{os.getpid()}")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     shutil.rmtree(fresh, ignore_errors=True)
     try:
-        run_suite(suite_args, fresh)
-        info = {"suite": SUITE, "suite_args": suite_args}
+        run_suite(suite, suite_args, fresh)
+        info = {"suite": suite, "suite_args": suite_args}
         records.atomic_write_text(fresh / INFO_FILE, json.dumps(info, indent=2) + "\n")
         if out.exists():
             os.replace(out, old)
@@ -100,8 +111,9 @@ def read_info(baseline: Path) -> dict[str, Any]:
         info = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is corrupt ({exc.msg}); regenerate it with 'dstbench baseline update'") from None
-    if not isinstance(info, dict) or not isinstance(info.get("suite_args"), list):
-        raise UserError(f"{path} has no 'suite_args' list; regenerate it with 'dstbench baseline update'")
+    if not isinstance(info, dict) or not isinstance(info.get("suite_args"), list) or not isinstance(info.get("suite"), str):
+        raise UserError(f"{path} lacks its 'suite' or its 'suite_args' list; regenerate it with 'dstbench baseline update'")
+    check_suite(info["suite"])
     return info
 
 
@@ -123,17 +135,19 @@ def check(args: argparse.Namespace) -> int:
                 "class (dstbench baseline update) or pass --allow-machine-mismatch")
         print(json.dumps({"skipped": True, "note": note}) if args.format == "json" else f"dstbench baseline check: {note}")
         return 0
-    out = Path(args.out or records.default_out(f"{SUITE}-check"))
+    suite = info["suite"]
+    out = Path(args.out or records.default_out(f"{suite}-check"))
     suite_args = _check_suite_args(info["suite_args"])
-    run_suite(suite_args, out)
+    run_suite(suite, suite_args, out)
     result = compare_with_options(base, load_run(out), args)
     if result.exit_code:
-        result = confirm(base, result, suite_args, out.with_name(out.name + "-confirm"), args)
+        result = confirm(base, result, suite, suite_args, out.with_name(out.name + "-confirm"), args)
     print(FORMATS[args.format](result), end="")
     return result.exit_code
 
 
-def confirm(base: Run, first: Result, suite_args: Sequence[str], out: Path, args: argparse.Namespace) -> Result:
+def confirm(base: Run, first: Result, suite: str, suite_args: Sequence[str], out: Path,
+            args: argparse.Namespace) -> Result:
     """Measure again into ``out``; a case stays regressed only if it regressed in both runs.
 
     One run's rounds share whatever that run drew (buffer alignment, thread
@@ -143,7 +157,7 @@ def confirm(base: Run, first: Result, suite_args: Sequence[str], out: Path, args
     """
     flagged = {(c.case, c.method, c.metric) for c in first.comparisons if c.status == "regressed"}
     print(f"dstbench baseline check: {len(flagged)} case(s) regressed; measuring again to confirm", file=sys.stderr)
-    run_suite(suite_args, out)
+    run_suite(suite, suite_args, out)
     second = compare_with_options(base, load_run(out), args)
     for comp in second.comparisons:
         key = (comp.case, comp.method, comp.metric)
@@ -160,21 +174,24 @@ def main(argv: Sequence[str]) -> int:
     parser = OneLineParser(prog="dstbench baseline",
                                      description="The committed speedup baseline that CI compares against.")
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("update", help="rerun the quick inference suite and replace the baseline with it",
-                        description="Run the inference suite (default --quick; other suite options are passed on) "
-                                    "and replace the baseline folder with the new run.")
+    up = sub.add_parser("update", help="rerun a suite (default: the quick inference suite) and replace the baseline "
+                                       "with it",
+                        description="Run a suite that records speedups (default --quick; other suite options are "
+                                    "passed on) and replace the baseline folder with the new run.")
     up.add_argument("--out", type=Path, default=DEFAULT_DIR, help=f"the baseline folder (default {DEFAULT_DIR})")
+    up.add_argument("--suite", default=DEFAULT_SUITE,
+                    help=f"the suite whose speedups the baseline tracks (default {DEFAULT_SUITE})")
     chk = sub.add_parser("check", help="rerun the baseline's suite options and compare with it (CI)",
-                         description="Run the inference suite with the baseline's options and compare the speedups; "
+                         description="Run the baseline's suite with its options and compare the speedups; "
                                      "exit 1 on a regression.")
     chk.add_argument("--baseline", type=Path, default=DEFAULT_DIR, help=f"the baseline folder (default {DEFAULT_DIR})")
-    chk.add_argument("--out", type=Path, help="run folder of the new run (default results/inference-check-<timestamp>)")
+    chk.add_argument("--out", type=Path, help="run folder of the new run (default results/SUITE-check-<timestamp>)")
     add_options(chk)
     args, rest = parser.parse_known_args(argv)
     if args.command == "check":
         if rest:
             raise UserError(f"dstbench baseline check takes no suite options (it reuses the baseline's): {' '.join(rest)}")
         return check(args)
-    run = update(args.out, rest)
+    run = update(args.out, rest, args.suite)
     print(f"baseline {args.out} updated: {len(run.rows)} rows measured on {machine_class(run)!r}")
     return 0

@@ -173,22 +173,23 @@ def _sparsity_ticks(ax, sparsities: Sequence[float], label: bool = True) -> None
 
 
 @_styled
-def speedup_figure(frame: pd.DataFrame, title: str) -> Figure:
-    """Speedup over dense against sparsity, one panel per batch, with 95% intervals and the y = 1 dense line.
+def speedup_figure(frame: pd.DataFrame, title: str, baseline: str) -> Figure:
+    """Speedup over dense against sparsity, one panel per batch, with 95% intervals and the y = 1 baseline line.
 
     Args:
         frame: inference rows of one machine and one case (columns method, sparsity, batch,
             speedup_vs_dense, speedup_vs_dense_lo, speedup_vs_dense_hi).
         title: the figure title (case, shape, machine).
+        baseline: the method the speedups are relative to (the suite's first reference), drawn as the line.
     """
-    sparse = frame[frame["method"] != "dense"]
+    sparse = frame[frame["method"] != baseline]
     batches = sorted(frame["batch"].unique())
     sparsities = sorted(frame["sparsity"].unique())
     methods = ordered_methods(sparse["method"])
     fig = _figure(2.3 if len(batches) > 1 else 2.4)
     axes = fig.subplots(1, len(batches), sharey=True, squeeze=False)[0]
     for ax, batch in zip(axes, batches):
-        ax.axhline(1.0, color=style("dense").color, ls="--", lw=0.8, label="Dense (1×)")
+        ax.axhline(1.0, color=style(baseline).color, ls="--", lw=0.8, label=f"{style(baseline).label} (1×)")
         for i, method in enumerate(methods):
             rows = sparse[(sparse["batch"] == batch) & (sparse["method"] == method)].sort_values("sparsity")
             if rows.empty:
@@ -214,18 +215,19 @@ def _time_unit(seconds: Sequence[float]) -> tuple[float, str]:
 
 
 @_styled
-def latency_figure(frame: pd.DataFrame, title: str) -> Figure:
+def latency_figure(frame: pd.DataFrame, title: str, baseline: str) -> Figure:
     """Box plots of the per-round latencies (``samples_s``) of every method at each sparsity.
 
     Args:
         frame: inference rows of one machine, case and batch (columns method, sparsity, samples_s).
         title: the figure title.
+        baseline: the suite's baseline method; where several of its implementations were timed, each is a series.
     """
     sparsities = sorted(frame["sparsity"].unique())
-    series = _latency_series(frame)
+    series = _latency_series(frame, baseline)
     methods = ordered_methods(series)
     hatches = {label: _DENSE_HATCHES[i % len(_DENSE_HATCHES)]
-               for i, label in enumerate(m for m in methods if m.startswith("dense:"))}
+               for i, label in enumerate(m for m in methods if m.startswith(f"{baseline}:"))}
     scale, unit = _time_unit([t for samples in frame["samples_s"] for t in samples])
     fig = _figure(2.2)
     ax = fig.subplots()
@@ -257,40 +259,44 @@ def latency_figure(frame: pd.DataFrame, title: str) -> Figure:
 _DENSE_HATCHES = ("", "////", "....", "xxxx")
 
 
-def _latency_series(frame: pd.DataFrame) -> pd.Series:
-    """The box series of each row: its method, or ``dense:<impl>`` where several dense libraries were timed."""
-    dense = frame["method"] == "dense"
-    if "impl" not in frame or frame.loc[dense, "impl"].nunique() < 2:
+def _latency_series(frame: pd.DataFrame, baseline: str) -> pd.Series:
+    """The box series of each row: its method, or ``<baseline>:<impl>`` where several implementations of the
+    baseline (dense libraries) were timed."""
+    base = frame["method"] == baseline
+    if "impl" not in frame or frame.loc[base, "impl"].nunique() < 2:
         return frame["method"]
-    return frame["method"].where(~dense, "dense:" + frame["impl"].astype(str))
+    return frame["method"].where(~base, f"{baseline}:" + frame["impl"].astype(str))
 
 
 def _series_style(label: str) -> MethodStyle:
-    """A method's style; a dense library's series keeps dense's colour and names the library."""
-    if label.startswith("dense:"):
-        dense = style("dense")
-        return MethodStyle(dense.color, dense.marker, f"{dense.label} ({label.partition(':')[2]})")
+    """A method's style; a series ``method:impl`` keeps the method's colour and names the implementation."""
+    method, _, impl = label.partition(":")
+    if impl:
+        own = style(method)
+        return MethodStyle(own.color, own.marker, f"{own.label} ({impl})")
     return style(label)
 
 
 @_styled
-def accuracy_figure(summary: pd.DataFrame, title: str) -> Figure:
-    """Top-1 accuracy (mean ± sd over seeds) against sparsity, with the dense mean ± sd as a band.
+def accuracy_figure(summary: pd.DataFrame, title: str, baseline: str) -> Figure:
+    """Top-1 accuracy (mean ± sd over seeds) against sparsity, with the baseline's (dense) mean ± sd as a band.
 
     Args:
         summary: ``tables.accuracy_summary`` rows of one dataset and model (top1_mean, top1_sd in %).
         title: the figure title.
+        baseline: the method drawn as the band (the suite's first reference).
     """
-    dense = summary[summary["method"] == "dense"]
-    sparse = summary[summary["method"] != "dense"]
+    dense = summary[summary["method"] == baseline]
+    sparse = summary[summary["method"] != baseline]
     sparsities = sorted(sparse["sparsity"].unique())
     methods = ordered_methods(sparse["method"])
     fig = _figure(2.4)
     ax = fig.subplots()
     if not dense.empty:
         mean, sd = dense["top1_mean"].mean(), dense["top1_sd"].max()
-        ax.axhspan(mean - sd, mean + sd, color=style("dense").color, alpha=0.12, lw=0)
-        ax.axhline(mean, color=style("dense").color, ls="--", lw=0.8, label=f"Dense ({mean:.1f}%)")
+        st = style(baseline)
+        ax.axhspan(mean - sd, mean + sd, color=st.color, alpha=0.12, lw=0)
+        ax.axhline(mean, color=st.color, ls="--", lw=0.8, label=f"{st.label} ({mean:.1f}%)")
     for i, method in enumerate(methods):
         rows = sparse[sparse["method"] == method].sort_values("sparsity")
         st = style(method)
@@ -316,7 +322,7 @@ def pareto_front(speedup: Sequence[float], accuracy: Sequence[float]) -> list[in
 
 
 @_styled
-def pareto_figure(points: pd.DataFrame, title: str, xlabel: str) -> Figure:
+def pareto_figure(points: pd.DataFrame, title: str, xlabel: str, baseline: str) -> Figure:
     """Accuracy against speedup over dense, one point per (method, sparsity), with the Pareto front.
 
     Args:
@@ -324,6 +330,7 @@ def pareto_figure(points: pd.DataFrame, title: str, xlabel: str) -> Figure:
             speedup_hi, top1_mean, top1_sd (%); dense's own timing puts it near speedup 1.
         title: the figure title.
         xlabel: names the timed model and batch, e.g. 'speedup over dense of the same mlp, batch 1'.
+        baseline: the method whose points carry no sparsity label (dense).
     """
     fig = _figure(2.6)
     ax = fig.subplots()
@@ -336,7 +343,7 @@ def pareto_figure(points: pd.DataFrame, title: str, xlabel: str) -> Figure:
         ax.errorbar(rows["speedup"], rows["top1_mean"], xerr=_interval(rows, "speedup", "speedup_lo", "speedup_hi"),
                     yerr=rows["top1_sd"], color=st.color, marker=st.marker, ls="none", label=st.label,
                     elinewidth=0.6, zorder=3)
-        if method == "dense":
+        if method == baseline:
             continue
         for _, row in rows.iterrows():
             ax.annotate(f"{row['sparsity'] * 100:g}", (row["speedup"], row["top1_mean"]), xytext=(3, 3),
@@ -351,7 +358,7 @@ def pareto_figure(points: pd.DataFrame, title: str, xlabel: str) -> Figure:
 
 
 @_styled
-def training_figure(frame: pd.DataFrame, title: str) -> Figure:
+def training_figure(frame: pd.DataFrame, title: str, baseline: str) -> Figure:
     """Training throughput (samples/s) of the sparse methods at each sparsity, the dense throughput as a line.
 
     Error bars span the interquartile range of the per-step throughput (batch / step time).
@@ -359,16 +366,17 @@ def training_figure(frame: pd.DataFrame, title: str) -> Figure:
     Args:
         frame: training rows of one machine, model and batch (method, sparsity, batch, samples_per_s, samples_s).
         title: the figure title.
+        baseline: the method drawn as the level line (the suite's first reference).
     """
-    dense = frame[frame["method"] == "dense"]
-    sparse = frame[frame["method"] != "dense"]
+    dense = frame[frame["method"] == baseline]
+    sparse = frame[frame["method"] != baseline]
     sparsities = sorted(sparse["sparsity"].unique())
     methods = ordered_methods(sparse["method"])
     fig = _figure(2.3)
     ax = fig.subplots()
     if not dense.empty:
         level = float(dense["samples_per_s"].median())
-        ax.axhline(level, color=style("dense").color, ls="--", lw=0.8, label=f"Dense ({level:.3g}/s)")
+        ax.axhline(level, color=style(baseline).color, ls="--", lw=0.8, label=f"{style(baseline).label} ({level:.3g}/s)")
     width = 0.8 / max(len(methods), 1)
     for i, method in enumerate(methods):
         st = style(method)

@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 
@@ -40,6 +40,9 @@ from dstbench import env as envinfo
 from dstbench import plots, records, registry, significance, tables
 from dstbench.errors import OneLineParser, UserError
 from dstbench.runs import Run, load_run, machine_label
+
+if TYPE_CHECKING:
+    from dstbench.suites.base import Reference
 
 INDEX = "index.md"
 PROVENANCE = "provenance.json"
@@ -148,8 +151,9 @@ def _with_machine(title: str, machine: str, several: bool) -> str:
     return f"{title}, {machine}" if several else title
 
 
-def inference_section(report: Report, frame: pd.DataFrame) -> None:
+def inference_section(report: Report, frame: pd.DataFrame, references: Sequence[Reference]) -> None:
     """Speedup and latency figures per machine and case, the speedup pivot and the full table."""
+    baseline = references[0].method
     section = report.section("Inference latency and speedup")
     several = frame["machine"].nunique() > 1
     section.blocks.append(
@@ -161,17 +165,17 @@ def inference_section(report: Report, frame: pd.DataFrame) -> None:
         section.blocks.append(f"### {machine}")
         for case, case_rows in rows.groupby("case", sort=False):
             title = _with_machine(_case_title(case_rows, case), machine, several)
-            report.figure(section, plots.speedup_figure(case_rows, title), f"speedup-{prefix}{slug(case)}",
+            report.figure(section, plots.speedup_figure(case_rows, title, baseline), f"speedup-{prefix}{slug(case)}",
                           f"Speedup over dense, {title}", case_rows)
             for batch, batch_rows in case_rows.groupby("batch", sort=True):
-                report.figure(section, plots.latency_figure(batch_rows, f"{title}, batch {batch}"),
+                report.figure(section, plots.latency_figure(batch_rows, f"{title}, batch {batch}", baseline),
                               f"latency-{prefix}{slug(case)}-b{batch}", f"Latency per call, {title}, batch {batch}",
                               batch_rows)
-    report.table(section, tables.speedup_pivot(frame, several), "inference-speedup", frame)
+    report.table(section, tables.speedup_pivot(frame, several, baseline), "inference-speedup", frame)
     report.table(section, tables.inference_table(frame, several), "inference", frame, inline=False)
 
 
-def training_section(report: Report, frame: pd.DataFrame) -> None:
+def training_section(report: Report, frame: pd.DataFrame, references: Sequence[Reference]) -> None:
     """Throughput figures per machine, model and batch, and the training table."""
     section = report.section("Training throughput")
     several = frame["machine"].nunique() > 1
@@ -181,24 +185,24 @@ def training_section(report: Report, frame: pd.DataFrame) -> None:
     for (machine, model, batch), rows in frame.groupby(["machine", "model", "batch"], sort=False):
         prefix = f"{slug(machine)}-" if several else ""
         title = _with_machine(f"{model}, batch {batch}", machine, several)
-        report.figure(section, plots.training_figure(rows, title), f"training-{prefix}{slug(str(model))}-b{batch}",
+        report.figure(section, plots.training_figure(rows, title, references[0].method), f"training-{prefix}{slug(str(model))}-b{batch}",
                       f"Training throughput, {title}", rows)
     report.table(section, tables.training_table(frame, several), "training", frame)
 
 
-def accuracy_section(report: Report, frame: pd.DataFrame) -> None:
+def accuracy_section(report: Report, frame: pd.DataFrame, references: Sequence[Reference]) -> None:
     """Accuracy against sparsity per dataset and model; the accuracy, significance and same-model speed tables."""
     section = report.section("Accuracy")
     section.blocks.append("Top-1 accuracy, mean ± sample standard deviation over seeds; the grey band is dense "
                           "(mean ± sd).")
     for (dataset, model), rows in frame.groupby(["dataset", "model"], sort=False):
         title = f"{dataset}, {model}"
-        report.figure(section, plots.accuracy_figure(tables.accuracy_summary(rows), title),
+        report.figure(section, plots.accuracy_figure(tables.accuracy_summary(rows), title, references[0].method),
                       f"accuracy-{slug(str(dataset))}-{slug(str(model))}", f"Top-1 accuracy against sparsity, {title}",
                       rows)
     summary = tables.accuracy_summary(frame)
     report.table(section, tables.accuracy_table(summary), "accuracy", frame)
-    report.table(section, tables.significance_table(summary, significance.differences(frame)), "accuracy-significance",
+    report.table(section, tables.significance_table(summary, significance.differences(frame, references), references), "accuracy-significance",
                  frame)
     timed = _timed(frame)
     if not timed.empty:
@@ -221,13 +225,14 @@ def pareto_points(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     not timed at ``label`` are left out.
 
     Raises:
-        ValueError: ``frame`` holds rows of another suite (say, inference rows of other layers) or of more than
+        ValueError: ``frame`` holds rows without a top-1 (say, inference rows of other layers) or of more than
             one (machine, dataset, model): a point may only pair a model's accuracy with that model's speed.
     """
-    suites = set(frame["suite"])
-    if suites != {"accuracy"}:
+    untrained = frame[frame["top1"].isna()] if "top1" in frame else frame
+    if not untrained.empty:
         raise ValueError(f"a Pareto point pairs a trained model's accuracy with that model's own timing; got "
-                         f"{', '.join(sorted(map(str, suites)))} rows where only accuracy rows can give both")
+                         f"{len(untrained)} {', '.join(sorted(map(str, set(untrained['suite']))))} rows without a top-1, "
+                         "where only rows that record both can give both")
     keys = [key for key in ("machine", "dataset", "model") if key in frame]
     models = frame[keys].drop_duplicates()
     if len(models) > 1:
@@ -240,13 +245,13 @@ def pareto_points(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     return tables.accuracy_summary(timed).merge(speed, on=significance.KEYS)
 
 
-def accuracy_sections(report: Report, frame: pd.DataFrame) -> None:
+def accuracy_sections(report: Report, frame: pd.DataFrame, references: Sequence[Reference]) -> None:
     """The accuracy suite's report: accuracy figures and tables, then the same-model Pareto figures."""
-    accuracy_section(report, frame)
-    pareto_section(report, frame)
+    accuracy_section(report, frame, references)
+    pareto_section(report, frame, references)
 
 
-def pareto_section(report: Report, frame: pd.DataFrame) -> None:
+def pareto_section(report: Report, frame: pd.DataFrame, references: Sequence[Reference]) -> None:
     """Accuracy against same-model speedup per (machine, dataset, model) and timed batch; nothing if none was timed."""
     several = frame["machine"].nunique() > 1
     figures = []
@@ -258,7 +263,8 @@ def pareto_section(report: Report, frame: pd.DataFrame) -> None:
             batch = int(points["batch"].iloc[0])
             title = _with_machine(f"{dataset}, {model}", machine, several)
             stem = f"pareto-{f'{slug(machine)}-' if several else ''}{slug(str(dataset))}-{slug(str(model))}-b{batch}"
-            fig = plots.pareto_figure(points, title, f"speedup over dense of the same {model}, batch {batch}")
+            fig = plots.pareto_figure(points, title, f"speedup over dense of the same {model}, batch {batch}",
+                                      references[0].method)
             figures.append((fig, stem, f"Top-1 accuracy against inference speedup, {title}, batch {batch}",
                             _timed(rows, label)))
     if not figures:
@@ -345,9 +351,9 @@ def build(paths: Sequence[str], out: Path, argv: Sequence[str] = ()) -> Report:
     prepare_out(out, runs)
     report = Report(out, runs={str(run.path): (run, labels[run.path]) for run in runs})
     for name, frame in frames.items():  # each suite writes the section it declares, in registration order
-        section = registry.get_suite(name).report
-        if section is not None:
-            section(report, frame)
+        suite = registry.get_suite(name)
+        if suite.report is not None:
+            suite.report(report, frame, suite.references)
     write_index(report, runs, labels, argv)
     write_provenance(report, argv, pd.concat([f[["run", "segment"]] for f in frames.values()], ignore_index=True))
     return report

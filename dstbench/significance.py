@@ -1,7 +1,9 @@
 """Is a method's accuracy different from a baseline's? Paired over seeds (t-interval) and per test sample (McNemar).
 
-Each method at each sparsity is compared with dense (recorded at sparsity
-0) and with RigL at the same sparsity, on the seeds both were trained with:
+Each method at each sparsity is compared with each of the suite's
+references (``suites.base.Reference``; the accuracy suite declares dense,
+recorded at sparsity 0, and RigL at the same sparsity), on the seeds both
+were trained with:
 
 * the mean over seeds of the paired difference in top-1 (method minus
   baseline at the same seed, percentage points) with its 95% Student-t
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +28,9 @@ import pandas as pd
 from dstbench import stats
 from dstbench.errors import UserError
 
-BASELINES = ("dense", "rigl")
+if TYPE_CHECKING:
+    from dstbench.suites.base import Reference
+
 ALPHA = 0.05
 KEYS = ["dataset", "model", "method", "sparsity"]
 
@@ -88,16 +92,17 @@ def _compare(rows: pd.DataFrame, base: pd.DataFrame, baseline: str) -> dict[str,
             "exact": test.exact if test else None}
 
 
-def differences(frame: pd.DataFrame) -> pd.DataFrame:
-    """Every method and sparsity against dense and against RigL at the same sparsity, per dataset and model.
+def differences(frame: pd.DataFrame, references: Sequence[Reference]) -> pd.DataFrame:
+    """Every method and sparsity against each reference, per dataset and model.
 
     Args:
         frame: accuracy rows (dataset, model, method, sparsity, seed, top1, case_id) with the ``run`` folder each
             came from and, where recorded, ``predictions`` and ``labels``. A (method, sparsity, seed) recorded
             twice counts once (the last).
+        references: the methods to compare with, each at the other's sparsity or at its own recorded one.
     Returns:
-        One row per (dataset, model, method, sparsity, baseline): ``seeds`` paired, ``diff`` (mean over seeds of
-        method minus baseline top-1, percentage points) with its 95% t-interval ``diff_lo``/``diff_hi`` (NaN for a
+        One row per (dataset, model, method, sparsity, baseline), ``baseline`` naming the reference's method:
+        ``seeds`` paired, ``diff`` (mean over seeds of method minus baseline top-1, percentage points) with its 95% t-interval ``diff_lo``/``diff_hi`` (NaN for a
         single seed), McNemar's discordant counts ``b`` (method right, baseline wrong) and ``c``, its p-value ``p``
         (NaN without predictions) and whether it was ``exact``. A method is not compared with itself.
     """
@@ -106,9 +111,12 @@ def differences(frame: pd.DataFrame) -> pd.DataFrame:
     for (dataset, model), rows in frame.groupby(["dataset", "model"], sort=False):
         groups = {(m, round(s, 6)): g.set_index("seed") for (m, s), g in rows.groupby(["method", "sparsity"], sort=False)}
         for (method, sparsity), own in groups.items():
-            for baseline in BASELINES:
-                base = groups.get((baseline, 0.0 if baseline == "dense" else sparsity))
-                result = None if method == baseline or base is None else _compare(own, base, baseline)
+            for ref in references:
+                if method == ref.method:
+                    continue
+                bases = [g for (m, level), g in groups.items()
+                         if m == ref.method and (level == sparsity or not ref.same_sparsity)]
+                result = _compare(own, bases[0], ref.method) if len(bases) == 1 else None
                 if result is not None:
                     out.append({"dataset": dataset, "model": model, "method": method, "sparsity": sparsity, **result})
     return pd.DataFrame(out, columns=KEYS + ["baseline", "seeds", "diff", "diff_lo", "diff_hi", "b", "c", "p", "exact"])

@@ -11,12 +11,15 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
 from dstbench import records, registry, significance, stats
+
+if TYPE_CHECKING:
+    from dstbench.suites.base import Reference
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
@@ -143,9 +146,10 @@ def inference_table(frame: pd.DataFrame, machines: bool) -> Table:
                                        "dense against torch's default.")
 
 
-def speedup_pivot(frame: pd.DataFrame, machines: bool) -> Table:
-    """Speedup vs dense of the sparse methods: one row per (case, batch, method), one column per sparsity."""
-    sparse = frame[frame["method"] != "dense"]
+def speedup_pivot(frame: pd.DataFrame, machines: bool, baseline: str) -> Table:
+    """Speedup vs dense of the methods other than ``baseline``: one row per (case, batch, method), one column per
+    sparsity."""
+    sparse = frame[frame["method"] != baseline]
     sparsities = sorted(sparse["sparsity"].unique())
     keys = (["machine"] if machines else []) + ["case", "batch", "method"]
     headers = (["machine"] if machines else []) + ["case", "batch", "method"] + [fmt_sparsity(s) for s in sparsities]
@@ -230,12 +234,13 @@ def fmt_p(p: float | None) -> str:
     return f"n.s. ({text})" if p >= significance.ALPHA else text
 
 
-def significance_table(summary: pd.DataFrame, differences: pd.DataFrame) -> Table:
-    """Top-1 of every method and sparsity with its difference from dense and from RigL at the same sparsity.
+def significance_table(summary: pd.DataFrame, differences: pd.DataFrame, references: Sequence[Reference]) -> Table:
+    """Top-1 of every method and sparsity with its difference from each reference (e.g. dense, RigL).
 
     Args:
         summary: ``accuracy_summary`` rows.
-        differences: ``significance.differences`` rows of the same runs.
+        differences: ``significance.differences`` rows of the same runs and ``references``.
+        references: the suite's references, one pair of columns each.
     """
     keys = significance.KEYS
     found = {(*(r[k] for k in keys[:3]), round(r["sparsity"], 6), r["baseline"]): r for _, r in differences.iterrows()}
@@ -243,14 +248,16 @@ def significance_table(summary: pd.DataFrame, differences: pd.DataFrame) -> Tabl
     for _, r in summary.iterrows():
         cells = [str(r["dataset"]), str(r["model"]), r["method"], fmt_sparsity(r["sparsity"]),
                  f"{r['top1_mean']:.2f} ± {r['top1_sd']:.2f}"]
-        for baseline in significance.BASELINES:
-            d = found.get((r["dataset"], r["model"], r["method"], round(r["sparsity"], 6), baseline))
+        for ref in references:
+            d = found.get((r["dataset"], r["model"], r["method"], round(r["sparsity"], 6), ref.method))
             cells += ["–", "–"] if d is None else [fmt_difference(d["diff"], d["diff_lo"], d["diff_hi"]), fmt_p(d["p"])]
         rows.append(cells)
-    headers = ["dataset", "model", "method", "sparsity", "top-1 (%)", "Δ vs dense (pp) [95% CI]", "McNemar p",
-               "Δ vs RigL (pp) [95% CI]", "McNemar p"]
-    return Table(headers, ["l", "l", "l", "r", "r", "r", "r", "r", "r"], rows,
-                 "Top-1 accuracy against dense and against RigL at the same sparsity: mean over seeds of the paired "
+    headers = ["dataset", "model", "method", "sparsity", "top-1 (%)"]
+    for ref in references:
+        headers += [f"Δ vs {ref.label} (pp) [95% CI]", "McNemar p"]
+    against = " and ".join(ref.label + (" at the same sparsity" if ref.same_sparsity else "") for ref in references)
+    return Table(headers, ["l", "l", "l", "r", "r"] + ["r", "r"] * len(references), rows,
+                 f"Top-1 accuracy against {against}: mean over seeds of the paired "
                  "difference (percentage points) with its 95% t-interval, and McNemar's test on the per-sample "
                  f"predictions pooled over seeds (exact below {stats.MCNEMAR_EXACT_BELOW} discordant samples, "
                  f"chi-square otherwise); n.s.: not significant at p < {significance.ALPHA}.")

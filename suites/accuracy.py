@@ -76,6 +76,7 @@ from dstbench.suites.method_specs import MethodSpec, parse_methods, parse_option
 from dstbench.table import Column, fmt_ratio_ci, format_table
 
 NAME = "accuracy"
+DENSE, RIGL = "dense", "rigl"
 FINGERPRINT_ENV = "DSTBENCH_FINGERPRINT_DIR"
 METHODS = "dense,rigl,srigl,dynadiag"
 #: per dataset: model and training hyper-parameters (explicit options override)
@@ -159,7 +160,7 @@ class Config:
         out = []
         for seed in self.seeds:
             for spec in self.specs():
-                levels = [0.0] if spec.method == "dense" else self.sparsities
+                levels = [0.0] if spec.method == DENSE else self.sparsities
                 out += [Case(spec, s, seed) for s in levels]
         return out
 
@@ -326,7 +327,7 @@ def _inference_model(method: SparsityMethod, model: nn.Module,
 def _time_inference(fast: nn.Module, case: Case, config: Config, dataset: data.Data, world: World) -> dict[str, Any]:
     """The same-model timing columns (``suites/model_timing.py``) of ``fast`` against a dense model of its
     architecture, at batch 1 and at the evaluation batch of test inputs, plus the kernels each ran."""
-    dense = registry.make_method("dense").to_inference(
+    dense = registry.make_method(DENSE).to_inference(
         models.build(config.model, dataset.shape, dataset.classes, case.seed).to(world.device)).eval()
     inputs = {label: loop.example_batch(dataset.test, batch, world.device)
               for label, batch in zip(records.TIMED_BATCHES, (1, EVAL_BATCH))}
@@ -511,4 +512,5 @@ def _run(config: Config, dataset: data.Data, world: World, store: records.RunSto
 
 SUITE = register_suite(NAME)(
     base.Suite(NAME, "train and evaluate each method (top-1, sparsity, FLOPs)", add_arguments, run,
-               required=("method", "sparsity", "seed", "top1"), report=reporting.accuracy_sections))
+               required=("method", "sparsity", "seed", "top1"), report=reporting.accuracy_sections,
+               references=(base.Reference(DENSE, "dense"), base.Reference(RIGL, "RigL", same_sparsity=True))))

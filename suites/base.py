@@ -15,6 +15,21 @@ from dstbench.errors import UserError, check_sparsity
 
 
 @dataclass(frozen=True)
+class Reference:
+    """A method a suite's report measures the others against.
+
+    Attributes:
+        method: its registered name.
+        label: how tables name it ("dense", "RigL").
+        same_sparsity: compared at each other method's own sparsity (RigL), or as recorded, at sparsity 0 (dense).
+    """
+
+    method: str
+    label: str
+    same_sparsity: bool = False
+
+
+@dataclass(frozen=True)
 class Suite:
     """A suite describes itself to the harness, which names no suite.
 
@@ -24,7 +39,10 @@ class Suite:
         run: runs it into a RunStore; returns the exit code.
         required: the fields every row of its records carries (``runs.load_run`` checks them).
         compare: how ``dstbench compare`` matches its rows and which speedups it checks; None when it records none.
-        report: writes its section of ``dstbench report`` (``report(Report, rows DataFrame)``); None for none.
+        report: writes its section of ``dstbench report`` (``report(Report, rows DataFrame, references)``); None
+            for none.
+        references: the methods its report measures the others against; the first is the baseline that figures
+            draw as their 1x line or level and that tables leave out of the sparse rows.
     """
 
     name: str
@@ -33,7 +51,12 @@ class Suite:
     run: Callable[[argparse.Namespace], int]
     required: tuple[str, ...] = ()
     compare: SuiteSpec | None = None
-    report: Callable[[Any, Any], None] | None = None
+    report: Callable[[Any, Any, tuple[Reference, ...]], None] | None = None
+    references: tuple[Reference, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.report is not None and not self.references:
+            raise ValueError(f"suite {self.name!r} declares a report section but no references (its baseline first)")
 
 
 def parse_list(text: str, kind: type, what: str) -> list:

@@ -530,4 +530,5 @@ SUITE = register_suite(NAME)(base.Suite(
                 "speedup_vs_torch_dense": Ratio(DENSE, "torch_dense_impl", "vs torch dense"),
                 "speedup_vs_csr": Ratio(CSR, None, "vs CSR")},
         reference=DENSE),
-    report=reporting.inference_section))
+    report=reporting.inference_section,
+    references=(base.Reference(DENSE, "dense"), base.Reference(CSR, "CSR", same_sparsity=True))))

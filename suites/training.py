@@ -420,4 +420,5 @@ SUITE = register_suite(NAME)(base.Suite(
                       ratios={"speedup_vs_dense": Ratio(DENSE, None, "vs dense"),
                               "speedup_vs_rigl": Ratio(RIGL, None, "vs RigL")},
                       reference=DENSE),
-    report=reporting.training_section))
+    report=reporting.training_section,
+    references=(base.Reference(DENSE, "dense"), base.Reference(RIGL, "RigL", same_sparsity=True))))

@@ -9,8 +9,11 @@ from typing import Callable
 import pytest
 import torch
 
+import synthetic_runs as syn
 from dstbench import baseline, registry, timing
 from dstbench.cli import main
+from dstbench.registry import _SUITES
+from dstbench.suites.base import Suite
 from dstbench.suites import dense_baselines
 
 TINY = ["--cases", "32x64", "--sparsity", "0.9", "--batch", "2", "--rounds", "6", "--min-time", "0.001", "--no-e2e",
@@ -125,7 +128,9 @@ def test_bad_input_is_one_line_and_exit_2(base: Path, tmp_path: Path, capsys: py
         (["check", "--baseline", str(base), "--rounds", "3"], "takes no suite options"),
         (["update", "--out", str(busy), *TINY], "not a dstbench baseline"),
         (["check", "--baseline", str(with_out), "--out", str(tmp_path / "new")], "hold --out"),
-        (["update", "--out", str(base), "--suite", "training"], "leave out --suite"),
+        (["update", "--out", str(base), "--suite", "training"], "holds a 'inference' run, not 'training'"),
+        (["update", "--out", str(tmp_path / "acc"), "--suite", "accuracy"], "the accuracy suite records none"),
+        (["update", "--out", str(tmp_path / "nope"), "--suite", "nope"], "unknown suite 'nope'"),
         (["update", "--out", str(base), *TINY, "--sparsity", "2"], "sparsity must be in [0, 1)"),
     ]
     before = (base / "rows.jsonl").read_text()
@@ -140,3 +145,32 @@ def test_bad_input_is_one_line_and_exit_2(base: Path, tmp_path: Path, capsys: py
 def test_defaults_point_at_the_committed_quick_baseline() -> None:
     assert baseline.DEFAULT_DIR == Path("results/baselines/cpu-quick")
     assert baseline.DEFAULT_SUITE_ARGS == ("--quick",)
+
+
+def test_the_baseline_tracks_the_suite_it_was_made_of(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A suite registered by this test alone, with training-shaped rows: update runs it, check reruns it (and no
+    other) and compares with its own declaration."""
+    runs = []
+
+    def add_arguments(parser) -> None:  # noqa: ANN001
+        parser.add_argument("--quick", action="store_true")
+        parser.add_argument("--out")
+
+    def run(args) -> int:  # noqa: ANN001
+        runs.append(args.quick)
+        syn.write_run(Path(args.out), "toy", [{**row, "suite": "toy"} for row in syn.training_rows(seed=len(runs))])
+        return 0
+
+    registry.list_suites()
+    _SUITES["toy"] = Suite("toy", "a suite of a test", add_arguments, run, required=("method", "model"),
+                           compare=registry.get_suite("training").compare)
+    try:
+        base = tmp_path / "toy-baseline"
+        assert main(["baseline", "update", "--out", str(base), "--suite", "toy"]) == 0
+        assert json.loads((base / "baseline.json").read_text()) == {"suite": "toy", "suite_args": ["--quick"]}
+        assert main(["baseline", "check", "--baseline", str(base), "--out", str(tmp_path / "check"),
+                     "--allow-machine-mismatch"]) == 0
+    finally:
+        _SUITES.pop("toy")
+    assert runs == [True, True]
+    assert "### dstbench compare (toy)" in capsys.readouterr().out

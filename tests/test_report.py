@@ -18,6 +18,7 @@ from dstbench.cli import main
 from dstbench.errors import UserError
 
 ONE_CASE = {"b16-fc1": (768, 3072)}
+ACCURACY_REFERENCES = registry.get_suite("accuracy").references
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_bad_input_is_one_line_and_exit_2(runs: dict[str, Path], tmp_path: Path,
 
 def test_every_figure_uses_the_method_style() -> None:
     frame = pd.DataFrame(syn.inference_rows(cases=ONE_CASE, sparsities=(0.9, 0.99), batches=(1,)))
-    fig = plots.speedup_figure(frame, "t")
+    fig = plots.speedup_figure(frame, "t", "dense")
     colors = {bars.get_label(): bars.lines[0].get_color() for bars in fig.axes[0].containers}
     for method in ("rigl", "srigl", "dynadiag"):
         cls = registry.method_class(method)
@@ -201,7 +202,7 @@ def test_a_pareto_point_cannot_pair_two_models(runs: dict[str, Path], tmp_path: 
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     mlp = _accuracy_frame(tmp_path / "mlp", sparsities=(0.9,), seeds=(0,))
     layers = pd.DataFrame(syn.inference_rows(cases=ONE_CASE, batches=(1,))).assign(run="inference", machine="m")
-    with pytest.raises(ValueError, match="only accuracy rows can give both"):
+    with pytest.raises(ValueError, match="only rows that record both can give both"):
         report.pareto_points(pd.concat([mlp, layers], ignore_index=True), "b1")  # digits MLP accuracy, ViT layer speed
     vit = _accuracy_frame(tmp_path / "vit", sparsities=(0.9,), seeds=(0,), model="vit_tiny")
     with pytest.raises(ValueError, match="one model on one machine; got 2"):
@@ -209,8 +210,8 @@ def test_a_pareto_point_cannot_pair_two_models(runs: dict[str, Path], tmp_path: 
 
     drawn = []
     real = plots.pareto_figure
-    monkeypatch.setattr(plots, "pareto_figure", lambda points, title, xlabel: drawn.append((points, xlabel)) or
-                        real(points, title, xlabel))
+    monkeypatch.setattr(plots, "pareto_figure", lambda points, title, xlabel, baseline: drawn.append((points, xlabel)) or
+                        real(points, title, xlabel, baseline))
     assert main(["report", str(runs["inference"]), str(runs["accuracy"]), "--out", str(tmp_path / "r")]) == 0
     assert [xlabel for _, xlabel in drawn] == ["speedup over dense of the same mlp, batch 1",
                                                "speedup over dense of the same mlp, batch 256"]
@@ -251,7 +252,7 @@ def test_differences_against_dense_and_rigl(tmp_path: Path) -> None:
         ("rigl", 0.9, 0): _wrong_at(*range(10)), ("rigl", 0.9, 1): _wrong_at(*range(6)),
         ("srigl", 0.9, 0): _wrong_at(*range(1, 11)), ("srigl", 0.9, 1): _wrong_at(*range(7)),
     })
-    found = significance.differences(frame).set_index(["method", "baseline"])
+    found = significance.differences(frame, ACCURACY_REFERENCES).set_index(["method", "baseline"])
     assert sorted(found.index) == [("rigl", "dense"), ("srigl", "dense"), ("srigl", "rigl")]
     rigl = found.loc[("rigl", "dense")]
     half = 12.706204736174707 * 2.0  # t(0.975, 1) * sd / sqrt(2), differences -10 and -6 percentage points
@@ -263,7 +264,8 @@ def test_differences_against_dense_and_rigl(tmp_path: Path) -> None:
     assert (srigl["b"], srigl["c"], srigl["diff"]) == (1, 2, -0.5)
     assert srigl["p"] == pytest.approx(1.0) and tables.fmt_p(srigl["p"]) == "n.s. (1)"
     summary = tables.accuracy_summary(frame)
-    table = tables.significance_table(summary, significance.differences(frame)).to_markdown()
+    table = tables.significance_table(summary, significance.differences(frame, ACCURACY_REFERENCES),
+                                   ACCURACY_REFERENCES).to_markdown()
     assert "| digits | mlp | srigl | 90% | 91.50 ± 2.12 | -8.50 [-27.56, +10.56] | < 0.001 | -0.50 [-6.85, +5.85] | n.s. (1) |" in table
     assert "| digits | mlp | dense | 0% | 100.00 ± 0.00 | – | – | – | – |" in table
 
@@ -272,13 +274,14 @@ def test_differences_refuse_other_test_sets_and_skip_missing_predictions(tmp_pat
     one = _predictions_run(tmp_path / "a", {("dense", 0.0, 0): _wrong_at()})
     other = _predictions_run(tmp_path / "b", {("rigl", 0.9, 0): _wrong_at(3)}, labels=np.ones(100, np.int16))
     with pytest.raises(UserError, match="different test sets"):
-        significance.differences(pd.concat([one, other], ignore_index=True))
+        significance.differences(pd.concat([one, other], ignore_index=True), ACCURACY_REFERENCES)
     old = pd.concat([one, other], ignore_index=True).drop(columns=["predictions"])  # rows recorded before predictions
-    diff = significance.differences(old).iloc[0]
+    diff = significance.differences(old, ACCURACY_REFERENCES).iloc[0]
     assert diff["diff"] == -1.0 and math.isnan(diff["p"]) and math.isnan(diff["diff_lo"])
     (tmp_path / "a" / "predictions" / "labels.npy").unlink()
     with pytest.raises(UserError, match="labels.npy is missing"):
-        significance.differences(one.assign(method="rigl", sparsity=0.9).pipe(lambda f: pd.concat([one, f])))
+        significance.differences(one.assign(method="rigl", sparsity=0.9).pipe(lambda f: pd.concat([one, f])),
+                                 ACCURACY_REFERENCES)
 
 
 def test_pareto_front() -> None:
@@ -305,7 +308,7 @@ def test_latex_escaping_and_symbols() -> None:
 
 def test_several_dense_libraries_get_their_own_boxes_and_columns() -> None:
     frame = pd.DataFrame(syn.inference_rows(cases=ONE_CASE, sparsities=(0.9,), batches=(1,), dense={"openblas": 1.2}))
-    fig = plots.latency_figure(frame, "t")
+    fig = plots.latency_figure(frame, "t", "dense")
     labels = [text.get_text() for text in fig.legends[0].get_texts()]
     assert "Dense (mkl)" in labels and "Dense (openblas)" in labels
     table = tables.inference_table(frame, machines=False)

@@ -8,10 +8,11 @@ import pytest
 
 import synthetic_runs as syn
 from dstbench import registry
+from dstbench import report as reporting
 from dstbench.cli import main
 from dstbench.compare import Ratio, SuiteSpec
 from dstbench.registry import _SUITES
-from dstbench.suites.base import Suite
+from dstbench.suites.base import Reference, Suite
 
 
 @pytest.fixture
@@ -23,7 +24,8 @@ def toy_suite():
     reported = []
     suite = Suite("toy", "a suite of a test", lambda parser: None, lambda args: 0,
                   required=("method", "model", "speedup_vs_rigl", "toy_field"), compare=spec,
-                  report=lambda report, frame: reported.append((report.section("Toy"), len(frame))))
+                  report=lambda report, frame, refs: reported.append((report.section("Toy"), len(frame), refs)),
+                  references=(Reference("rigl", "the toy baseline"),))
     _SUITES["toy"] = suite
     yield suite, reported
     _SUITES.pop("toy")
@@ -45,7 +47,7 @@ def test_report_writes_the_section_the_suite_declares(toy_suite, tmp_path):
     _, reported = toy_suite
     run = syn.write_run(tmp_path / "run", "toy", toy_rows(seed=1))
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
-    assert [count for _, count in reported] == [len(toy_rows(seed=1))]
+    assert [(count, refs) for _, count, refs in reported] == [(len(toy_rows(seed=1)), toy_suite[0].references)]
     assert "## Toy" in (tmp_path / "report" / "index.md").read_text()
 
 
@@ -69,3 +71,30 @@ def test_a_suite_without_speedups_is_not_compared(tmp_path, capsys):
     run = syn.write_run(tmp_path / "acc", "accuracy", syn.accuracy_rows())
     assert main(["compare", str(run), str(run)]) == 2
     assert "compare checks speedups of inference and training runs" in capsys.readouterr().err
+
+
+def test_a_report_section_measures_against_the_declared_references(tmp_path):
+    """The accuracy section, registered for a suite whose references are SRigL and DynaDiag: its significance
+    table and figures are against those, and name neither dense nor RigL as references."""
+    refs = (Reference("srigl", "SRigL (the toy baseline)"), Reference("dynadiag", "DynaDiag", same_sparsity=True))
+    srigl = [row for row in syn.accuracy_rows() if row["method"] == "srigl" and row["sparsity"] == 0.9]
+    rows = [row for row in syn.accuracy_rows() if row["method"] != "srigl"] + [{**row, "sparsity": 0.0} for row in srigl]
+    registry.list_suites()
+    _SUITES["toy"] = Suite("toy", "a suite of a test", lambda parser: None, lambda args: 0,
+                           required=("method", "sparsity", "seed", "top1"), report=reporting.accuracy_sections,
+                           references=refs)
+    try:
+        run = syn.write_run(tmp_path / "run", "toy", [{**row, "suite": "toy"} for row in rows])
+        assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    finally:
+        _SUITES.pop("toy")
+    table = (tmp_path / "report" / "tables" / "accuracy-significance.md").read_text()
+    assert "Δ vs SRigL (the toy baseline) (pp) [95% CI]" in table and "Δ vs DynaDiag (pp) [95% CI]" in table
+    assert "vs RigL" not in table
+    rigl_at_90 = [line for line in table.splitlines() if "| rigl | 90% |" in line]
+    assert len(rigl_at_90) == 1 and rigl_at_90[0].count("–") == 0  # compared with both references
+
+
+def test_a_report_section_needs_a_reference():
+    with pytest.raises(ValueError, match="no references"):
+        Suite("toy", "a suite of a test", lambda parser: None, lambda args: 0, report=lambda *args: None)
