@@ -187,15 +187,17 @@ Groups = dict[tuple, dict[str, list[dict[str, Any]]]]
 
 
 def _index(run: Run, spec: SuiteSpec) -> Groups:
-    """group key -> method -> its rows: one, or one per implementation of dense.
+    """group key -> method -> its rows: one, or one per implementation of a ratio's baseline that names its
+    impl (``Ratio.impl_field``, e.g. the dense libraries).
 
     Raises:
-        UserError: a (group, method) is recorded twice (dense: twice with the same impl).
+        UserError: a (group, method) is recorded twice (such a baseline: twice with the same impl).
     """
+    several = {ratio.baseline for ratio in spec.ratios.values() if ratio.impl_field}
     groups: Groups = {}
     for row in run.rows:
         rows = groups.setdefault(_key(spec, row), {}).setdefault(row["method"], [])
-        if rows and (row["method"] != "dense" or any(other.get("impl") == row.get("impl") for other in rows)):
+        if rows and (row["method"] not in several or any(other.get("impl") == row.get("impl") for other in rows)):
             raise UserError(f"{run.path} records {row['method']} twice for the case {row['case_id']}; "
                             "it mixes two runs: compare single runs")
         rows.append(row)

@@ -285,7 +285,7 @@ def _env_table(runs: Sequence[Run], labels: dict[Path, str]) -> tables.Table:
     for run in runs:
         env = run.env
         sha = (env.get("git_sha") or "unknown")[:10] + ("+dirty" if env.get("git_dirty") else "")
-        rows.append([labels[run.path] if run.suite != "accuracy" else "–", run.suite, str(run.path),
+        rows.append([labels[run.path], run.suite, str(run.path),
                      str(env.get("cpu_model") or "–"), str(env.get("gpu_name") or "–"), str(env.get("torch") or "–"),
                      str(env.get("cuda") or "–"), str(env.get("threads") or "–"), sha,
                      str(run.meta.get("finished_at") or "unfinished")])
