@@ -193,8 +193,8 @@ def diag_values_grad(dy: Tensor, x: Tensor, offsets: Tensor) -> Tensor:
     if k == 0 or batch == 0 or d == 0:
         return x.new_zeros(k, d)
     dv = torch.empty(k, d, dtype=x.dtype)
-    _run(fn, dy.contiguous().data_ptr(), x.contiguous().data_ptr(), offsets.data_ptr(), dv.data_ptr(), batch, n_out,
-         n_in, k)
+    dy, x = dy.contiguous(), x.contiguous()  # held by a name: a temporary's memory is freed before the call
+    _run(fn, dy.data_ptr(), x.data_ptr(), offsets.data_ptr(), dv.data_ptr(), batch, n_out, n_in, k)
     return dv
 
 
@@ -244,8 +244,9 @@ def condensed_values_grad(dy: Tensor, x: Tensor, indices: Tensor, active_rows: T
     if n_active == 0 or k == 0 or batch == 0:
         return x.new_zeros(n_active, k)
     dv = torch.empty(n_active, k, dtype=x.dtype)
-    _run(fn, dy.contiguous().data_ptr(), x.contiguous().data_ptr(), indices.data_ptr(), rows.data_ptr(),
-         dv.data_ptr(), batch, n_in, n_out, n_active, k)
+    dy, x = dy.contiguous(), x.contiguous()
+    _run(fn, dy.data_ptr(), x.data_ptr(), indices.data_ptr(), rows.data_ptr(), dv.data_ptr(), batch, n_in, n_out,
+         n_active, k)
     return dv
 
 
@@ -259,6 +260,7 @@ def condensed_input_grad(dy: Tensor, values: Tensor, indices: Tensor, active_row
     if n_active == 0 or k == 0 or batch == 0:
         return dy.new_zeros(batch, in_features)
     dx = torch.empty(batch, in_features, dtype=dy.dtype)
-    _run(fn, dy.contiguous().data_ptr(), values.contiguous().data_ptr(), indices.data_ptr(), rows.data_ptr(),
-         dx.data_ptr(), batch, in_features, n_out, n_active, k)
+    dy, values = dy.contiguous(), values.contiguous()
+    _run(fn, dy.data_ptr(), values.data_ptr(), indices.data_ptr(), rows.data_ptr(), dx.data_ptr(), batch,
+         in_features, n_out, n_active, k)
     return dx
