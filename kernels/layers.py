@@ -66,7 +66,10 @@ class DenseLinear(nn.Linear):
 
 
 class CSRLinear(nn.Module):
-    """Unstructured sparse weight in ``torch.sparse_csr`` (cuSPARSE / MKL sparse BLAS).
+    """Unstructured sparse weight in CSR, multiplied by ``torch.sparse_csr`` (cuSPARSE / MKL sparse BLAS).
+
+    The CSR components are plain buffers, ``crow_indices`` (out + 1,), ``col_indices`` (nnz,) and
+    ``values`` (nnz,), which ``ops.csr_mm`` assembles per call: torch.compile cannot hold a sparse tensor.
 
     Args:
         weight: (out, in) dense weight whose zeros are dropped.
@@ -78,25 +81,25 @@ class CSRLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         with warnings.catch_warnings():  # torch flags all of sparse CSR as beta; the flag says nothing about this use
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            self.register_buffer("weight", weight.detach().to_sparse_csr())
+            csr = weight.detach().to_sparse_csr()
+        # clones: views into a sparse tensor's members would bring the sparse tensor into a compiled graph
+        self.register_buffer("crow_indices", csr.crow_indices().clone())
+        self.register_buffer("col_indices", csr.col_indices().clone())
+        self.register_buffer("values", csr.values().clone())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     @property
     def impl(self) -> str:
-        if self.weight.device.type == "cuda":
+        if self.values.device.type == "cuda":
             return "cusparse-csr"
         return "mkl-csr" if torch.backends.mkl.is_available() else "aten-csr"
 
     @property
     def nnz(self) -> int:
-        return int(self.weight.values().numel())
+        return self.values.numel()
 
     def forward(self, x: Tensor) -> Tensor:
-        x2 = x.reshape(-1, self.in_features)
-        y = torch.mm(self.weight, x2.t()).t()
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return ops.csr_mm(x, self.crow_indices, self.col_indices, self.values, self.out_features, self.bias)
 
 
 class _KernelLinear(nn.Module):

@@ -1,4 +1,4 @@
-"""Differentiable sparse products that pick an implementation per call.
+"""The sparse products as PyTorch operators (``torch.ops.dstbench.*``), each picking an implementation per call.
 
 Implementations (``impl``):
 
@@ -13,15 +13,40 @@ backend module exposes the five functions of ``kernels.reference`` with the
 same signatures (``diag_mm`` with its ``transpose`` flag for the input
 gradient), plus ``unavailable_reason(device, dtype) -> str | None``.
 
-The forward products take an optional ``bias`` (out,). Without autograd, the
-CUDA backend adds it inside its kernel (one launch less per call); the other
-backends add it in place on their fresh output.
+Operators (``torch.ops.dstbench.*``, defined with ``torch.library``; x is
+(B, in), dy (B, out); ``impl`` is resolved inside the operator, so a
+compiled graph holds the request and the choice is made at run time):
+
+* ``diag_mm(x, offsets, values, out_features, impl, bias=None) -> (B, out)``,
+  differentiable in x, values and bias, whose backward calls
+  ``diag_input_grad(dy, offsets, values, in_features, impl) -> (B, in)`` and
+  ``diag_values_grad(dy, x, offsets, impl) -> (K, D)``;
+* ``condensed_mm(x, values, indices, active_rows, out_features, impl, bias=None) -> (B, out)``,
+  the same, with ``condensed_input_grad(dy, values, indices, active_rows, in_features, impl) -> (B, in)``
+  and ``condensed_values_grad(dy, x, indices, active_rows, impl) -> (n_active, k)``;
+* ``csr_mm(x, crow_indices, col_indices, values, out_features, bias=None) -> (B, out)``:
+  torch's sparse CSR product (MKL / cuSPARSE) on the CSR components, for
+  inference (its backward raises); its output is column-major, as torch's is.
+
+Each has a fake (meta) implementation giving the output's shape, dtype,
+device and strides, so ``torch.compile(fullgraph=True)`` and ``torch.export``
+capture the layers that call them; the two trainable products register their
+backward with ``torch.library.register_autograd``, and autograd is skipped
+(no ``autograd.Function``) when no input requires grad or in inference mode.
+The kernel of every operator is registered for all devices
+(``CompositeExplicitAutograd``), so the same operator runs the CPU and the
+CUDA backend. The forward products take an optional ``bias`` (out,): the CUDA
+backend adds it inside its kernel, the others in place on their fresh output.
+
+The Python functions ``diag_mm``, ``condensed_mm`` and ``csr_mm`` below take
+x of shape (..., in) and call the operators on its (B, in) view.
 """
 
 from __future__ import annotations
 
 import importlib
 import warnings
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -76,52 +101,160 @@ def select_impl(device: torch.device | str, dtype: torch.dtype, requested: str =
     return "reference"
 
 
-def _needs_autograd(*tensors: Tensor) -> bool:
-    """False in inference, where the autograd.Function's ~5 µs per call is pure overhead."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+_LIB = torch.library.Library("dstbench", "DEF")
 
 
-def _add_bias_(y: Tensor, bias: Tensor | None) -> Tensor:
-    """y += bias in place: y is a fresh kernel output, and a new (B, out) tensor costs page faults."""
+def _define(schema: str, kernel: Callable, fake: Callable) -> torch._ops.OpOverload:
+    """Define ``dstbench::<schema>`` with one kernel for every device and a fake implementation."""
+    name = schema.split("(", 1)[0]
+    _LIB.define(schema)
+    _LIB.impl(name, kernel, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"dstbench::{name}", fake, lib=_LIB)
+    return getattr(torch.ops.dstbench, name).default
+
+
+def _forward(function: str, impl: str, x: Tensor, *args, bias: Tensor | None) -> Tensor:
+    """``backend.<function>(x, *args)`` + bias, by the implementation ``impl`` resolves to."""
+    impl = select_impl(x.device, x.dtype, impl)
+    kernel = getattr(backend(impl), function)
+    if impl in _FUSES_BIAS:
+        return kernel(x, *args, bias=bias)
+    y = kernel(x, *args)
     return y if bias is None else y.add_(bias)
 
 
-def _flatten(x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-    return x.reshape(-1, x.shape[-1]).contiguous(), tuple(x.shape[:-1])
+def _rows_by(x: Tensor, columns: int) -> Tensor:
+    """The fake output: (x.shape[0], columns), x's dtype and device."""
+    return x.new_empty(x.shape[0], columns)
 
 
-class _DiagMM(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, offsets: Tensor, values: Tensor, out_features: int, impl: str) -> Tensor:
-        ctx.save_for_backward(x, offsets, values)
-        ctx.impl = impl
-        return backend(impl).diag_mm(x, offsets, values, out_features)
+# --- diagonal format ---------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        x, offsets, values = ctx.saved_tensors
-        be = backend(ctx.impl)
-        dy = dy.contiguous()
-        dx = be.diag_mm(dy, offsets, values, x.shape[1], transpose=True) if ctx.needs_input_grad[0] else None
-        dv = be.diag_values_grad(dy, x, offsets) if ctx.needs_input_grad[2] else None
-        return dx, None, dv, None, None
+def _diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, impl: str,
+             bias: Tensor | None = None) -> Tensor:
+    return _forward("diag_mm", impl, x, offsets, values, out_features, bias=bias)
 
 
-class _CondensedMM(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, out_features: int, impl: str) -> Tensor:
-        ctx.save_for_backward(x, values, indices, active_rows)
-        ctx.impl = impl
-        return backend(impl).condensed_mm(x, values, indices, active_rows, out_features)
+def _diag_input_grad(dy: Tensor, offsets: Tensor, values: Tensor, in_features: int, impl: str) -> Tensor:
+    impl = select_impl(dy.device, dy.dtype, impl)
+    return backend(impl).diag_mm(dy, offsets, values, in_features, transpose=True)
 
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        x, values, indices, active_rows = ctx.saved_tensors
-        be = backend(ctx.impl)
-        dy = dy.contiguous()
-        dx = be.condensed_input_grad(dy, values, indices, active_rows, x.shape[1]) if ctx.needs_input_grad[0] else None
-        dv = be.condensed_values_grad(dy, x, indices, active_rows) if ctx.needs_input_grad[1] else None
-        return dx, dv, None, None, None, None
+
+def _diag_values_grad(dy: Tensor, x: Tensor, offsets: Tensor, impl: str) -> Tensor:
+    return backend(select_impl(x.device, x.dtype, impl)).diag_values_grad(dy, x, offsets)
+
+
+diag_mm_op = _define(
+    "diag_mm(Tensor x, Tensor offsets, Tensor values, SymInt out_features, str impl, Tensor? bias=None) -> Tensor",
+    _diag_mm, lambda x, offsets, values, out_features, impl, bias=None: _rows_by(x, out_features))
+diag_input_grad_op = _define(
+    "diag_input_grad(Tensor dy, Tensor offsets, Tensor values, SymInt in_features, str impl) -> Tensor",
+    _diag_input_grad, lambda dy, offsets, values, in_features, impl: _rows_by(dy, in_features))
+diag_values_grad_op = _define(
+    "diag_values_grad(Tensor dy, Tensor x, Tensor offsets, str impl) -> Tensor",
+    _diag_values_grad, lambda dy, x, offsets, impl: x.new_empty(offsets.shape[0], min(dy.shape[1], x.shape[1])))
+
+
+def _diag_mm_setup(ctx, inputs: tuple, output: Tensor) -> None:
+    x, offsets, values, _, ctx.impl, _ = inputs
+    ctx.save_for_backward(x, offsets, values)
+
+
+def _diag_mm_backward(ctx, dy: Tensor) -> tuple:
+    x, offsets, values = ctx.saved_tensors
+    needs = ctx.needs_input_grad  # no entry for a bias left at its default (None)
+    needs_x, needs_values, needs_bias = needs[0], needs[2], len(needs) > 5 and needs[5]
+    dx = diag_input_grad_op(dy, offsets, values, x.shape[1], ctx.impl) if needs_x else None
+    dv = diag_values_grad_op(dy, x, offsets, ctx.impl) if needs_values else None
+    return dx, None, dv, None, None, dy.sum(0) if needs_bias else None
+
+
+torch.library.register_autograd("dstbench::diag_mm", _diag_mm_backward, setup_context=_diag_mm_setup, lib=_LIB)
+
+
+# --- condensed format --------------------------------------------------------------------------------------------
+
+def _condensed_mm(x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, out_features: int, impl: str,
+                  bias: Tensor | None = None) -> Tensor:
+    return _forward("condensed_mm", impl, x, values, indices, active_rows, out_features, bias=bias)
+
+
+def _condensed_input_grad(dy: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int,
+                          impl: str) -> Tensor:
+    impl = select_impl(dy.device, dy.dtype, impl)
+    return backend(impl).condensed_input_grad(dy, values, indices, active_rows, in_features)
+
+
+def _condensed_values_grad(dy: Tensor, x: Tensor, indices: Tensor, active_rows: Tensor, impl: str) -> Tensor:
+    return backend(select_impl(x.device, x.dtype, impl)).condensed_values_grad(dy, x, indices, active_rows)
+
+
+condensed_mm_op = _define(
+    "condensed_mm(Tensor x, Tensor values, Tensor indices, Tensor active_rows, SymInt out_features, str impl, "
+    "Tensor? bias=None) -> Tensor",
+    _condensed_mm,
+    lambda x, values, indices, active_rows, out_features, impl, bias=None: _rows_by(x, out_features))
+condensed_input_grad_op = _define(
+    "condensed_input_grad(Tensor dy, Tensor values, Tensor indices, Tensor active_rows, SymInt in_features, "
+    "str impl) -> Tensor",
+    _condensed_input_grad,
+    lambda dy, values, indices, active_rows, in_features, impl: _rows_by(dy, in_features))
+condensed_values_grad_op = _define(
+    "condensed_values_grad(Tensor dy, Tensor x, Tensor indices, Tensor active_rows, str impl) -> Tensor",
+    _condensed_values_grad, lambda dy, x, indices, active_rows, impl: x.new_empty(indices.shape))
+
+
+def _condensed_mm_setup(ctx, inputs: tuple, output: Tensor) -> None:
+    x, values, indices, active_rows, _, ctx.impl, _ = inputs
+    ctx.save_for_backward(x, values, indices, active_rows)
+
+
+def _condensed_mm_backward(ctx, dy: Tensor) -> tuple:
+    x, values, indices, active_rows = ctx.saved_tensors
+    needs = ctx.needs_input_grad  # no entry for a bias left at its default (None)
+    needs_x, needs_values, needs_bias = needs[0], needs[1], len(needs) > 6 and needs[6]
+    dx = condensed_input_grad_op(dy, values, indices, active_rows, x.shape[1], ctx.impl) if needs_x else None
+    dv = condensed_values_grad_op(dy, x, indices, active_rows, ctx.impl) if needs_values else None
+    return dx, dv, None, None, None, None, dy.sum(0) if needs_bias else None
+
+
+torch.library.register_autograd("dstbench::condensed_mm", _condensed_mm_backward, setup_context=_condensed_mm_setup,
+                                lib=_LIB)
+
+
+# --- CSR (torch.sparse_csr: MKL / cuSPARSE) ----------------------------------------------------------------------
+
+def _csr_mm(x: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor, out_features: int,
+            bias: Tensor | None = None) -> Tensor:
+    # The CSR tensor is rebuilt per call (~3 us) because torch.compile cannot hold a sparse tensor; the
+    # components come from to_sparse_csr, so the O(nnz) invariant check is skipped.
+    weight = torch.sparse_csr_tensor(crow_indices, col_indices, values, (out_features, x.shape[1]),
+                                     check_invariants=False)
+    y = torch.mm(weight, x.t()).t()  # (B, out) in column-major layout, as the fake implementation says
+    return y if bias is None else y.add_(bias)
+
+
+csr_mm_op = _define(
+    "csr_mm(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, SymInt out_features, "
+    "Tensor? bias=None) -> Tensor",
+    _csr_mm,
+    lambda x, crow_indices, col_indices, values, out_features, bias=None: x.new_empty(out_features, x.shape[0]).t())
+
+
+def _csr_mm_backward(ctx, dy: Tensor) -> tuple:
+    raise UserError("csr_mm has no gradient: the CSR layer (CSRLinear) is for inference; train with the method's "
+                    "masked dense layers")
+
+
+torch.library.register_autograd("dstbench::csr_mm", _csr_mm_backward, lib=_LIB)
+
+
+# --- the entry points --------------------------------------------------------------------------------------------
+
+def _batched(op: torch._ops.OpOverload, x: Tensor, out_features: int, *args) -> Tensor:
+    """``op(x2, *args)`` on the (B, in) view x2 of x (..., in), reshaped back to (..., out_features)."""
+    y = op(x.reshape(-1, x.shape[-1]), *args)
+    return y.reshape(*x.shape[:-1], out_features)
 
 
 def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, impl: str = "auto",
@@ -134,17 +267,7 @@ def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, impl:
     Returns:
         (..., out_features).
     """
-    x2, lead = _flatten(x)
-    impl = select_impl(x.device, x.dtype, impl)
-    values = values.contiguous()
-    if _needs_autograd(x, values, *(() if bias is None else (bias,))):
-        y = _DiagMM.apply(x2, offsets, values, out_features, impl)
-        y = y if bias is None else y + bias
-    elif impl in _FUSES_BIAS:
-        y = backend(impl).diag_mm(x2, offsets, values, out_features, bias=bias)
-    else:
-        y = _add_bias_(backend(impl).diag_mm(x2, offsets, values, out_features), bias)
-    return y.reshape(*lead, out_features)
+    return _batched(diag_mm_op, x, out_features, offsets, values, out_features, impl, bias)
 
 
 def condensed_mm(
@@ -158,14 +281,16 @@ def condensed_mm(
     Returns:
         (..., out_features); columns of ablated rows are the bias (0 without one).
     """
-    x2, lead = _flatten(x)
-    impl = select_impl(x.device, x.dtype, impl)
-    values, indices = values.contiguous(), indices.contiguous()
-    if _needs_autograd(x, values, *(() if bias is None else (bias,))):
-        y = _CondensedMM.apply(x2, values, indices, active_rows, out_features, impl)
-        y = y if bias is None else y + bias
-    elif impl in _FUSES_BIAS:
-        y = backend(impl).condensed_mm(x2, values, indices, active_rows, out_features, bias=bias)
-    else:
-        y = _add_bias_(backend(impl).condensed_mm(x2, values, indices, active_rows, out_features), bias)
-    return y.reshape(*lead, out_features)
+    return _batched(condensed_mm_op, x, out_features, values, indices, active_rows, out_features, impl, bias)
+
+
+def csr_mm(x: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor, out_features: int,
+           bias: Tensor | None = None) -> Tensor:
+    """y = x @ W.T (+ bias) for W in CSR components (torch.sparse_csr: MKL / cuSPARSE); not differentiable.
+
+    Args:
+        x: (..., in); crow_indices: (out + 1,); col_indices, values: (nnz,); bias: (out,) or None.
+    Returns:
+        (..., out_features).
+    """
+    return _batched(csr_mm_op, x, out_features, crow_indices, col_indices, values, out_features, bias)

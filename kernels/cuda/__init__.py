@@ -2,8 +2,8 @@
 
 The backend contract of ``kernels.ops``: the five functions of
 ``kernels.reference`` with the same signatures, plus ``unavailable_reason``.
-``kernels.ops`` wraps them in ``autograd.Function``s. ``diag_mm`` takes
-one more, optional argument, ``transpose``: the diagonal input gradient must
+The ``torch.ops.dstbench`` operators of ``kernels.ops`` call them for CUDA
+tensors (and register the autograd). ``diag_mm`` takes one more, optional argument, ``transpose``: the diagonal input gradient must
 be ``diag_mm(dy, offsets, values, in_features, transpose=True)``, because for
 a square W the transposed geometry does not hold W.T's diagonals in order.
 
