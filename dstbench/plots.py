@@ -25,7 +25,10 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from dstbench import registry
@@ -63,21 +66,31 @@ RC = {
 
 @dataclass(frozen=True)
 class MethodStyle:
-    """How one method looks in every figure."""
+    """How one method looks in every figure; ``hatch`` marks a variant's bars and boxes."""
 
     color: str
     marker: str
     label: str
+    hatch: str = ""
 
 
-_SPARE = (("#F0E442", "h"), ("#56B4E9", "X"), ("#999999", "*"), ("#882255", "p"))
+_SPARE = (("#56B4E9", "X"), ("#999999", "*"), ("#882255", "p"), ("#332288", "h"))
+_VARIANT_MARKERS = ("X", "*", "p", "h", "P", "d")
 
 
 def style(method: str) -> MethodStyle:
-    """The style a registered method declares; a variant or an unknown label gets a spare one by a stable hash."""
-    if method in registry.list_methods():
-        cls = registry.method_class(method)
-        return MethodStyle(cls.color, cls.marker, cls.display_name or method)
+    """The style a registered method declares. A variant ``NAME:KEY=VALUE...`` of one keeps its colour, gets
+    another marker (by a stable hash), hatched bars and the options in its label; an unknown name gets a spare
+    style by a stable hash."""
+    name, _, options = method.partition(":")
+    if name in registry.list_methods():
+        cls = registry.method_class(name)
+        label = cls.display_name or name
+        if not options:
+            return MethodStyle(cls.color, cls.marker, label)
+        markers = [m for m in _VARIANT_MARKERS if m != cls.marker]
+        return MethodStyle(cls.color, markers[zlib.crc32(method.encode()) % len(markers)],
+                           f"{label}, {options.replace(':', ', ')}", "////")
     color, marker = _SPARE[zlib.crc32(method.encode()) % len(_SPARE)]
     return MethodStyle(color, marker, method)
 
@@ -227,7 +240,7 @@ def latency_figure(frame: pd.DataFrame, title: str, baseline: str) -> Figure:
     series = _latency_series(frame, baseline)
     methods = ordered_methods(series)
     hatches = {label: _DENSE_HATCHES[i % len(_DENSE_HATCHES)]
-               for i, label in enumerate(m for m in methods if m.startswith(f"{baseline}:"))}
+               for i, label in enumerate(m for m in methods if m.startswith(f"{baseline}@"))}
     scale, unit = _time_unit([t for samples in frame["samples_s"] for t in samples])
     fig = _figure(2.2)
     ax = fig.subplots()
@@ -240,7 +253,7 @@ def latency_figure(frame: pd.DataFrame, title: str, baseline: str) -> Figure:
             ax.boxplot([np.asarray(row["samples_s"], float) * scale], positions=[position], widths=width * 0.8,
                        patch_artist=True, manage_ticks=False, whis=(0, 100),
                        boxprops={"facecolor": to_rgba(st.color, 0.35), "edgecolor": st.color,
-                                 "linewidth": 0.6, "hatch": hatches.get(method, "")},
+                                 "linewidth": 0.6, "hatch": hatches.get(method, st.hatch)},
                        medianprops={"color": st.color, "linewidth": 1.2},
                        whiskerprops={"color": st.color, "linewidth": 0.6},
                        capprops={"color": st.color, "linewidth": 0.6})
@@ -251,7 +264,7 @@ def latency_figure(frame: pd.DataFrame, title: str, baseline: str) -> Figure:
     ax.set_ylabel(f"latency per call ({unit})")
     ax.set_title(title)
     handles = [Patch(facecolor=to_rgba(_series_style(m).color, 0.35), edgecolor=_series_style(m).color,
-                     hatch=hatches.get(m, ""), label=_series_style(m).label) for m in methods]
+                     hatch=hatches.get(m, _series_style(m).hatch), label=_series_style(m).label) for m in methods]
     _legend(fig, handles, [h.get_label() for h in handles])
     return fig
 
@@ -260,17 +273,17 @@ _DENSE_HATCHES = ("", "////", "....", "xxxx")
 
 
 def _latency_series(frame: pd.DataFrame, baseline: str) -> pd.Series:
-    """The box series of each row: its method, or ``<baseline>:<impl>`` where several implementations of the
+    """The box series of each row: its method, or ``<baseline>@<impl>`` where several implementations of the
     baseline (dense libraries) were timed."""
     base = frame["method"] == baseline
     if "impl" not in frame or frame.loc[base, "impl"].nunique() < 2:
         return frame["method"]
-    return frame["method"].where(~base, f"{baseline}:" + frame["impl"].astype(str))
+    return frame["method"].where(~base, f"{baseline}@" + frame["impl"].astype(str))
 
 
 def _series_style(label: str) -> MethodStyle:
-    """A method's style; a series ``method:impl`` keeps the method's colour and names the implementation."""
-    method, _, impl = label.partition(":")
+    """A method's style; a series ``method@impl`` keeps the method's colour and names the implementation."""
+    method, _, impl = label.partition("@")
     if impl:
         own = style(method)
         return MethodStyle(own.color, own.marker, f"{own.label} ({impl})")
@@ -330,31 +343,117 @@ def pareto_figure(points: pd.DataFrame, title: str, xlabel: str, baseline: str) 
             speedup_hi, top1_mean, top1_sd (%); dense's own timing puts it near speedup 1.
         title: the figure title.
         xlabel: names the timed model and batch, e.g. 'speedup over dense of the same mlp, batch 1'.
-        baseline: the method whose points carry no sparsity label (dense).
+        baseline: the method whose points carry no sparsity (dense).
+
+    A line joins each method's sparsities. With at most four sparsities, a point's marker fill shows its sparsity
+    (open for the lowest, full for the highest; the legend says which); with more, a text label beside it does.
     """
-    fig = _figure(2.6)
+    sparsities = sorted(points.loc[points["method"] != baseline, "sparsity"].unique())
+    fills = dict(zip(sparsities, _SPARSITY_FILLS.get(len(sparsities), ())))
+    fig = _figure(2.7)
     ax = fig.subplots()
     front = pareto_front(points["speedup"].tolist(), points["top1_mean"].tolist())
-    ax.plot(points["speedup"].iloc[front], points["top1_mean"].iloc[front], color="0.55", ls=":", lw=1.0,
-            drawstyle="steps-pre", label="Pareto front", zorder=1)
+    front_line = ax.plot(points["speedup"].iloc[front], points["top1_mean"].iloc[front], color="0.55", ls=":",
+                         lw=1.0, drawstyle="steps-pre", zorder=1)[0]
+    legend, labels = [(front_line, "Pareto front")], []
     for method in ordered_methods(points["method"]):
-        rows = points[points["method"] == method]
+        rows = points[points["method"] == method].sort_values("sparsity")
         st = style(method)
         ax.errorbar(rows["speedup"], rows["top1_mean"], xerr=_interval(rows, "speedup", "speedup_lo", "speedup_hi"),
-                    yerr=rows["top1_sd"], color=st.color, marker=st.marker, ls="none", label=st.label,
-                    elinewidth=0.6, zorder=3)
-        if method == baseline:
-            continue
+                    yerr=rows["top1_sd"], color=st.color, ls="none", elinewidth=0.5, alpha=0.85, zorder=3)
+        legend.append((Line2D([], [], color=st.color, marker=st.marker, lw=0.5), st.label))
+        if method != baseline:
+            ax.plot(rows["speedup"], rows["top1_mean"], color=st.color, lw=0.6, alpha=0.5, zorder=2)
         for _, row in rows.iterrows():
-            ax.annotate(f"{row['sparsity'] * 100:g}", (row["speedup"], row["top1_mean"]), xytext=(3, 3),
-                        textcoords="offset points", fontsize=5.5, color=st.color)
+            fill = fills.get(row["sparsity"], "full")
+            ax.plot([row["speedup"]], [row["top1_mean"]], ls="none", marker=st.marker, color=st.color, zorder=4,
+                    **_fill(fill))
+            if not fills and method != baseline:
+                labels.append((row["speedup"], row["top1_mean"], f"{row['sparsity'] * 100:g}", st.color))
     _ratio_axis(ax, [*points["speedup"], *points.get("speedup_lo", []), *points.get("speedup_hi", [])], axis="x")
     ax.margins(x=0.12, y=0.12)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)
-    _legend(fig, *ax.get_legend_handles_labels())
+    legend += [(Line2D([], [], ls="none", marker="o", color="0.35", **_fill(fill)),
+                f"{level * 100:g}% sparse") for level, fill in fills.items()]
+    _legend(fig, *map(list, zip(*legend)))
+    place_labels(fig, ax, labels, points[["speedup", "top1_mean"]].to_numpy(float))
     return fig
+
+
+def _fill(fill: str) -> dict[str, str]:
+    """Marker keywords of a fill style whose unfilled part is white (it hides the error bars behind it)."""
+    if fill == "none":
+        return {"fillstyle": "full", "markerfacecolor": "white"}
+    return {"fillstyle": fill, "markerfacecoloralt": "white"}
+
+
+#: how a Pareto point shows its sparsity when the figure has at most four: its marker's fill, lowest sparsity
+#: first (more sparsities: a text label beside each point)
+_SPARSITY_FILLS = {1: ("full",), 2: ("none", "full"), 3: ("none", "bottom", "full"),
+                   4: ("none", "left", "bottom", "full")}
+
+
+#: where a point label may sit: offsets from its point in typographic points, nearest first (a ring of eight
+#: directions per distance); from ``_LEADER_FROM`` points on, a thin leader line ties the label to its point
+_LABEL_OFFSETS = tuple((round(r * dx, 1), round(r * dy, 1)) for r in (3, 7, 11, 15, 20, 26)
+                       for dx, dy in ((1, 0.7), (1, -1.2), (-1, 0.7), (-1, -1.2), (1.3, -0.4), (-1.3, -0.4),
+                                      (0, 1.3), (0, -2)))
+_LEADER_FROM = 10
+
+
+def place_labels(fig: Figure, ax, labels: Sequence[tuple[float, float, str, str]],  # noqa: ANN001
+                 obstacles: np.ndarray, marker_pt: float = 3.5) -> list:
+    """Annotate each (x, y, text, colour) next to its point where it overlaps no other label, no marker of
+    ``obstacles`` (n, 2) in data coordinates and stays inside the axes; the first free offset of
+    ``_LABEL_OFFSETS``, else the one that overlaps least. Lays the figure out first, so positions are final.
+
+    Returns:
+        The annotations, in the order of ``labels``.
+    """
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    to_px = fig.dpi / 72.0
+    half = marker_pt * to_px / 2 + 1
+    markers = [Bbox.from_extents(x - half, y - half, x + half, y + half)
+               for x, y in ax.transData.transform(obstacles)]
+    frame = ax.get_window_extent(renderer)
+    placed, out = [], []
+    for x, y, text, color in labels:
+        best, best_cost = None, None
+        for dx, dy in _LABEL_OFFSETS:
+            leader = {"arrowprops": {"arrowstyle": "-", "color": color, "lw": 0.4, "shrinkA": 0, "shrinkB": 2}} \
+                if max(abs(dx), abs(dy)) >= _LEADER_FROM else {}
+            note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=5.5, color=color,
+                               ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                               va="bottom" if dy > 0 else "top" if dy < -abs(dx) else "center",
+                               annotation_clip=False, **leader)
+            note.set_in_layout(False)
+            box = text_box(note, renderer)
+            cost = (sum(_overlap(box, other) for other in placed + markers)
+                    + (0 if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) else box.width * box.height))
+            if best_cost is None or cost < best_cost:
+                if best is not None:
+                    best.remove()
+                best, best_cost, best_box = note, cost, box
+            else:
+                note.remove()
+            if cost == 0:
+                break
+        placed.append(best_box)
+        out.append(best)
+    return out
+
+
+def text_box(note: Text, renderer) -> Bbox:  # noqa: ANN001
+    """The display box of an annotation's text alone (without its leader line)."""
+    return Text.get_window_extent(note, renderer)
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    """The area two display boxes share (pixels squared)."""
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
 
 
 @_styled
@@ -387,10 +486,11 @@ def training_figure(frame: pd.DataFrame, title: str, baseline: str) -> Figure:
         hi = [np.percentile(p, 75) for p in per_step]
         y = rows["samples_per_s"].to_numpy(float)
         err = np.vstack([np.clip(y - lo, 0, None), np.clip(np.asarray(hi) - y, 0, None)])
-        ax.bar(x, y, width=width * 0.85, color=to_rgba(st.color, 0.75), edgecolor=st.color,
-               linewidth=0.6, label=st.label, yerr=err, error_kw={"elinewidth": 0.7, "capsize": 1.5})
+        ax.bar(x, y, width=width * 0.85, color=to_rgba(st.color, 0.35 if st.hatch else 0.75), edgecolor=st.color,
+               hatch=st.hatch, linewidth=0.6, label=st.label, yerr=err, error_kw={"elinewidth": 0.7, "capsize": 1.5})
     _sparsity_ticks(ax, sparsities)
     ax.set_ylabel("training samples/s")
     ax.set_title(title)
     _legend(fig, *ax.get_legend_handles_labels())
     return fig
+

@@ -313,3 +313,30 @@ def test_several_dense_libraries_get_their_own_boxes_and_columns() -> None:
     assert "Dense (mkl)" in labels and "Dense (openblas)" in labels
     table = tables.inference_table(frame, machines=False)
     assert "dense" in table.headers and "vs torch dense" in table.headers
+
+
+def test_point_labels_overlap_neither_each_other_nor_markers() -> None:
+    """Twenty labels around a clump of points: every label is placed clear of the others and of every marker."""
+    rng = np.random.default_rng(0)
+    points = np.column_stack([1 + rng.normal(0, 0.03, 20), 97 + rng.normal(0, 0.4, 20)])
+    with plots.paper_style():
+        fig = plots._figure(2.6)
+        ax = fig.subplots()
+        ax.scatter(points[:, 0], points[:, 1], s=9)
+        ax.set_xlim(0.7, 1.3)
+        ax.set_ylim(95, 99)
+        notes = plots.place_labels(fig, ax, [(x, y, f"{i}", "k") for i, (x, y) in enumerate(points)], points)
+        renderer = fig.canvas.get_renderer()
+        boxes = [plots.text_box(note, renderer) for note in notes]
+        centers = ax.transData.transform(points)
+    assert len(boxes) == 20
+    overlaps = [(i, j) for i in range(20) for j in range(i) if plots._overlap(boxes[i], boxes[j]) > 0]
+    assert overlaps == []
+    assert [(i, k) for i, box in enumerate(boxes) for k, (x, y) in enumerate(centers) if box.contains(x, y)] == []
+
+
+def test_a_variant_keeps_its_methods_colour_with_its_own_marker_and_hatch() -> None:
+    base, variant = plots.style("dynadiag"), plots.style("dynadiag:selection=topk")
+    assert variant.color == base.color and variant.marker != base.marker and variant.hatch
+    assert variant.label == f"{base.label}, selection=topk"
+    assert plots.style("dynadiag:selection=topk") == variant  # stable
