@@ -8,25 +8,43 @@ each round. Drift of the machine (frequency, other processes) hits every
 function alike, and sample i of every function comes from round i, so
 per-round paired ratios are meaningful.
 
-Blocks are timed with ``torch.utils.benchmark.Timer`` at an explicit thread
-count. ``Timer.timeit(n)`` first makes ``max(2, n // 100)`` untimed calls, so
-each block starts with the function's data back in cache after the previous
-function ran: this is the ``"warm"`` L2 mode. On CUDA the timer synchronizes
-the device. The ``"flushed"`` mode (CUDA only) times every call with CUDA
-events after overwriting a buffer twice the size of the L2 cache, so each
-call starts from a cold L2.
+Two cache modes (the ``l2`` of the records), timed the same way:
+
+* ``"warm"``: blocks are timed with ``torch.utils.benchmark.Timer`` at an
+  explicit thread count. ``Timer.timeit(n)`` first makes ``max(2, n // 100)``
+  untimed calls, so each block starts with the function's data back in cache
+  after the previous function ran, and consecutive calls find it there. On
+  CUDA the timer synchronizes the device.
+* ``"cold"``: every call starts with the caches evicted (``Evictor``), and
+  only the call is timed. On CUDA: a buffer twice the size of the L2 is
+  overwritten before each call, timed with CUDA events. On the CPU: a buffer
+  of ``EVICT_FACTOR`` times the last-level cache (read from the machine,
+  ``llc_bytes``) is read by the run's threads, then the process waits until
+  no other of its threads is runnable (``threadpools.wait_quiet``: every
+  call starts from idle thread pools, whichever library spun last), then the
+  call is timed with ``time.perf_counter``. Reading that much memory also
+  empties the TLB, so a cold call pays its page walks too, as a call whose
+  weights other work has pushed out does. An eviction costs far more than a
+  call (~0.1 s for a 720 MB buffer), so a CPU cold block is calibrated on
+  its wall time, evictions included: it lasts ``min_time`` like a warm block,
+  and holds fewer calls.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
+
+from dstbench import threadpools
 
 # torch.utils.benchmark imports cpp_extension, which logs "No CUDA runtime is found"
 # on every CPU-only machine; that says nothing about the timings.
@@ -34,9 +52,15 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils.benchmark import Timer  # noqa: E402
 from torch.utils.benchmark.utils.common import set_torch_threads  # noqa: E402
 
-L2_MODES = ("warm", "flushed")
+L2_MODES = ("warm", "cold")
 #: upper bound on calls per block, for functions too fast to reach min_time
 MAX_CALLS = 1_000_000
+#: a CPU eviction reads this many times the last-level cache: a margin over LLC + private caches and over
+#: replacement policies that keep some old lines through one scan of exactly the cache's size
+EVICT_FACTOR = 1.5
+#: the last-level cache assumed where the machine does not report one (neither sysfs nor sysconf)
+FALLBACK_LLC_BYTES = 256 * 2**20
+CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
 
 BlockTimer = Callable[[int], float]
 
@@ -75,21 +99,93 @@ def l2_bytes(device: torch.device) -> int:
     return int(torch.cuda.get_device_properties(device).L2_cache_size)
 
 
-def flushed_block_timer(fn: Callable[[], object], threads: int, device: torch.device) -> BlockTimer:
+def _size(text: str) -> int:
+    """sysfs cache size '2048K' / '480M' / '1024' -> bytes."""
+    text = text.strip()
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
+    return int(text.rstrip("KkMmGg")) * scale
+
+
+def llc_bytes(device: torch.device = torch.device("cpu")) -> tuple[int, str]:
+    """The last-level cache of ``device`` in bytes, and where the number comes from.
+
+    CUDA: the device's L2. CPU: the highest cache level of cpu0 in sysfs,
+    else glibc's sysconf (L3, then L2), else ``FALLBACK_LLC_BYTES``. On a
+    shared host this is the whole socket's cache, of which a process may
+    hold much less.
+    """
+    if device.type == "cuda":
+        return l2_bytes(device), "cuda"
+    levels = {}
+    for index in sorted(CPU_CACHES.glob("index*")):
+        try:
+            if (index / "type").read_text().strip() != "Instruction":
+                levels[int((index / "level").read_text())] = _size((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+    if levels:
+        return levels[max(levels)], "sysfs"
+    for name in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
+        try:
+            size = os.sysconf(name)
+        except (ValueError, OSError):
+            continue
+        if size > 0:
+            return int(size), "sysconf"
+    return FALLBACK_LLC_BYTES, "fallback"
+
+
+def evict_bytes(device: torch.device) -> int:
+    """The size of ``device``'s eviction buffer: ``EVICT_FACTOR`` x ``llc_bytes`` on the CPU, twice the L2 on CUDA."""
+    factor = 2 if device.type == "cuda" else EVICT_FACTOR
+    return 4 * math.ceil(factor * llc_bytes(device)[0] / 4)
+
+
+class Evictor:
+    """Empties the caches of ``device`` between timed calls by touching a buffer larger than its last-level cache.
+
+    CPU: ``buffer`` (float32, ``nbytes``, default ``evict_bytes``) is filled
+    once (pages never written would all map the kernel's one zero page, and
+    reading them would read from cache); a call reads it all on the calling
+    thread count, then waits for the process's other threads to go quiet.
+    CUDA: a call overwrites it.
+    """
+
+    def __init__(self, device: torch.device, nbytes: int | None = None) -> None:
+        self.device = device
+        self.buffer = torch.ones(math.ceil((nbytes or evict_bytes(device)) / 4), dtype=torch.float32, device=device)
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.numel() * self.buffer.element_size()
+
+    def __call__(self) -> None:
+        if self.device.type == "cuda":
+            self.buffer.zero_()
+        else:
+            self.buffer.sum()
+            threadpools.wait_quiet()
+
+
+@functools.lru_cache(maxsize=None)
+def evictor(device: torch.device) -> Evictor:
+    """The process's one ``Evictor`` of ``device`` (its buffer is allocated once)."""
+    return Evictor(device)
+
+
+def cuda_cold_block_timer(fn: Callable[[], object], threads: int, device: torch.device) -> BlockTimer:
     """A function ``n -> seconds``: the summed CUDA-event time of n calls, each after an L2 flush.
 
     The flush (zeroing a buffer of twice the L2 size) is not part of the time.
     """
-    if device.type != "cuda":
-        raise ValueError("the flushed L2 mode needs a CUDA device")
-    buffer = torch.empty(2 * l2_bytes(device), dtype=torch.int8, device=device)
+    evict = evictor(device)
 
     def block(n: int) -> float:
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         with set_torch_threads(threads):
             for start, end in zip(starts, ends):
-                buffer.zero_()
+                evict()
                 start.record()
                 fn()
                 end.record()
@@ -99,12 +195,43 @@ def flushed_block_timer(fn: Callable[[], object], threads: int, device: torch.de
     return block
 
 
+class CPUColdBlockTimer:
+    """``n -> seconds``: the summed time of n calls of ``fn``, each after an eviction (``Evictor``), which is not timed.
+
+    ``wall(n)`` runs the same block and returns its wall time, evictions
+    included; ``interleaved`` calibrates the calls per block on it.
+    """
+
+    def __init__(self, fn: Callable[[], object], threads: int, device: torch.device) -> None:
+        self.fn, self.threads = fn, threads
+        self.evict = evictor(device)
+        self.last_wall_s = 0.0
+
+    def __call__(self, n: int) -> float:
+        total = 0.0
+        begin = time.perf_counter()
+        with set_torch_threads(self.threads):
+            for _ in range(n):
+                self.evict()
+                start = time.perf_counter()
+                self.fn()
+                total += time.perf_counter() - start
+        self.last_wall_s = time.perf_counter() - begin
+        return total
+
+    def wall(self, n: int) -> float:
+        self(n)
+        return self.last_wall_s
+
+
 def block_timer(fn: Callable[[], object], threads: int, device: torch.device, l2: str = "warm") -> BlockTimer:
-    """The block timer for ``l2`` mode ("warm" anywhere, "flushed" on CUDA)."""
+    """The block timer of cache mode ``l2`` ("warm" or "cold", see the module docstring) on ``device``."""
     if l2 == "warm":
         return warm_block_timer(fn, threads)
-    if l2 == "flushed":
-        return flushed_block_timer(fn, threads, device)
+    if l2 == "cold":
+        if device.type == "cuda":
+            return cuda_cold_block_timer(fn, threads, device)
+        return CPUColdBlockTimer(fn, threads, device)
     raise ValueError(f"unknown L2 mode {l2!r}; choose one of {L2_MODES}")
 
 
@@ -156,10 +283,10 @@ def interleaved(
     Args:
         fns: name -> function of no arguments (one call = one unit to time).
         rounds: R, the number of samples per function.
-        min_time: seconds each timed block lasts at least (sets n_inner).
+        min_time: seconds each timed block lasts at least (sets n_inner; for a CPU cold block, of wall time).
         threads: intra-op threads during the timed calls.
         device: where the functions run (CUDA is synchronized).
-        l2: "warm" or "flushed" (CUDA only), see the module docstring.
+        l2: "warm" or "cold", see the module docstring.
         on_block: called after every timed block of the rounds (progress bars).
         block_context: name -> a context entered around each block of that function (its warm-up and
             calibration, then each round's block), for example ``threadpools.PoolLimits.block``.
@@ -176,7 +303,8 @@ def interleaved(
         for name in names:
             with context(name):
                 warm_up(fns[name], min_time, device)
-                result[name] = Samples(n_inner=calibrate(blocks[name], min_time))
+                # a CPU cold block is calibrated on its wall time, evictions included
+                result[name] = Samples(n_inner=calibrate(getattr(blocks[name], "wall", blocks[name]), min_time))
     for r in range(rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:

@@ -58,11 +58,19 @@ def test_block_timer_sleep_is_measured_per_block() -> None:
     assert 3 * 0.002 <= block(3) < 3 * 0.002 + 0.5
 
 
-def test_flushed_mode_needs_cuda_and_unknown_mode_is_refused() -> None:
-    with pytest.raises(ValueError, match="CUDA"):
-        timing.block_timer(lambda: None, threads=1, device=CPU, l2="flushed")
-    with pytest.raises(ValueError, match="L2 mode"):
-        timing.block_timer(lambda: None, threads=1, device=CPU, l2="cold")
+def test_cold_mode_on_the_cpu_and_unknown_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(timing, "llc_bytes", lambda device=CPU: (2**20, "test"))  # a small eviction buffer
+    timing.evictor.cache_clear()
+    try:
+        calls = []
+        block = timing.block_timer(lambda: calls.append(1), threads=1, device=CPU, l2="cold")
+        assert isinstance(block, timing.CPUColdBlockTimer)
+        assert 0 < block(3) <= block.last_wall_s and len(calls) == 3  # the evictions are in the wall time only
+    finally:
+        timing.evictor.cache_clear()
+    for mode in ("flushed", "hot"):
+        with pytest.raises(ValueError, match="L2 mode"):
+            timing.block_timer(lambda: None, threads=1, device=CPU, l2=mode)
 
 
 def test_interleaved_rotates_order_and_divides_block_time(monkeypatch: pytest.MonkeyPatch) -> None:
