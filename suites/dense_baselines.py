@@ -62,8 +62,9 @@ class OpenBLASLinear(nn.Module):
                                f"{linear.weight.device.type}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.nnz = linear.weight.numel()
-        self.weight = linear.weight.detach()
-        self.bias = None if linear.bias is None else linear.bias.detach()
+        # buffers, so that the bytes of a call (``suites.traffic``) count them; not saved with the module
+        self.register_buffer("weight", linear.weight.detach(), persistent=False)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach(), persistent=False)
         self._weight_t = self.weight.numpy().T  # (in, out), Fortran-ordered: BLAS reads it transposed, no copy
         self._bias = None if self.bias is None else self.bias.numpy()
 

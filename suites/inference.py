@@ -1,10 +1,28 @@
 """The inference suite: latency of one linear layer (and of a whole ViT-B/16) in each method's inference format.
 
-Cases (``--cases``): the linear shapes of ViT-B/16 (qkv, proj, fc1, fc2)
-and ViT-L/16 (fc1), or any ``INxOUT`` shape; every shape is timed at every
-sparsity and batch (rows of X). The end-to-end case is torchvision's
-ViT-B/16 at image batch 1 with every encoder linear converted
-(``suites/vit_e2e.py``).
+Cases (``--cases``): the linear shapes of ViT-B/16, ViT-L/16 and ViT-H/14
+(qkv, proj, fc1, fc2; named sets ``b16``, ``l16``, ``h14``), or any
+``INxOUT`` shape; every shape is timed at every sparsity and batch (rows of
+X). ``b16-stack`` is ViT-B/16's 48 encoder linears applied in sequence to
+one token (batch 1 whatever ``--batch`` says; ``suites/token_stack.py``).
+The default is ``b16``, ``l16-fc1`` and ``b16-stack``; the bigger shapes
+are the named sets, out of the default to keep a full run near half an
+hour on 2 cores. The end-to-end case is torchvision's ViT-B/16 at image
+batch 1 with every encoder linear converted (``suites/vit_e2e.py``).
+
+Layer and stack cases are timed with warm caches and with cold ones
+(``--l2``, ``dstbench.timing``): warm, each call finds the layer's data left
+in cache by the previous one; cold, the caches are evicted before every
+call, outside the timed region. ``--quick`` times warm only on the CPU; the
+end-to-end case is always warm.
+
+Every row also says how close it comes to this machine's memory
+bandwidth: ``bytes`` (``suites/traffic.py``: the layer's stored tensors in
+their dtypes plus x and y), ``gbps`` (bytes / p50) and ``limit_frac`` (gbps
+over ``ceiling_gbps``, the bandwidth that ``dstbench.bandwidth``'s probe
+measured in the same run at that working set, or beyond cache for a cold
+row); ``bw_probe`` holds the whole probe. The end-to-end rows leave them
+empty.
 
 One *case group* is (case, sparsity, batch, dtype, device, threads, L2
 mode). All methods of a group, plus the dense and CSR (``rigl``) baselines,
@@ -48,14 +66,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dstbench import records, registry, stats, threadpools, timing
+from dstbench import bandwidth, records, registry, stats, threadpools, timing
 from dstbench import report as reporting
 from dstbench.compare import Ratio, SuiteSpec
 from dstbench.errors import UserError
 from dstbench.kernels.layers import InferenceLayer
 from dstbench.registry import register_suite
 from dstbench.methods.base import SparsityMethod
-from dstbench.suites import base, dense_baselines, vit_e2e
+from dstbench.suites import base, dense_baselines, token_stack, traffic, vit_e2e
 from dstbench.suites.method_specs import parse_methods, with_baselines
 from dstbench.table import Column, fmt_ratio_ci, format_table
 
@@ -66,20 +84,32 @@ LAYER_CASES = {
     "b16-proj": (768, 768),
     "b16-fc1": (768, 3072),
     "b16-fc2": (3072, 768),
+    "l16-qkv": (1024, 3072),
+    "l16-proj": (1024, 1024),
     "l16-fc1": (1024, 4096),
+    "l16-fc2": (4096, 1024),
+    "h14-qkv": (1280, 3840),
+    "h14-proj": (1280, 1280),
+    "h14-fc1": (1280, 5120),
+    "h14-fc2": (5120, 1280),
 }
+#: the token-stack cases, name -> (in_features, out_features) of the whole stack
+STACK_CASES = {name: (width, width) for name, (width, _, _) in token_stack.STACKS.items()}
+#: --cases names that stand for several cases
+CASE_SETS = {model: [name for name in LAYER_CASES if name.startswith(f"{model}-")] for model in ("b16", "l16", "h14")}
 E2E_CASE = "vit_b16"
 DENSE, CSR = "dense", "rigl"
 #: options a resumed run may change (they do not define its cases)
 RESUMABLE = ("named", "quick", "out", "notes")
 DEFAULTS = {
-    "cases": ",".join(LAYER_CASES),
+    "cases": "b16,l16-fc1,b16-stack",
     "sparsity": "0.8,0.9,0.95,0.99",
     "batch": "1,197,256",
     "rounds": 10,
     "min_time": 0.1,
+    "l2": ",".join(timing.L2_MODES),
 }
-QUICK = {"cases": "b16-fc1", "sparsity": "0.9", "batch": "1,256", "rounds": 7, "min_time": 0.05}
+QUICK = {"cases": "b16-fc1", "sparsity": "0.9", "batch": "1,256", "rounds": 7, "min_time": 0.05, "l2": "warm"}
 #: rounds of the end-to-end case in --quick (a ViT-B/16 forward takes ~0.3 s on 2 cores)
 QUICK_E2E_ROUNDS = 6
 _SHAPE = re.compile(r"^(\d+)x(\d+)$")
@@ -108,6 +138,10 @@ class Group:
         return self.case == E2E_CASE
 
     @property
+    def stack(self) -> bool:
+        return self.case in STACK_CASES
+
+    @property
     def group_id(self) -> str:
         shape = "e2e" if self.e2e else f"{self.in_features}x{self.out_features}"
         return (f"{self.case}/{shape}/s{self.sparsity:g}/b{self.batch}/{self.dtype}/{self.device}"
@@ -126,7 +160,8 @@ class Config:
     baseline (rigl) first, then the others asked for. ``named`` are those
     given in --methods (empty when it was not given). ``dense`` are the
     dense implementations timed in every layer group (``dense_baselines``),
-    torch's default first.
+    torch's default first. ``l2`` are the cache modes of the layer and stack
+    groups.
     """
 
     methods: list[str]
@@ -135,6 +170,7 @@ class Config:
     cases: dict[str, tuple[int, int]]
     sparsities: list[float]
     batches: list[int]
+    l2: list[str]
     e2e: bool
     rounds: int
     e2e_rounds: int
@@ -148,18 +184,17 @@ class Config:
     out: str
     notes: list[str]
 
-    @property
-    def l2_modes(self) -> tuple[str, ...]:
-        return timing.L2_MODES if self.device == "cuda" else ("warm",)
-
     def groups(self) -> list[Group]:
-        """Every case group, layer cases first (shape, batch, sparsity, L2 mode), then end to end."""
+        """Every case group, layer and stack cases first (shape, batch, sparsity, L2 mode), then end to end.
+
+        A stack case is timed at batch 1 only (one token).
+        """
         out = [
             Group(case, fin, fout, s, b, self.dtype, self.device, self.threads, l2)
             for case, (fin, fout) in self.cases.items()
-            for b in self.batches
+            for b in ([1] if case in STACK_CASES else self.batches)
             for s in self.sparsities
-            for l2 in self.l2_modes
+            for l2 in self.l2
         ]
         if self.e2e:
             out += [Group(E2E_CASE, None, None, s, 1, self.dtype, self.device, self.threads, "warm") for s in self.sparsities]
@@ -182,10 +217,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "when the compiled kernels are available (explicit options override)")
     parser.add_argument("--methods", help="comma-separated method specs NAME[:KEY=VALUE...] (default: all registered); dense and rigl (CSR) "
                                           "are always timed as the baselines of the speedups")
-    parser.add_argument("--cases", help=f"comma-separated layer cases, names among {', '.join(LAYER_CASES)} "
-                                        f"or shapes INxOUT such as 64x128 (default: all names)")
+    parser.add_argument("--cases", help=f"comma-separated layer cases: names among {', '.join(LAYER_CASES)}; the sets "
+                                        f"{', '.join(CASE_SETS)} (each model's qkv, proj, fc1, fc2); "
+                                        f"{', '.join(STACK_CASES)} (ViT-B/16's 48 encoder linears in sequence on one "
+                                        "token, batch 1); or shapes INxOUT such as 64x128 (default "
+                                        f"{DEFAULTS['cases']}: the l16 and h14 sets are left out of the default to keep "
+                                        "a full run near half an hour on 2 cores)")
     parser.add_argument("--sparsity", help=f"comma-separated sparsities in [0, 1) (default {DEFAULTS['sparsity']})")
     parser.add_argument("--batch", help=f"comma-separated batch sizes, rows of X (default {DEFAULTS['batch']})")
+    parser.add_argument("--l2", help="comma-separated cache modes of the layer and stack cases: warm (the layer's data "
+                                     "stays cached between calls) and cold (the caches are evicted before every call, "
+                                     "untimed: on the CPU by reading a buffer 1.5x the last-level cache) (default "
+                                     "warm,cold; --quick on the CPU: warm)")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end ViT-B/16 case")
     parser.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -207,7 +250,11 @@ def _preset(args: argparse.Namespace, key: str) -> Any:
 
 
 def parse_cases(text: str) -> dict[str, tuple[int, int]]:
-    """'b16-fc1,64x128' -> {'b16-fc1': (768, 3072), '64x128': (64, 128)}; UserError for an unknown name."""
+    """'b16-fc1,64x128' -> {'b16-fc1': (768, 3072), '64x128': (64, 128)}; a set (``CASE_SETS``) stands for its cases.
+
+    Raises:
+        UserError: an unknown name.
+    """
     cases = {}
     for name in (item.strip() for item in text.split(",")):
         if not name:
@@ -218,11 +265,23 @@ def parse_cases(text: str) -> dict[str, tuple[int, int]]:
             if fin < 1 or fout < 1:
                 raise UserError(f"--cases shape {name} needs in and out >= 1")
             cases[name] = (fin, fout)
-        elif name in LAYER_CASES:
-            cases[name] = LAYER_CASES[name]
+        elif name in CASE_SETS:
+            cases.update((case, LAYER_CASES[case]) for case in CASE_SETS[name])
+        elif name in LAYER_CASES or name in STACK_CASES:
+            cases[name] = {**LAYER_CASES, **STACK_CASES}[name]
         else:
-            raise UserError(f"unknown case {name!r} in --cases; choose from {', '.join(LAYER_CASES)} or give a shape INxOUT like 64x128")
+            raise UserError(f"unknown case {name!r} in --cases; choose from {', '.join([*LAYER_CASES, *STACK_CASES])}, "
+                            f"the sets {', '.join(CASE_SETS)}, or give a shape INxOUT like 64x128")
     return cases
+
+
+def parse_l2(text: str) -> list[str]:
+    """'warm,cold' -> ['warm', 'cold']; UserError for an unknown or missing mode."""
+    modes = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
+    unknown = [m for m in modes if m not in timing.L2_MODES]
+    if unknown or not modes:
+        raise UserError(f"--l2 takes a comma-separated list of {', '.join(timing.L2_MODES)}, got {text!r}")
+    return modes
 
 
 def make_method(label: str, **options: Any) -> SparsityMethod:
@@ -238,6 +297,9 @@ def resolve_config(args: argparse.Namespace) -> Config:
     cases = parse_cases(_preset(args, "cases"))
     sparsities = base.sparsities(_preset(args, "sparsity"))
     batches = base.batches(_preset(args, "batch"))
+    device = base.resolve_device(args.device)
+    # CUDA times both modes by default, --quick too (its flush costs little)
+    l2 = parse_l2(args.l2 if args.l2 is not None else DEFAULTS["l2"] if device.type == "cuda" else _preset(args, "l2"))
     if not sparsities:
         raise UserError("--sparsity is empty; give for example --sparsity 0.9")
     if not batches:
@@ -248,7 +310,6 @@ def resolve_config(args: argparse.Namespace) -> Config:
     min_time = _preset(args, "min_time")
     if not min_time > 0:
         raise UserError(f"--min-time must be a positive number of seconds, got {min_time}")
-    device = base.resolve_device(args.device)
     dtype = base.resolve_dtype(args.dtype)
     if args.impl not in ("auto", "cpu", "cuda", "reference"):
         raise UserError(f"--impl must be auto, cpu, cuda or reference, got {args.impl!r}")
@@ -258,25 +319,33 @@ def resolve_config(args: argparse.Namespace) -> Config:
     e2e_rounds = rounds if args.rounds is not None or not args.quick else QUICK_E2E_ROUNDS
     return Config(
         methods=methods, named=named, dense=dense_baselines.candidates(device.type, dtype), cases=cases,
-        sparsities=sparsities, batches=batches, e2e=not args.no_e2e,
+        sparsities=sparsities, batches=batches, l2=l2, e2e=not args.no_e2e,
         rounds=rounds, e2e_rounds=e2e_rounds, min_time=float(min_time), threads=threads, device=device.type,
         dtype=args.dtype, impl=args.impl, seed=args.seed, quick=args.quick,
         out=str(args.out or records.default_out(NAME)), notes=[],
     )
 
 
-def build_layer(method: str, linear: nn.Linear, sparsity: float, impl: str) -> nn.Module:
-    """``linear`` in ``method``'s inference format at ``sparsity`` (dense ignores the sparsity).
+def build_layers(method: str, linears: list[nn.Linear], sparsity: float, impl: str) -> list[nn.Module]:
+    """Each of ``linears`` in ``method``'s inference format at ``sparsity`` (dense ignores the sparsity), by one
+    instance of the method.
 
     Raises:
         UserError: if the method's layer breaks the ``InferenceLayer`` contract (impl, nnz, shapes).
     """
-    layer = make_method(method, sparsity=sparsity, impl=impl).sparsify_linear(linear)
-    if not isinstance(layer, InferenceLayer):
-        missing = [a for a in ("in_features", "out_features", "impl", "nnz") if not hasattr(layer, a)]
-        raise UserError(f"method {method!r}: sparsify_linear returned a {type(layer).__name__} without "
-                        f"{', '.join(missing)}; see kernels.layers.InferenceLayer")
-    return layer
+    instance = make_method(method, sparsity=sparsity, impl=impl)
+    layers = [instance.sparsify_linear(linear) for linear in linears]
+    for layer in layers:
+        if not isinstance(layer, InferenceLayer):
+            missing = [a for a in ("in_features", "out_features", "impl", "nnz") if not hasattr(layer, a)]
+            raise UserError(f"method {method!r}: sparsify_linear returned a {type(layer).__name__} without "
+                            f"{', '.join(missing)}; see kernels.layers.InferenceLayer")
+    return layers
+
+
+def build_layer(method: str, linear: nn.Linear, sparsity: float, impl: str) -> nn.Module:
+    """``linear`` in ``method``'s inference format at ``sparsity`` (``build_layers`` of one)."""
+    return build_layers(method, [linear], sparsity, impl)[0]
 
 
 def _run_tiny(make: Callable[[nn.Linear], nn.Module], config: Config) -> nn.Module:
@@ -340,7 +409,8 @@ def _nnz_of(module: nn.Module) -> int:
 
 
 class Workloads:
-    """Builds the timed modules and inputs of each group, reusing the dense layers of a shape across sparsities."""
+    """Builds the timed modules and inputs of each group, reusing the dense layers of a shape across sparsities and
+    a sparsity's layers across cache modes (the same modules are timed warm and cold)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -348,35 +418,55 @@ class Workloads:
         self.dtype = base.DTYPES[config.dtype]
         self._key: tuple | None = None
         self._dense: dict[str, nn.Module] = {}
-        self._source: nn.Module | None = None
+        self._source: Any = None
+        self._sparse_key: tuple | None = None
+        self._sparse: dict[str, nn.Module] = {}
 
-    def _base(self, group: Group) -> tuple[nn.Module, dict[str, nn.Module]]:
-        """(source, dense) for the group's shape: the seeded nn.Linear (or ViT) and its dense implementations by name."""
+    def _dense_of(self, name: str, linear: nn.Linear) -> nn.Module:
+        if name == DENSE:
+            return build_layer(DENSE, linear, 0.0, self.config.impl)
+        return dense_baselines.BUILDERS[name](linear)
+
+    def _base(self, group: Group) -> tuple[Any, dict[str, nn.Module]]:
+        """(source, dense) for the group's shape: the seeded nn.Linear (the stack's list of them, or the ViT) and its
+        dense implementations by name."""
         key = (group.case, group.in_features, group.out_features)
         if key != self._key:
-            self._key, self._source, self._dense = key, None, {}
+            self._key, self._source, self._dense, self._sparse_key, self._sparse = key, None, {}, None, {}
             if group.e2e:
                 self._source = vit_e2e.vit_b16(self.config.seed, self.device, self.dtype)
                 self._dense = {DENSE: vit_e2e.convert(self._source, registry.make_method(DENSE))}
+            elif group.stack:
+                self._source = token_stack.source_linears(*token_stack.STACKS[group.case], self.config.seed,
+                                                          self.device, self.dtype)
+                self._dense = {name: token_stack.TokenStack([self._dense_of(name, linear) for linear in self._source])
+                               for name in self.config.dense}
             else:
                 torch.manual_seed(self.config.seed)
                 self._source = nn.Linear(group.in_features, group.out_features).to(self.device, self.dtype)
-                self._dense = {name: build_layer(DENSE, self._source, 0.0, self.config.impl) if name == DENSE
-                               else dense_baselines.BUILDERS[name](self._source) for name in self.config.dense}
+                self._dense = {name: self._dense_of(name, self._source) for name in self.config.dense}
         return self._source, self._dense
+
+    def _sparse_of(self, group: Group, name: str, source: Any) -> nn.Module:
+        """``name``'s module of the group's source at its sparsity, built once for all its cache modes."""
+        key = (group.case, group.in_features, group.out_features, group.sparsity)
+        if key != self._sparse_key:
+            self._sparse_key, self._sparse = key, {}
+        if name not in self._sparse:
+            if group.e2e:
+                self._sparse[name] = vit_e2e.convert(source, make_method(name, sparsity=group.sparsity,
+                                                                         impl=self.config.impl))
+            elif group.stack:
+                self._sparse[name] = token_stack.TokenStack(build_layers(name, source, group.sparsity,
+                                                                         self.config.impl))
+            else:
+                self._sparse[name] = build_layer(name, source, group.sparsity, self.config.impl)
+        return self._sparse[name]
 
     def modules(self, group: Group, names: list[str]) -> dict[str, nn.Module]:
         """name (``Config.names``) -> the module to time for this group."""
         source, dense = self._base(group)
-        out = {}
-        for name in names:
-            if name in dense:
-                out[name] = dense[name]
-            elif group.e2e:
-                out[name] = vit_e2e.convert(source, make_method(name, sparsity=group.sparsity, impl=self.config.impl))
-            else:
-                out[name] = build_layer(name, source, group.sparsity, self.config.impl)
-        return out
+        return {name: dense[name] if name in dense else self._sparse_of(group, name, source) for name in names}
 
     def input(self, group: Group) -> torch.Tensor:
         """X: (batch, in_features), or (1, 3, 224, 224) images for the end-to-end case."""
@@ -386,8 +476,12 @@ class Workloads:
 
 
 def measure_group(group: Group, workloads: Workloads, names: list[str], config: Config,
-                  on_block: Callable[[], None] | None = None) -> list[dict[str, Any]]:
-    """Time all ``names`` (``Config.names``) of one group interleaved; one row per name."""
+                  on_block: Callable[[], None] | None = None,
+                  probe: bandwidth.Bandwidth | None = None) -> list[dict[str, Any]]:
+    """Time all ``names`` (``Config.names``) of one group interleaved; one row per name.
+
+    ``probe`` is the run's bandwidth probe, which the rows' ``limit_frac`` divides by (empty without one).
+    """
     modules = workloads.modules(group, names)
     x = workloads.input(group)
     fns = {name: (lambda m=module: m(x)) for name, module in modules.items()}
@@ -398,7 +492,19 @@ def measure_group(group: Group, workloads: Workloads, names: list[str], config: 
                                      on_block=on_block, block_context=pools.block)
     dense = [name for name in names if name in dense_baselines.NAMES]
     fastest = min(dense, key=lambda name: statistics.median(samples[name].samples_s))
-    return [_row(group, name, modules, samples, dense, fastest) for name in names]
+    return [{**_row(group, name, modules, samples, dense, fastest), **_traffic(group, modules[name], samples[name], probe)}
+            for name in names]
+
+
+def _traffic(group: Group, module: nn.Module, own: timing.Samples, probe: bandwidth.Bandwidth | None) -> dict[str, Any]:
+    """bytes, gbps, ceiling_gbps, limit_frac and bw_probe of a row (all None end to end; the last three without a
+    probe)."""
+    nbytes = None if group.e2e else traffic.call_bytes(module, group.batch, base.DTYPES[group.dtype].itemsize)
+    gbps = None if nbytes is None else nbytes / statistics.median(own.samples_s) / 1e9
+    ceiling = None if gbps is None or probe is None else probe.ceiling(nbytes, group.l2)
+    return {"bytes": nbytes, "gbps": gbps, "ceiling_gbps": ceiling,
+            "limit_frac": None if ceiling is None else gbps / ceiling,
+            "bw_probe": None if ceiling is None else probe.record()}
 
 
 def _row(group: Group, name: str, modules: dict[str, nn.Module], samples: dict[str, timing.Samples],
@@ -440,9 +546,10 @@ def _row(group: Group, name: str, modules: dict[str, nn.Module], samples: dict[s
 
 
 def summary_table(rows: list[dict[str, Any]], device: str) -> str:
-    """The readable end-of-run table: one line per row, p50 in µs, speedups with their 95% intervals.
+    """The readable end-of-run table: one line per row, p50 in µs, speedups with their 95% intervals, GB/s.
 
-    "vs dense" is against the fastest dense implementation of the row's group, named in the "dense" column.
+    "vs dense" is against the fastest dense implementation of the row's group, named in the "dense" column; "limit"
+    is ``limit_frac`` in percent. The l2 column shows where the rows hold more than one cache mode (or on CUDA).
     """
     columns = [
         Column("method", "method"),
@@ -450,7 +557,7 @@ def summary_table(rows: list[dict[str, Any]], device: str) -> str:
         Column("sparsity", lambda r: f"{r['sparsity']:g}", ">"),
         Column("batch", "batch", ">"),
     ]
-    if device == "cuda":
+    if device == "cuda" or len({r["l2"] for r in rows}) > 1:
         columns.append(Column("l2", "l2"))
     columns += [
         Column("impl", "impl"),
@@ -460,6 +567,8 @@ def summary_table(rows: list[dict[str, Any]], device: str) -> str:
         Column("dense", "dense_impl"),
         _ratio_column("vs torch dense [95% CI]", "speedup_vs_torch_dense"),
         _ratio_column("vs CSR [95% CI]", "speedup_vs_csr"),
+        Column("GB/s", lambda r: "–" if r.get("gbps") is None else f"{r['gbps']:.3g}", ">"),
+        Column("limit", lambda r: "–" if r.get("limit_frac") is None else f"{r['limit_frac']:.0%}", ">"),
     ]
     return format_table(rows, columns)
 
@@ -483,6 +592,15 @@ def _check_e2e_speed(config: Config, impls: dict[str, str]) -> None:
                       "forward); --no-e2e leaves that case out", stacklevel=2)
 
 
+def _probe_bandwidth(config: Config) -> bandwidth.Bandwidth:
+    """The run's bandwidth probe (``dstbench.bandwidth``), with one line on stderr."""
+    bw = bandwidth.probe(torch.device(config.device), config.threads)
+    sizes = ", ".join(f"{size / 2**20:g} MiB {gbps:.3g}" for size, gbps in zip(bw.sizes, bw.gbps))
+    print(f"dstbench: read bandwidth (GB/s) by working set: {sizes}; last-level cache {bw.llc_bytes / 2**20:g} MiB "
+          f"({bw.llc_source})", file=sys.stderr)
+    return bw
+
+
 def run(args: argparse.Namespace) -> int:
     """``dstbench run --suite inference``: validate, open the run folder, time every pending group, print the table."""
     with warnings.catch_warnings():
@@ -503,11 +621,13 @@ def _run(args: argparse.Namespace) -> int:
                   "recorded", file=sys.stderr)
         workloads = Workloads(config)
         start = time.perf_counter()
+        probe_bw = _probe_bandwidth(config) if any(not g.e2e for g in pending) else None
         total_blocks = sum(len(config.names(g)) * config.rounds_of(g) for g in pending)
         with tqdm(total=total_blocks, unit="block", file=sys.stderr, desc=NAME) as bar:
             for group in pending:
                 bar.set_postfix_str(f"{group.case} s={group.sparsity:g} b={group.batch} l2={group.l2}")
-                rows = measure_group(group, workloads, config.names(group), config, on_block=lambda: bar.update(1))
+                rows = measure_group(group, workloads, config.names(group), config, on_block=lambda: bar.update(1),
+                                     probe=probe_bw)
                 store.append_many(row for row in rows if row["case_id"] not in store.done)
         store.finish()
     wanted = {g.case_id(name): None for g in groups for name in config.names(g)}

@@ -1,36 +1,56 @@
-"""The inference suite run in-process on tiny shapes: rows, ratios, resume, e2e conversion (correctness only)."""
+"""The inference suite run in-process on tiny shapes: rows, ratios, resume, e2e conversion, cold caches, the token
+stack, bytes and bandwidth, the roofline figure (correctness only, no timing assertions)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import re
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import VisionTransformer
 
-from dstbench import records, registry, timing
+from dstbench import bandwidth, records, registry, timing
 from dstbench.cli import main
 from dstbench.kernels import ops
-from dstbench.suites import dense_baselines, inference, vit_e2e
+from dstbench.kernels.formats import CondensedWeight, DiagonalWeight
+from dstbench.kernels.layers import CondensedLinear, CSRLinear, DenseLinear, DiagonalLinear
+from dstbench.suites import dense_baselines, inference, token_stack, traffic, vit_e2e
 
 TINY = ["--cases", "32x48", "--sparsity", "0.5", "--batch", "2", "--rounds", "3", "--min-time", "0.001",
-        "--no-e2e", "--threads", "1"]
+        "--no-e2e", "--threads", "1", "--l2", "warm"]
 COLUMNS = {"suite", "method", "impl", "case", "in_features", "out_features", "sparsity", "batch", "dtype", "device",
            "threads", "n", "p50_s", "p90_s", "p99_s", "speedup_vs_dense", "speedup_vs_csr", "case_id", "n_inner",
            "samples_s", "l2", "nnz", "speedup_vs_dense_lo", "speedup_vs_dense_hi", "speedup_vs_csr_lo",
            "speedup_vs_csr_hi", "speedup_vs_torch_dense", "speedup_vs_torch_dense_lo", "speedup_vs_torch_dense_hi",
-           "dense_impl", "torch_dense_impl", "dense_impls"}
+           "dense_impl", "torch_dense_impl", "dense_impls", "bytes", "gbps", "ceiling_gbps", "limit_frac", "bw_probe"}
 
 #: the methods a run times by default: the dense and CSR baselines first, then every other registered method
 TIMED = list(dict.fromkeys(["dense", "rigl", *registry.list_methods()]))
 #: the dense implementations of a float32 CPU layer group (torch's default first), and all the group's rows
 DENSE = dense_baselines.candidates("cpu", torch.float32)
 ROWS = DENSE + TIMED[1:]
+CPU = torch.device("cpu")
+#: the machine's own last-level cache reader (the fixture below replaces it by a small one)
+MACHINE_LLC = timing.llc_bytes
+#: the "last-level cache" of these tests, so that the eviction buffer and the probe stay small
+SMALL_LLC = 4 * 2**20
+
+
+@pytest.fixture(autouse=True)
+def small_caches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(timing, "llc_bytes", lambda device=CPU: (SMALL_LLC, "test"))
+    timing.evictor.cache_clear()
+    yield
+    timing.evictor.cache_clear()
 
 
 def names(frame) -> list[str]:  # noqa: ANN001
@@ -91,8 +111,8 @@ def test_rows_columns_and_ratios(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert frame.loc["srigl", "impl"] == frame.loc["dynadiag", "impl"] == fast
     table = capsys.readouterr().out
     header, _, *lines = table.splitlines()[:2 + len(ROWS)]
-    assert re.split(r"\s{2,}", header.strip())[-4:] == ["vs dense [95% CI]", "dense", "vs torch dense [95% CI]",
-                                                         "vs CSR [95% CI]"]
+    assert re.split(r"\s{2,}", header.strip())[-6:] == ["vs dense [95% CI]", "dense", "vs torch dense [95% CI]",
+                                                         "vs CSR [95% CI]", "GB/s", "limit"]
     assert [line.split()[0] for line in lines] == list(frame["method"])
     assert [line.split()[4] for line in lines] == list(frame["impl"])
     assert {line.split("]")[1].split()[0] for line in lines} == {frame.loc[fastest, "impl"]}  # the dense column
@@ -204,13 +224,42 @@ def test_quick_presets_and_overrides() -> None:
     custom = inference.resolve_config(_parse("--quick", "--batch", "4", "--rounds", "5", "--threads", "1"))
     assert custom.batches == [4] and custom.rounds == custom.e2e_rounds == 5
     full = inference.resolve_config(_parse("--threads", "1"))
-    assert len(full.groups()) == 5 * 4 * 3 + 4
+    assert list(full.cases) == ["b16-qkv", "b16-proj", "b16-fc1", "b16-fc2", "l16-fc1", "b16-stack"]
+    assert full.l2 == ["warm", "cold"]
+    # 5 layer shapes x 4 sparsities x 3 batches and the stack at batch 1 x 4 sparsities, warm and cold; e2e warm
+    assert len(full.groups()) == (5 * 4 * 3 + 4) * 2 + 4
+    assert {g.batch for g in full.groups() if g.stack} == {1}
+    assert {g.l2 for g in full.groups() if g.e2e} == {"warm"}
     assert full.out.startswith("results/inference-")
+    chosen = inference.resolve_config(_parse("--quick", "--l2", "cold,warm", "--threads", "1"))
+    assert chosen.l2 == ["cold", "warm"]
+
+
+def test_quick_row_ids_are_unchanged() -> None:
+    """CI compares --quick runs against a committed baseline by case id: warm only, the ids they always had."""
+    quick = inference.resolve_config(_parse("--quick", "--threads", "2"))
+    assert quick.l2 == ["warm"]
+    assert [g.group_id for g in quick.groups()] == [
+        "b16-fc1/768x3072/s0.9/b1/float32/cpu/t2/l2-warm", "b16-fc1/768x3072/s0.9/b256/float32/cpu/t2/l2-warm",
+        "vit_b16/e2e/s0.9/b1/float32/cpu/t2/l2-warm"]
 
 
 def test_case_names_and_shapes() -> None:
     assert inference.parse_cases("b16-qkv, 64x128,l16-fc1") == {"b16-qkv": (768, 2304), "64x128": (64, 128),
                                                                  "l16-fc1": (1024, 4096)}
+    assert inference.parse_cases("l16,h14-fc2,b16-stack") == {
+        "l16-qkv": (1024, 3072), "l16-proj": (1024, 1024), "l16-fc1": (1024, 4096), "l16-fc2": (4096, 1024),
+        "h14-fc2": (5120, 1280), "b16-stack": (768, 768)}
+    assert list(inference.parse_cases("h14")) == ["h14-qkv", "h14-proj", "h14-fc1", "h14-fc2"]
+    assert inference.parse_cases("h14")["h14-fc1"] == (1280, 5120) and inference.parse_cases("h14-qkv") == {
+        "h14-qkv": (1280, 3840)}
+
+
+@pytest.mark.parametrize("text", ["hot", "", "warm,flushed"])
+def test_unknown_cache_mode_is_refused(text: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run(tmp_path / "r", "--l2", text) == 2
+    assert "--l2 takes a comma-separated list of warm, cold" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def tiny_vit(seed: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
@@ -272,3 +321,210 @@ def test_e2e_rows_with_a_tiny_vit(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert (frame["speedup_vs_dense"] == frame["speedup_vs_torch_dense"]).all()
     sparse = frame[frame["method"] == "srigl"].set_index("sparsity")
     assert sparse.loc[0.9, "nnz"] < sparse.loc[0.5, "nnz"] < dense["nnz"].iloc[0]
+
+
+# --- cold caches ---------------------------------------------------------------------------------------------------
+
+
+def test_cold_rows_exist_and_are_labelled(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run(tmp_path / "r", "--l2", "warm,cold") == 0
+    frame = records.load(tmp_path / "r")
+    assert list(frame["l2"]) == ["warm"] * len(ROWS) + ["cold"] * len(ROWS)
+    assert frame["case_id"].is_unique and frame["group_id"].nunique() == 2
+    for l2, rows in frame.groupby("l2"):
+        assert names(rows) == ROWS
+        assert set(rows["group_id"]) == {f"32x48/32x48/s0.5/b2/float32/cpu/t1/l2-{l2}"}
+        assert set(rows["speedup_vs_dense"]) >= {1.0}  # each mode has its own fastest dense
+    warm, cold = (frame[frame["l2"] == m].set_index(pd.Index(names(frame[frame["l2"] == m]))) for m in ("warm", "cold"))
+    assert (warm["bytes"] == cold["bytes"]).all()  # the same modules, timed in both modes
+    table = capsys.readouterr().out
+    assert re.split(r"\s{2,}", table.splitlines()[0].strip())[4] == "l2"
+    assert [line.split()[4] for line in table.splitlines()[2:2 + 2 * len(ROWS)]] == list(frame["l2"])
+
+
+def test_eviction_buffer_exceeds_the_machines_last_level_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(timing, "llc_bytes", MACHINE_LLC)
+    llc, source = timing.llc_bytes(CPU)
+    assert llc > 0 and source in ("sysfs", "sysconf", "fallback")
+    assert timing.evict_bytes(CPU) >= timing.EVICT_FACTOR * llc > llc
+
+
+def test_last_level_cache_is_read_from_sysfs_or_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for index, (level, kind, size) in enumerate([(1, "Data", "48K"), (1, "Instruction", "64K"), (2, "Unified", "2048K"),
+                                                 (3, "Unified", "491520K")]):
+        folder = tmp_path / "cache" / f"index{index}"
+        folder.mkdir(parents=True)
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(f"{value}\n")
+    monkeypatch.setattr(timing, "CPU_CACHES", tmp_path / "cache")
+    assert MACHINE_LLC(CPU) == (480 * 2**20, "sysfs")
+    monkeypatch.setattr(timing, "CPU_CACHES", tmp_path / "missing")
+
+    def no_sysconf(name: str) -> int:
+        raise ValueError(name)
+
+    monkeypatch.setattr(timing.os, "sysconf", no_sysconf)
+    assert MACHINE_LLC(CPU) == (timing.FALLBACK_LLC_BYTES, "fallback")
+    monkeypatch.setattr(timing, "llc_bytes", MACHINE_LLC)
+    assert timing.evict_bytes(CPU) > timing.FALLBACK_LLC_BYTES
+
+
+def test_eviction_buffer_is_written_and_read_by_each_eviction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filled with ones (not the zero page), its size the evict_bytes of the (test) cache, and read per eviction."""
+    evict = timing.evictor(CPU)
+    assert evict.nbytes == timing.evict_bytes(CPU) > SMALL_LLC
+    assert float(evict.buffer.sum()) == evict.buffer.numel()
+    reads = []
+    monkeypatch.setattr(timing.threadpools, "wait_quiet", lambda: reads.append("quiet"))
+    real_sum = torch.Tensor.sum
+    monkeypatch.setattr(torch.Tensor, "sum", lambda self, *a, **k: reads.append(self.numel()) or real_sum(self, *a, **k))
+    evict()
+    assert reads == [evict.buffer.numel(), "quiet"]
+
+
+def test_cold_block_times_the_calls_not_the_evictions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fake clock: an eviction takes 10 s, a call 1 s; the block is 3 s and its wall time 33 s."""
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    block = timing.CPUColdBlockTimer(lambda: clock.__setitem__(0, clock[0] + 1), threads=1, device=CPU)
+    block.evict = lambda: clock.__setitem__(0, clock[0] + 10)
+    assert block(3) == 3 and block.last_wall_s == 33
+    assert block.wall(2) == 22
+    n = timing.calibrate(block.wall, min_time=50)  # cold blocks are calibrated on their wall time
+    assert n * 11 >= 50 > n * 1
+
+
+# --- the token stack -------------------------------------------------------------------------------------------------
+
+STACK = (16, 32, 2)  # width, MLP width, blocks: a tiny stack of 8 linears
+
+
+def dense_weights(layer: nn.Module, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W (out, in), bias (out,)) of any layer, read off its outputs on the unit vectors and on zero."""
+    with torch.inference_mode():
+        zero = layer(torch.zeros(1, in_features))
+        return (layer(torch.eye(in_features)) - zero).T, zero[0]
+
+
+def reference_chain(x: torch.Tensor, weights: list[tuple[torch.Tensor, torch.Tensor]], width: int) -> torch.Tensor:
+    """Each block: x + proj(v), v the value part of qkv(x) (one token attends only to itself); x + fc2(gelu(fc1(x)))."""
+    for i in range(0, len(weights), 4):
+        (wq, bq), (wp, bp), (w1, b1), (w2, b2) = weights[i:i + 4]
+        x = x + F.linear(F.linear(x, wq, bq)[:, 2 * width:], wp, bp)
+        x = x + F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+    return x
+
+
+def test_token_stack_has_vit_b16_shapes() -> None:
+    width, mlp, blocks = token_stack.STACKS["b16-stack"]
+    shapes = [(width, 3 * width), (width, width), (width, mlp), (mlp, width)] * blocks
+    assert (width, mlp, blocks) == (768, 3072, 12) and len(shapes) == 48
+    assert sum(fin * fout for fin, fout in shapes) * 4 == pytest.approx(340e6, rel=0.01)  # ~340 MB of float32 weights
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_token_stack_output_equals_the_dense_reference_chain(name: str) -> None:
+    linears = token_stack.source_linears(*STACK, seed=0, device=CPU, dtype=torch.float32)
+    if name in dense_baselines.BUILDERS:
+        layers = [dense_baselines.BUILDERS[name](linear) for linear in linears]
+    else:
+        layers = inference.build_layers(name, linears, 0.5, "auto")
+    stack = token_stack.TokenStack(layers)
+    assert stack.in_features == stack.out_features == 16 and len(stack.layers) == 8
+    assert stack.nnz == sum(layer.nnz for layer in layers)
+    x = torch.randn(1, 16)
+    weights = [dense_weights(layer, linear.in_features) for layer, linear in zip(layers, linears)]
+    with torch.inference_mode():
+        torch.testing.assert_close(stack(x), reference_chain(x, weights, 16), rtol=1e-5, atol=1e-5)
+    if name not in dense_baselines.NAMES:  # a sparse stack drops weights; its chain is not dense's
+        assert sum(int((w != 0).sum()) for w, _ in weights) < sum(linear.weight.numel() for linear in linears)
+
+
+def test_stack_case_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(token_stack.STACKS, "b16-stack", STACK)
+    monkeypatch.setitem(inference.STACK_CASES, "b16-stack", (16, 16))
+    out = tmp_path / "r"
+    assert main(["run", "--suite", "inference", "--cases", "b16-stack", "--sparsity", "0.5", "--batch", "4,8",
+                 "--rounds", "2", "--min-time", "0.001", "--no-e2e", "--threads", "1", "--l2", "warm,cold",
+                 "--out", str(out)]) == 0
+    frame = records.load(out)
+    assert len(frame) == 2 * len(ROWS) and set(frame["case"]) == {"b16-stack"}
+    assert set(frame["batch"]) == {1}  # one token, whatever --batch says
+    assert set(frame["group_id"]) == {f"b16-stack/16x16/s0.5/b1/float32/cpu/t1/l2-{m}" for m in ("warm", "cold")}
+    shapes = [(16, 48), (16, 16), (16, 32), (32, 16)] * 2
+    dense = frame[frame["method"] == "dense"]
+    assert set(dense["nnz"]) == {sum(i * o for i, o in shapes)}
+    # torch's dense stack: weights and biases, plus each linear's input and output of one token
+    torch_dense = frame[names(frame) == np.array("dense")]
+    assert set(torch_dense["bytes"]) == {sum((i * o + o) * 4 + (i + o) * 4 for i, o in shapes)}
+    assert (frame.loc[frame["method"] != "dense", "nnz"] < dense["nnz"].iloc[0]).all()
+
+
+# --- bytes, bandwidth and limit ------------------------------------------------------------------------------------
+
+
+def test_bytes_of_each_format_from_known_small_layers() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(32, 48)  # in 32, out 48
+    act = 3 * (32 + 48)  # x and y elements at batch 3
+    dense = 48 * 32 * 4 + 48 * 4
+    assert traffic.call_bytes(DenseLinear.from_linear(linear), 3, 4) == dense + act * 4
+    assert traffic.call_bytes(dense_baselines.OpenBLASLinear(linear), 3, 4) == dense + act * 4  # one view counted once
+    assert traffic.call_bytes(dense_baselines.OneDNNLinear(linear), 3, 4) == dense + act * 4
+    mask = torch.rand(48, 32) < 0.25
+    nnz = int(mask.sum())
+    csr = CSRLinear(linear.weight.detach() * mask, linear.bias)
+    # row pointers (out + 1) and column indices int64, values and bias float32
+    assert traffic.call_bytes(csr, 3, 4) == (48 + 1) * 8 + nnz * 8 + nnz * 4 + 48 * 4 + act * 4
+    condensed = CondensedLinear(CondensedWeight(torch.randn(40, 6), torch.randint(0, 32, (40, 6), dtype=torch.int16),
+                                                torch.arange(40), 48, 32, linear.bias.detach()))
+    # values float32, column indices int16, active row ids int64, bias
+    assert traffic.call_bytes(condensed, 3, 4) == 40 * 6 * 4 + 40 * 6 * 2 + 40 * 8 + 48 * 4 + act * 4
+    diagonal = DiagonalLinear(DiagonalWeight(torch.tensor([0, 5, 9]), torch.randn(3, 32, dtype=torch.bfloat16), 48, 32,
+                                             linear.bias.detach().to(torch.bfloat16)))
+    # offsets int64, values and bias bfloat16; x and y in bfloat16
+    assert traffic.call_bytes(diagonal, 3, 2) == 3 * 8 + 3 * 32 * 2 + 48 * 2 + act * 2
+    assert traffic.stored_bytes(diagonal) == 3 * 8 + 3 * 32 * 2 + 48 * 2
+
+
+def test_bandwidth_probe_returns_positive_bandwidths_per_size() -> None:
+    bw = bandwidth.probe(CPU, threads=1, rounds=2, min_time=1e-3)
+    beyond = timing.evict_bytes(CPU)
+    assert list(bw.sizes) == [s for s in bandwidth.SIZES if s < beyond] + [beyond]
+    assert beyond > SMALL_LLC == bw.llc_bytes and bw.llc_source == "test"
+    assert len(bw.gbps) == len(bw.sizes) and all(g > 0 and math.isfinite(g) for g in bw.gbps)
+    assert bandwidth.Bandwidth.from_record(json.loads(json.dumps(bw.record()))) == bw
+
+
+def test_bandwidth_ceiling_interpolates_warm_and_takes_beyond_cache_when_cold() -> None:
+    bw = bandwidth.Bandwidth((2**20, 2**22, 2**30), (100.0, 50.0, 10.0), 2**28, "test")
+    assert bw.ceiling(2**20, "warm") == 100.0 and bw.ceiling(2**22, "warm") == 50.0
+    assert bw.ceiling(2**21, "warm") == pytest.approx(75.0)  # halfway in log size
+    assert bw.ceiling(10, "warm") == 100.0 and bw.ceiling(2**40, "warm") == 10.0  # clamped
+    assert bw.ceiling(2**20, "cold") == bw.ceiling(2**22, "cold") == 10.0
+
+
+def test_rows_carry_bytes_gbps_and_limit_against_the_runs_probe(tmp_path: Path) -> None:
+    assert run(tmp_path / "r", "--l2", "warm,cold") == 0
+    frame = records.load(tmp_path / "r")
+    frame = frame.set_index(pd.Index([f"{n}/{l2}" for n, l2 in zip(names(frame), frame["l2"])]))
+    assert len({json.dumps(p) for p in frame["bw_probe"]}) == 1  # one probe per run
+    probe = bandwidth.Bandwidth.from_record(frame["bw_probe"].iloc[0])
+    for _, row in frame.iterrows():
+        assert row["gbps"] == pytest.approx(row["bytes"] / row["p50_s"] / 1e9)
+        assert row["ceiling_gbps"] == pytest.approx(probe.ceiling(row["bytes"], row["l2"]))
+        assert row["limit_frac"] == pytest.approx(row["gbps"] / row["ceiling_gbps"])
+    assert frame.loc["dense/cold", "ceiling_gbps"] == probe.gbps[-1]
+    for name in DENSE:  # 32x48 at batch 2: weight, bias, x, y in float32
+        assert frame.loc[f"{name}/warm", "bytes"] == (48 * 32 + 48 + 2 * (32 + 48)) * 4
+
+
+def test_e2e_rows_leave_bytes_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vit_e2e, "vit_b16", tiny_vit)
+    monkeypatch.setattr(vit_e2e, "IMAGE_SHAPE", (1, 3, 32, 32))
+    assert main(["run", "--suite", "inference", "--cases", "32x48", "--batch", "2", "--sparsity", "0.5", "--rounds",
+                 "2", "--min-time", "0.001", "--threads", "1", "--methods", "dense", "--l2", "warm",
+                 "--out", str(tmp_path / "r")]) == 0
+    frame = records.load(tmp_path / "r")
+    assert frame.loc[frame["e2e"], ["bytes", "gbps", "limit_frac"]].isna().all().all()
+    assert frame.loc[~frame["e2e"], ["bytes", "gbps", "limit_frac"]].notna().all().all()

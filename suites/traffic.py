@@ -1,0 +1,49 @@
+"""The bytes one call of an inference layer moves: its stored tensors, its input and its output.
+
+``call_bytes`` is the lower bound of the memory traffic of ``layer(x)``:
+every tensor the layer holds (parameters and buffers of it and its
+submodules: dense weight and bias; CSR row pointers, column indices and
+values; condensed values, column indices and active rows; diagonal offsets
+and values; oneDNN's reordered weight), each counted once in its stored
+dtype, plus x (batch, in) read and y (batch, out) written in the run's dtype.
+A module that runs a sequence of layers (``layers``, the token stack) moves
+the sum over its layers, each with its own input and output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def tensor_bytes(tensor: Tensor) -> int:
+    """Bytes a tensor stores: a sparse CSR tensor's row pointers, column indices and values; else numel x itemsize."""
+    if tensor.layout == torch.sparse_csr:
+        return sum(tensor_bytes(part) for part in (tensor.crow_indices(), tensor.col_indices(), tensor.values()))
+    return tensor.numel() * tensor.element_size()
+
+
+def _identity(tensor: Tensor) -> tuple:
+    """Two views of one stored tensor (OpenBLAS's weight is the source linear's) count once."""
+    if tensor.layout == torch.strided:
+        return ("strided", tensor.data_ptr(), tensor.numel(), tensor.dtype)
+    return ("opaque", id(tensor))
+
+
+def stored_bytes(module: nn.Module) -> int:
+    """Bytes of the distinct tensors ``module`` holds: parameters and buffers, its submodules' included."""
+    tensors = {_identity(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(tensor_bytes(t) for t in tensors.values())
+
+
+def activation_bytes(module: nn.Module, batch: int, itemsize: int) -> int:
+    """Bytes of x read and y written by one call at ``batch`` rows: over every layer of a ``layers`` sequence."""
+    layers = getattr(module, "layers", None)
+    if layers is not None:
+        return sum(activation_bytes(layer, batch, itemsize) for layer in layers)
+    return batch * (module.in_features + module.out_features) * itemsize
+
+
+def call_bytes(module: nn.Module, batch: int, itemsize: int) -> int:
+    """``stored_bytes`` + ``activation_bytes``: what one call of ``module`` on (batch, in) moves at least."""
+    return stored_bytes(module) + activation_bytes(module, batch, itemsize)
