@@ -494,3 +494,64 @@ def training_figure(frame: pd.DataFrame, title: str, baseline: str) -> Figure:
     _legend(fig, *ax.get_legend_handles_labels())
     return fig
 
+
+def _bytes_formatter(value: float, _pos: int) -> str:
+    """Log-axis tick text in decimal units: 1k, 10M, 1G (nothing between decades)."""
+    if value <= 0 or abs(np.log10(value) - round(np.log10(value))) > 1e-6:
+        return ""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"
+
+
+@_styled
+def roofline_figure(frame: pd.DataFrame, title: str) -> Figure:
+    """Achieved bandwidth (bytes per call / median latency) against the bytes a call moves, one panel per cache mode,
+    under the read bandwidth the run's probe measured (the ceiling of ``limit_frac``).
+
+    Warm panel: the probe's bandwidth by working set (grey line). Cold panel: its beyond-cache bandwidth (grey dashed
+    line), since a cold call reads everything from memory.
+
+    Args:
+        frame: inference rows of one machine and batch with ``bytes`` and ``gbps`` (columns method, l2, bytes, gbps,
+            bw_probe: the probe record of ``dstbench.bandwidth``, or None).
+        title: the figure title.
+    """
+    modes = [mode for mode in ("warm", "cold") if mode in set(frame["l2"])]
+    modes += sorted(set(frame["l2"]) - set(modes))
+    fig = _figure(2.6)
+    axes = fig.subplots(1, len(modes), sharey=True, squeeze=False)[0]
+    probes = list({repr(p): p for p in frame["bw_probe"] if isinstance(p, dict)}.values())  # each run's, once
+    for ax, mode in zip(axes, modes):
+        rows = frame[frame["l2"] == mode]
+        for i, probe in enumerate(probes):
+            label = "read bandwidth (probe)" if i == 0 else None
+            if mode == "cold":
+                ax.axhline(probe["gbps"][-1], color="0.55", ls="--", lw=0.9, label=label, zorder=1)
+            else:
+                ax.plot(probe["bytes"], probe["gbps"], color="0.55", lw=0.9, marker="|", markersize=4, label=label,
+                        zorder=1)
+        for method in ordered_methods(rows["method"]):
+            points = rows[rows["method"] == method]
+            st = style(method)
+            ax.scatter(points["bytes"], points["gbps"], s=9, color=to_rgba(st.color, 0.75), marker=st.marker,
+                       linewidths=0.4, edgecolors=st.color, label=st.label, zorder=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(_bytes_formatter))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(FuncFormatter(_plain_125))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_plain_125))
+        ax.set_title(f"{mode} caches")
+        ax.set_xlabel("bytes per call")
+    axes[0].set_ylabel("achieved GB/s")
+    fig.suptitle(title)
+    handles, labels = {}, []
+    for ax in axes:  # one legend entry per method across the panels
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    _legend(fig, [handles[label] for label in labels], labels)
+    return fig

@@ -4,9 +4,12 @@ Runs of any suites, from any machines, are combined; inference and
 training runs are labelled by machine (``dstbench.runs.machine_label``).
 Figures are drawn only for the suites present:
 
-* inference: speedup over dense against sparsity per case (a panel per
-  batch, 95% intervals, the y = 1 dense line); latency box plots per case
-  and batch;
+* inference: speedup over dense against sparsity per case and cache mode
+  (a panel per batch, 95% intervals, the y = 1 dense line); latency box
+  plots per case, cache mode and batch; achieved bandwidth against bytes
+  per call per batch, warm and cold panels, under the run's measured read
+  bandwidth (for rows that record bytes); the tables per cache mode (cold
+  ones suffixed ``-cold``);
 * training: throughput per model and batch;
 * accuracy: top-1 (mean ± sd over seeds) against sparsity with the dense
   band, per dataset and model; tables of top-1, of its differences from
@@ -159,20 +162,53 @@ def inference_section(report: Report, frame: pd.DataFrame, references: Sequence[
     section.blocks.append(
         "Speedups are ratios of medians of per-round latencies timed interleaved with dense (and CSR) in the same "
         "process, with 95% bootstrap intervals; the dashed line is dense (1×). Boxes span the quartiles of the "
-        "per-round latencies, whiskers their range.")
+        "per-round latencies, whiskers their range. Figures and tables marked cold timed every call after the caches "
+        "were evicted (untimed); the others are warm, each call finding the layer's data left in cache by the last. "
+        "The bandwidth figures hold each call's bytes (stored tensors, input and output) over its median latency "
+        "against the read bandwidth measured in the same run.")
+    frame = frame.assign(l2=frame["l2"].fillna("warm") if "l2" in frame else "warm")
     for machine, rows in frame.groupby("machine", sort=False):
         prefix = f"{slug(machine)}-" if several else ""
         section.blocks.append(f"### {machine}")
-        for case, case_rows in rows.groupby("case", sort=False):
-            title = _with_machine(_case_title(case_rows, case), machine, several)
-            report.figure(section, plots.speedup_figure(case_rows, title, baseline), f"speedup-{prefix}{slug(case)}",
+        for (case, l2), case_rows in rows.groupby(["case", "l2"], sort=False):
+            title = _with_machine(_case_title(case_rows, case) + _caches(l2), machine, several)
+            stem = f"{prefix}{slug(case)}{_suffix(l2)}"
+            report.figure(section, plots.speedup_figure(case_rows, title, baseline), f"speedup-{stem}",
                           f"Speedup over dense, {title}", case_rows)
             for batch, batch_rows in case_rows.groupby("batch", sort=True):
                 report.figure(section, plots.latency_figure(batch_rows, f"{title}, batch {batch}", baseline),
-                              f"latency-{prefix}{slug(case)}-b{batch}", f"Latency per call, {title}, batch {batch}",
-                              batch_rows)
-    report.table(section, tables.speedup_pivot(frame, several, baseline), "inference-speedup", frame)
-    report.table(section, tables.inference_table(frame, several), "inference", frame, inline=False)
+                              f"latency-{stem}-b{batch}", f"Latency per call, {title}, batch {batch}", batch_rows)
+        roofline_section(report, section, rows, machine, several)
+    for l2, rows in frame.groupby("l2", sort=False):
+        report.table(section, tables.speedup_pivot(rows, several, baseline), f"inference-speedup{_suffix(l2)}", rows)
+        report.table(section, tables.inference_table(rows, several), f"inference{_suffix(l2)}", rows, inline=False)
+
+
+def _caches(l2: str) -> str:
+    """The title part of a cache mode: nothing for warm (the mode every suite times), ', cold caches' otherwise."""
+    return "" if l2 == "warm" else f", {l2} caches"
+
+
+def _suffix(l2: str) -> str:
+    """The file-name part of a cache mode: nothing for warm, '-cold' otherwise."""
+    return "" if l2 == "warm" else f"-{slug(l2)}"
+
+
+def roofline_section(report: Report, section: Section, frame: pd.DataFrame, machine: str, several: bool) -> None:
+    """Achieved bandwidth against bytes per call, one figure per batch, of the rows of one machine that record it
+    (the layer and stack cases of runs that measured bytes; nothing for older runs)."""
+    if "gbps" not in frame:
+        return
+    rows = frame[frame["gbps"].notna() & frame["bytes"].notna()]
+    prefix = f"{slug(machine)}-" if several else ""
+    for batch, batch_rows in rows.groupby("batch", sort=True):
+        title = _with_machine(f"batch {batch}", machine, several)
+        report.figure(section, plots.roofline_figure(batch_rows, f"Bandwidth per call, {title}"),
+                      f"roofline-{prefix}b{batch}",
+                      f"Achieved bandwidth (bytes a call moves / median latency) against bytes per call, {title}: "
+                      "every layer and stack case and sparsity; the grey line is the read bandwidth the run measured "
+                      "at each working set (warm) or beyond the last-level cache (cold), which limit_frac divides by",
+                      batch_rows)
 
 
 def training_section(report: Report, frame: pd.DataFrame, references: Sequence[Reference]) -> None:

@@ -528,3 +528,32 @@ def test_e2e_rows_leave_bytes_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     frame = records.load(tmp_path / "r")
     assert frame.loc[frame["e2e"], ["bytes", "gbps", "limit_frac"]].isna().all().all()
     assert frame.loc[~frame["e2e"], ["bytes", "gbps", "limit_frac"]].notna().all().all()
+
+
+# --- the report ------------------------------------------------------------------------------------------------------
+
+
+def test_report_draws_the_roofline_and_splits_cold_from_warm(tmp_path: Path) -> None:
+    assert run(tmp_path / "r", "--l2", "warm,cold") == 0
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path / "r"), "--out", str(out)]) == 0
+    for stem in ("roofline-b2", "speedup-32x48", "speedup-32x48-cold", "latency-32x48-b2", "latency-32x48-cold-b2"):
+        assert (out / "figures" / f"{stem}.pdf").stat().st_size > 0 and (out / "figures" / f"{stem}.png").exists()
+    for stem in ("inference", "inference-cold", "inference-speedup", "inference-speedup-cold"):
+        assert (out / "tables" / f"{stem}.md").exists()
+    assert "| 32x48 | 2 | " in (out / "tables" / "inference-speedup-cold.md").read_text()
+    provenance = json.loads((out / "provenance.json").read_text())["artifacts"]["figures/roofline-b2"]
+    assert provenance["files"] == ["figures/roofline-b2.pdf", "figures/roofline-b2.png"]
+    assert [s["run"] for s in provenance["sources"]] == [str(tmp_path / "r")]
+    assert provenance["sources"][0]["command"] and provenance["sources"][0]["commit"]["git_sha"]
+    assert "figures/roofline-b2.png" in (out / "index.md").read_text()
+
+
+def test_report_of_rows_without_bytes_draws_no_roofline(tmp_path: Path) -> None:
+    assert run(tmp_path / "r") == 0
+    rows = [{k: v for k, v in row.items() if k not in ("bytes", "gbps", "ceiling_gbps", "limit_frac", "bw_probe")}
+            for row in records.read_rows(tmp_path / "r")]
+    (tmp_path / "r" / records.ROWS_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "report")]) == 0
+    figures = {p.name for p in (tmp_path / "report" / "figures").iterdir()}
+    assert "speedup-32x48.pdf" in figures and not [f for f in figures if f.startswith("roofline")]
