@@ -170,23 +170,32 @@ def _phase_step(row: pd.Series, phase: str) -> str:
     return "–" if _missing(value) else fmt_seconds(value)
 
 
+def _text(value: object) -> str:
+    return "–" if _missing(value) else str(value)
+
+
 def training_table(frame: pd.DataFrame, machines: bool) -> Table:
-    """Training throughput and speedups vs dense and vs RigL; with ``--phase schedule``, each phase's step too."""
-    headers = (["machine"] if machines else []) + ["model", "batch", "sparsity", "method", "dynamic step",
-                                                   "settled step", "samples/s", "vs dense [95% CI]", "vs RigL [95% CI]",
-                                                   "dynamic vs dense", "settled vs dense"]
+    """Training throughput and speedups vs the fastest dense step (named), vs torch's eager dense step and vs RigL;
+    with ``--phase schedule``, each phase's step too."""
+    headers = (["machine"] if machines else []) + ["model", "batch", "sparsity", "method", "kernel", "dynamic step",
+                                                   "settled step", "samples/s", "vs dense [95% CI]", "dense",
+                                                   "vs torch dense", "vs RigL [95% CI]", "dynamic vs dense",
+                                                   "settled vs dense"]
     rows = []
     for _, r in _sorted(frame, ["machine", "model", "batch", "sparsity"]).iterrows():
         rows.append(([r["machine"]] if machines else []) + [
-            str(r["model"]), str(int(r["batch"])), fmt_sparsity(r["sparsity"]), r["method"],
+            str(r["model"]), str(int(r["batch"])), fmt_sparsity(r["sparsity"]), r["method"], _text(r.get("impl")),
             _phase_step(r, "dynamic"), _phase_step(r, "settled"), f"{r['samples_per_s']:.4g}",
             fmt_speedup(r["speedup_vs_dense"], r.get("speedup_vs_dense_lo"), r.get("speedup_vs_dense_hi")),
+            _text(r.get("dense_impl")), fmt_speedup(r.get("speedup_vs_torch_dense")),
             fmt_speedup(r.get("speedup_vs_rigl"), r.get("speedup_vs_rigl_lo"), r.get("speedup_vs_rigl_hi")),
             fmt_speedup(r.get("speedup_vs_dense_dynamic")), fmt_speedup(r.get("speedup_vs_dense_settled")),
         ])
-    align = (["l"] if machines else []) + ["l", "r", "r", "l", "r", "r", "r", "r", "r", "r", "r"]
+    align = (["l"] if machines else []) + ["l", "r", "r", "l", "l", "r", "r", "r", "r", "l", "r", "r", "r", "r"]
     return Table(headers, align, rows, "Training throughput over the whole schedule (dynamic and settled phases weighted "
-                                       "by the method's share of each, topology updates amortized) and speedups.")
+                                       "by the method's share of each, topology updates amortized) and speedups: vs "
+                                       "dense is against the fastest dense step of the case (named), vs torch dense "
+                                       "against torch's eager step.")
 
 
 def accuracy_summary(frame: pd.DataFrame) -> pd.DataFrame:
