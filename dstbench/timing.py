@@ -15,19 +15,23 @@ Two cache modes (the ``l2`` of the records), timed the same way:
   untimed calls, so each block starts with the function's data back in cache
   after the previous function ran, and consecutive calls find it there. On
   CUDA the timer synchronizes the device.
-* ``"cold"``: every call starts with the caches evicted (``Evictor``), and
-  only the call is timed. On CUDA: a buffer twice the size of the L2 is
-  overwritten before each call, timed with CUDA events. On the CPU: a buffer
-  of ``EVICT_FACTOR`` times the last-level cache (read from the machine,
-  ``llc_bytes``) is read by the run's threads, then the process waits until
-  no other of its threads is runnable (``threadpools.wait_quiet``: every
-  call starts from idle thread pools, whichever library spun last), then the
-  call is timed with ``time.perf_counter``. Reading that much memory also
-  empties the TLB, so a cold call pays its page walks too, as a call whose
-  weights other work has pushed out does. An eviction costs far more than a
-  call (~0.1 s for a 720 MB buffer), so a CPU cold block is calibrated on
-  its wall time, evictions included: it lasts ``min_time`` like a warm block,
-  and holds fewer calls.
+* ``"cold"``: every call starts with its data evicted from the caches
+  (``Evictor``), and only the call is timed. On CUDA: a buffer twice the
+  size of the L2 is overwritten before each call, timed with CUDA events.
+  On the CPU: a buffer of ``EVICT_FACTOR`` times the last-level cache (read
+  from the machine, ``llc_bytes``) is read by the run's threads; the process
+  waits until no other of its threads is runnable
+  (``threadpools.wait_quiet``); then the function's *primer*, if given, is
+  called (the same code on other data: a twin of the layer), and the call
+  is timed with ``time.perf_counter``. A CPU eviction empties the caches of
+  everything, the interpreter's and torch's code and data included, which
+  costs a trivial torch op ~0.15 ms on the next call; the primer brings
+  that back (and wakes the thread pools), so that the call pays for its own
+  data coming from memory, page walks included, as a layer of a model whose
+  weights exceed the caches does, and not for a cold interpreter. An
+  eviction costs far more than a call (~0.1 s for a 720 MB buffer), so a CPU
+  cold block is calibrated on its wall time, evictions included: it lasts
+  ``min_time`` like a warm block, and holds fewer calls.
 """
 
 from __future__ import annotations
@@ -196,14 +200,16 @@ def cuda_cold_block_timer(fn: Callable[[], object], threads: int, device: torch.
 
 
 class CPUColdBlockTimer:
-    """``n -> seconds``: the summed time of n calls of ``fn``, each after an eviction (``Evictor``), which is not timed.
+    """``n -> seconds``: the summed time of n calls of ``fn``, each after an eviction (``Evictor``) and a call of
+    ``primer`` (if given), neither of them timed.
 
     ``wall(n)`` runs the same block and returns its wall time, evictions
     included; ``interleaved`` calibrates the calls per block on it.
     """
 
-    def __init__(self, fn: Callable[[], object], threads: int, device: torch.device) -> None:
-        self.fn, self.threads = fn, threads
+    def __init__(self, fn: Callable[[], object], threads: int, device: torch.device,
+                 primer: Callable[[], object] | None = None) -> None:
+        self.fn, self.threads, self.primer = fn, threads, primer
         self.evict = evictor(device)
         self.last_wall_s = 0.0
 
@@ -213,6 +219,8 @@ class CPUColdBlockTimer:
         with set_torch_threads(self.threads):
             for _ in range(n):
                 self.evict()
+                if self.primer is not None:
+                    self.primer()
                 start = time.perf_counter()
                 self.fn()
                 total += time.perf_counter() - start
@@ -224,14 +232,18 @@ class CPUColdBlockTimer:
         return self.last_wall_s
 
 
-def block_timer(fn: Callable[[], object], threads: int, device: torch.device, l2: str = "warm") -> BlockTimer:
-    """The block timer of cache mode ``l2`` ("warm" or "cold", see the module docstring) on ``device``."""
+def block_timer(fn: Callable[[], object], threads: int, device: torch.device, l2: str = "warm",
+                primer: Callable[[], object] | None = None) -> BlockTimer:
+    """The block timer of cache mode ``l2`` ("warm" or "cold", see the module docstring) on ``device``.
+
+    ``primer`` is called before each cold call on the CPU (an L2 flush on CUDA leaves the host's code warm).
+    """
     if l2 == "warm":
         return warm_block_timer(fn, threads)
     if l2 == "cold":
         if device.type == "cuda":
             return cuda_cold_block_timer(fn, threads, device)
-        return CPUColdBlockTimer(fn, threads, device)
+        return CPUColdBlockTimer(fn, threads, device, primer)
     raise ValueError(f"unknown L2 mode {l2!r}; choose one of {L2_MODES}")
 
 
@@ -277,6 +289,7 @@ def interleaved(
     l2: str = "warm",
     on_block: Callable[[], None] | None = None,
     block_context: Callable[[str], AbstractContextManager[object]] | None = None,
+    primers: Mapping[str, Callable[[], object]] | None = None,
 ) -> dict[str, Samples]:
     """Time every function of ``fns`` in R interleaved rounds.
 
@@ -290,13 +303,15 @@ def interleaved(
         on_block: called after every timed block of the rounds (progress bars).
         block_context: name -> a context entered around each block of that function (its warm-up and
             calibration, then each round's block), for example ``threadpools.PoolLimits.block``.
+        primers: name -> a function run before each of that function's cold calls, untimed (see the module
+            docstring); none by default.
     Returns:
         name -> Samples with R per-call seconds in round order.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     names = list(fns)
-    blocks = {name: block_timer(fns[name], threads, device, l2) for name in names}
+    blocks = {name: block_timer(fns[name], threads, device, l2, (primers or {}).get(name)) for name in names}
     context = block_context or (lambda name: nullcontext())
     result: dict[str, Samples] = {}
     with set_torch_threads(threads):

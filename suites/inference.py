@@ -409,64 +409,72 @@ def _nnz_of(module: nn.Module) -> int:
 
 
 class Workloads:
-    """Builds the timed modules and inputs of each group, reusing the dense layers of a shape across sparsities and
-    a sparsity's layers across cache modes (the same modules are timed warm and cold)."""
+    """Builds the timed modules and inputs of each group.
+
+    The modules of a shape are built once per sparsity (dense once per shape) and shared by its cache modes, so that
+    the same modules are timed warm and cold. A cold group also gets each module's *twin*: the same method and
+    format on other weights of the same shapes (a stack's twin is one block), called before each timed call so that
+    the call finds its code path, thread pools and input warm and only its own data cold (``timing.interleaved``'s
+    ``primers``).
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.device = torch.device(config.device)
         self.dtype = base.DTYPES[config.dtype]
         self._key: tuple | None = None
-        self._dense: dict[str, nn.Module] = {}
-        self._source: Any = None
-        self._sparse_key: tuple | None = None
-        self._sparse: dict[str, nn.Module] = {}
+        self._sources: dict[bool, Any] = {}
+        self._built: dict[tuple, nn.Module] = {}
 
-    def _dense_of(self, name: str, linear: nn.Linear) -> nn.Module:
-        if name == DENSE:
-            return build_layer(DENSE, linear, 0.0, self.config.impl)
-        return dense_baselines.BUILDERS[name](linear)
-
-    def _base(self, group: Group) -> tuple[Any, dict[str, nn.Module]]:
-        """(source, dense) for the group's shape: the seeded nn.Linear (the stack's list of them, or the ViT) and its
-        dense implementations by name."""
-        key = (group.case, group.in_features, group.out_features)
-        if key != self._key:
-            self._key, self._source, self._dense, self._sparse_key, self._sparse = key, None, {}, None, {}
+    def _source(self, group: Group, twin: bool) -> Any:
+        """The seeded nn.Linear of the group's shape (the stack's list of them, or the ViT); a twin has other weights."""
+        if twin not in self._sources:
+            seed = self.config.seed + (1 if twin else 0)
             if group.e2e:
-                self._source = vit_e2e.vit_b16(self.config.seed, self.device, self.dtype)
-                self._dense = {DENSE: vit_e2e.convert(self._source, registry.make_method(DENSE))}
+                self._sources[twin] = vit_e2e.vit_b16(seed, self.device, self.dtype)
             elif group.stack:
-                self._source = token_stack.source_linears(*token_stack.STACKS[group.case], self.config.seed,
-                                                          self.device, self.dtype)
-                self._dense = {name: token_stack.TokenStack([self._dense_of(name, linear) for linear in self._source])
-                               for name in self.config.dense}
+                width, mlp, blocks = token_stack.STACKS[group.case]
+                self._sources[twin] = token_stack.source_linears(width, mlp, 1 if twin else blocks, seed, self.device,
+                                                                 self.dtype)
             else:
-                torch.manual_seed(self.config.seed)
-                self._source = nn.Linear(group.in_features, group.out_features).to(self.device, self.dtype)
-                self._dense = {name: self._dense_of(name, self._source) for name in self.config.dense}
-        return self._source, self._dense
+                torch.manual_seed(seed)
+                self._sources[twin] = nn.Linear(group.in_features, group.out_features).to(self.device, self.dtype)
+        return self._sources[twin]
 
-    def _sparse_of(self, group: Group, name: str, source: Any) -> nn.Module:
-        """``name``'s module of the group's source at its sparsity, built once for all its cache modes."""
-        key = (group.case, group.in_features, group.out_features, group.sparsity)
-        if key != self._sparse_key:
-            self._sparse_key, self._sparse = key, {}
-        if name not in self._sparse:
-            if group.e2e:
-                self._sparse[name] = vit_e2e.convert(source, make_method(name, sparsity=group.sparsity,
-                                                                         impl=self.config.impl))
-            elif group.stack:
-                self._sparse[name] = token_stack.TokenStack(build_layers(name, source, group.sparsity,
-                                                                         self.config.impl))
-            else:
-                self._sparse[name] = build_layer(name, source, group.sparsity, self.config.impl)
-        return self._sparse[name]
+    def _build(self, group: Group, name: str, source: Any) -> nn.Module:
+        """``name``'s module (a method, or a dense implementation of ``dense_baselines.NAMES``) of ``source``."""
+        dense = name in dense_baselines.NAMES
+        if group.e2e:
+            method = registry.make_method(DENSE) if dense else make_method(name, sparsity=group.sparsity,
+                                                                           impl=self.config.impl)
+            return vit_e2e.convert(source, method)
+
+        def one(linears: list[nn.Linear]) -> list[nn.Module]:
+            if name in dense_baselines.BUILDERS:
+                return [dense_baselines.BUILDERS[name](linear) for linear in linears]
+            return build_layers(DENSE if dense else name, linears, 0.0 if dense else group.sparsity, self.config.impl)
+
+        return token_stack.TokenStack(one(source)) if group.stack else one([source])[0]
+
+    def _module(self, group: Group, name: str, twin: bool) -> nn.Module:
+        shape = (group.case, group.in_features, group.out_features)
+        if shape != self._key:
+            self._key, self._sources, self._built = shape, {}, {}
+        sparsity = None if name in dense_baselines.NAMES else group.sparsity
+        if sparsity is not None and any(key[2] not in (None, sparsity) for key in self._built):
+            self._built = {key: module for key, module in self._built.items() if key[2] is None}  # one sparsity kept
+        key = (twin, name, sparsity)
+        if key not in self._built:
+            self._built[key] = self._build(group, name, self._source(group, twin))
+        return self._built[key]
 
     def modules(self, group: Group, names: list[str]) -> dict[str, nn.Module]:
         """name (``Config.names``) -> the module to time for this group."""
-        source, dense = self._base(group)
-        return {name: dense[name] if name in dense else self._sparse_of(group, name, source) for name in names}
+        return {name: self._module(group, name, twin=False) for name in names}
+
+    def twins(self, group: Group, names: list[str]) -> dict[str, nn.Module]:
+        """name -> the twin of its module (see the class docstring)."""
+        return {name: self._module(group, name, twin=True) for name in names}
 
     def input(self, group: Group) -> torch.Tensor:
         """X: (batch, in_features), or (1, 3, 224, 224) images for the end-to-end case."""
@@ -485,11 +493,14 @@ def measure_group(group: Group, workloads: Workloads, names: list[str], config: 
     modules = workloads.modules(group, names)
     x = workloads.input(group)
     fns = {name: (lambda m=module: m(x)) for name, module in modules.items()}
+    primers = None
+    if group.l2 == "cold":
+        primers = {name: (lambda m=twin: m(x)) for name, twin in workloads.twins(group, names).items()}
     pools = threadpools.PoolLimits(config.threads, dense_baselines.BLAS)
     with torch.inference_mode():
         samples = timing.interleaved(fns, rounds=config.rounds_of(group), min_time=config.min_time,
                                      threads=config.threads, device=torch.device(config.device), l2=group.l2,
-                                     on_block=on_block, block_context=pools.block)
+                                     on_block=on_block, block_context=pools.block, primers=primers)
     dense = [name for name in names if name in dense_baselines.NAMES]
     fastest = min(dense, key=lambda name: statistics.median(samples[name].samples_s))
     return [{**_row(group, name, modules, samples, dense, fastest), **_traffic(group, modules[name], samples[name], probe)}

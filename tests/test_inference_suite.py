@@ -382,16 +382,46 @@ def test_eviction_buffer_is_written_and_read_by_each_eviction(monkeypatch: pytes
     assert reads == [evict.buffer.numel(), "quiet"]
 
 
-def test_cold_block_times_the_calls_not_the_evictions(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a fake clock: an eviction takes 10 s, a call 1 s; the block is 3 s and its wall time 33 s."""
-    clock = [0.0]
+def test_cold_block_times_the_calls_not_the_evictions_nor_the_primers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fake clock: an eviction takes 10 s, a primer 5 s, a call 1 s; the block is 3 s and its wall time 48 s."""
+    clock, log = [0.0], []
+
+    def tick(seconds: float, what: str) -> None:
+        clock[0] += seconds
+        log.append(what)
+
     monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
-    block = timing.CPUColdBlockTimer(lambda: clock.__setitem__(0, clock[0] + 1), threads=1, device=CPU)
-    block.evict = lambda: clock.__setitem__(0, clock[0] + 10)
-    assert block(3) == 3 and block.last_wall_s == 33
-    assert block.wall(2) == 22
+    block = timing.CPUColdBlockTimer(lambda: tick(1, "call"), threads=1, device=CPU, primer=lambda: tick(5, "primer"))
+    block.evict = lambda: tick(10, "evict")
+    assert block(3) == 3 and block.last_wall_s == 48
+    assert log == ["evict", "primer", "call"] * 3
+    assert block.wall(2) == 32
     n = timing.calibrate(block.wall, min_time=50)  # cold blocks are calibrated on their wall time
-    assert n * 11 >= 50 > n * 1
+    assert n * 16 >= 50 > n * 1
+
+
+def test_cold_groups_prime_each_call_with_a_twin_of_its_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+
+    def interleaved(fns, *, rounds: int, l2: str = "warm", primers=None, **_):  # noqa: ANN001, ANN003
+        if "dense" in fns:  # a group, not the bandwidth probe
+            seen[l2] = primers
+        return {name: timing.Samples(1, [1e-4] * rounds) for name in fns}
+
+    monkeypatch.setattr(timing, "interleaved", interleaved)
+    assert run(tmp_path / "r", "--l2", "warm,cold") == 0
+    assert seen["warm"] is None and list(seen["cold"]) == ROWS
+    config = inference.resolve_config(_parse(*TINY))
+    workloads = inference.Workloads(config)
+    group = inference.Group("32x48", 32, 48, 0.5, 2, "float32", "cpu", 1, "cold")
+    modules, twins = workloads.modules(group, ROWS), workloads.twins(group, ROWS)
+    x = workloads.input(group)
+    for name in ROWS:
+        module, twin = modules[name], twins[name]
+        assert type(twin) is type(module) and twin.impl == module.impl and twin is not module
+        assert twin(x).shape == module(x).shape == (2, 48)
+        assert not torch.equal(twin(x), module(x))  # other weights: priming leaves the timed layer's data cold
+        assert workloads.modules(group, [name])[name] is module  # built once, shared with the warm group
 
 
 # --- the token stack -------------------------------------------------------------------------------------------------
@@ -458,6 +488,9 @@ def test_stack_case_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     torch_dense = frame[names(frame) == np.array("dense")]
     assert set(torch_dense["bytes"]) == {sum((i * o + o) * 4 + (i + o) * 4 for i, o in shapes)}
     assert (frame.loc[frame["method"] != "dense", "nnz"] < dense["nnz"].iloc[0]).all()
+    group = inference.Group("b16-stack", 16, 16, 0.5, 1, "float32", "cpu", 1, "cold")
+    twins = inference.Workloads(inference.resolve_config(_parse(*TINY))).twins(group, ROWS)
+    assert {len(twin.layers) for twin in twins.values()} == {4}  # a stack's twin is one block
 
 
 # --- bytes, bandwidth and limit ------------------------------------------------------------------------------------

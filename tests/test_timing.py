@@ -78,7 +78,7 @@ def test_interleaved_rotates_order_and_divides_block_time(monkeypatch: pytest.Mo
     cost = {"a": 1e-3, "b": 2e-3, "c": 4e-3}
     log: list[str] = []
 
-    def fake_block_timer(fn, threads, device, l2="warm"):  # noqa: ANN001
+    def fake_block_timer(fn, threads, device, l2="warm", primer=None):  # noqa: ANN001
         name = fn()
 
         def block(n: int) -> float:
