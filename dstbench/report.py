@@ -163,7 +163,8 @@ def inference_section(report: Report, frame: pd.DataFrame, references: Sequence[
         "Speedups are ratios of medians of per-round latencies timed interleaved with dense (and CSR) in the same "
         "process, with 95% bootstrap intervals; the dashed line is dense (1×). Boxes span the quartiles of the "
         "per-round latencies, whiskers their range. Figures and tables marked cold timed every call after the caches "
-        "were evicted (untimed); the others are warm, each call finding the layer's data left in cache by the last. "
+        "were emptied and a twin of the layer was run (neither timed), so that only the layer's own data was cold; "
+        "the others are warm, each call finding the layer's data where the last one left it. "
         "The bandwidth figures hold each call's bytes (stored tensors, input and output) over its median latency "
         "against the read bandwidth measured in the same run.")
     frame = frame.assign(l2=frame["l2"].fillna("warm") if "l2" in frame else "warm")

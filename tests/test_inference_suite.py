@@ -224,10 +224,10 @@ def test_quick_presets_and_overrides() -> None:
     custom = inference.resolve_config(_parse("--quick", "--batch", "4", "--rounds", "5", "--threads", "1"))
     assert custom.batches == [4] and custom.rounds == custom.e2e_rounds == 5
     full = inference.resolve_config(_parse("--threads", "1"))
-    assert list(full.cases) == ["b16-qkv", "b16-proj", "b16-fc1", "b16-fc2", "l16-fc1", "b16-stack"]
+    assert list(full.cases) == ["b16-qkv", "b16-proj", "b16-fc1", "b16-fc2", "b16-stack"]
     assert full.l2 == ["warm", "cold"]
-    # 5 layer shapes x 4 sparsities x 3 batches and the stack at batch 1 x 4 sparsities, warm and cold; e2e warm
-    assert len(full.groups()) == (5 * 4 * 3 + 4) * 2 + 4
+    # 4 layer shapes x 4 sparsities x 3 batches and the stack at batch 1 x 4 sparsities, warm and cold; e2e warm
+    assert len(full.groups()) == (4 * 4 * 3 + 4) * 2 + 4
     assert {g.batch for g in full.groups() if g.stack} == {1}
     assert {g.l2 for g in full.groups() if g.e2e} == {"warm"}
     assert full.out.startswith("results/inference-")
