@@ -187,3 +187,16 @@ def test_method_variants_are_timed_side_by_side(tmp_path):
     assert list(rows) == ["dense", "rigl", "dynadiag", "dynadiag:selection=topk"]
     assert rows["dynadiag"]["case_id"] != rows["dynadiag:selection=topk"]["case_id"]
     assert all(len(r["samples_s"]) == 3 for r in rows.values())
+
+
+def test_a_dense_step_that_cannot_run_is_left_out(tmp_path, monkeypatch, capsys):
+    def no_compiler():
+        def fail(*args):
+            raise RuntimeError("InductorError: no C++ compiler found\nmore detail")
+        return fail
+
+    monkeypatch.setattr(dense_training, "compiled_loss", no_compiler)
+    assert run(tmp_path, "--models", "mlp", "--methods", "rigl", "--phase", "settled", "--dense", "compiled") == 0
+    assert "dense step dense-compiled left out of mlp/s0.9/b4/settled/dt6/cpu/t1: it cannot run (InductorError: no C++ " \
+           "compiler found)\n" in capsys.readouterr().err
+    assert [r["case_id"].rsplit("/", 1)[1] for r in records.read_rows(tmp_path)] == ["dense", "rigl"]
