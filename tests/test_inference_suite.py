@@ -507,8 +507,8 @@ def test_bytes_of_each_format_from_known_small_layers() -> None:
     mask = torch.rand(48, 32) < 0.25
     nnz = int(mask.sum())
     csr = CSRLinear(linear.weight.detach() * mask, linear.bias)
-    # row pointers (out + 1) and column indices int64, values and bias float32
-    assert traffic.call_bytes(csr, 3, 4) == (48 + 1) * 8 + nnz * 8 + nnz * 4 + 48 * 4 + act * 4
+    # row pointers (out + 1) and column indices int32, values and bias float32
+    assert traffic.call_bytes(csr, 3, 4) == (48 + 1) * 4 + nnz * 4 + nnz * 4 + 48 * 4 + act * 4
     condensed = CondensedLinear(CondensedWeight(torch.randn(40, 6), torch.randint(0, 32, (40, 6), dtype=torch.int16),
                                                 torch.arange(40), 48, 32, linear.bias.detach()))
     # values float32, column indices int16, active row ids int64, bias
