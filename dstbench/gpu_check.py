@@ -119,7 +119,7 @@ def plan(out: Path, python: str = sys.executable) -> list[Step]:
         suite("inference-layers", "inference", 120, "--cases", "b16-qkv,b16-proj,b16-fc1,b16-fc2",
               "--batch", "1,197,256", "--no-e2e", "--rounds", "8", "--min-time", "0.05"),
         suite("inference-e2e", "inference", 55, "--cases", "", "--batch", "1", "--rounds", "8", "--min-time", "0.1"),
-        suite("training", "training", 85, "--batch-size", "64", "--rounds", "5", "--min-time", "0.2"),
+        suite("training", "training", 85, "--batch-size", "64", "--rounds", "5", "--min-time", "0.2", "--dense", "eager"),
     ]
 
 

@@ -340,3 +340,13 @@ def test_a_variant_keeps_its_methods_colour_with_its_own_marker_and_hatch() -> N
     assert variant.color == base.color and variant.marker != base.marker and variant.hatch
     assert variant.label == f"{base.label}, selection=topk"
     assert plots.style("dynadiag:selection=topk") == variant  # stable
+
+
+def test_the_training_figure_draws_the_fastest_dense_step() -> None:
+    rows = [{"method": "dense", "impl": impl, "sparsity": 0.9, "batch": 16, "samples_per_s": rate,
+             "samples_s": [16 / rate] * 3} for impl, rate in (("dense", 100.0), ("inductor", 150.0), ("onednn", 80.0))]
+    rows.append({"method": "rigl", "impl": "masked-dense", "sparsity": 0.9, "batch": 16, "samples_per_s": 90.0,
+                 "samples_s": [16 / 90] * 3})
+    fig = plots.training_figure(pd.DataFrame(rows), "t", "dense")
+    line = fig.axes[0].lines[0]
+    assert line.get_ydata()[0] == 150.0 and "inductor" in line.get_label()

@@ -18,7 +18,7 @@ SUITES = {
                    "--no-e2e", "--threads", "1", "--methods", "dense"],
                   ["--sparsity", "0.5,0.75"], "options.sparsities [0.5] -> [0.5, 0.75]"),
     "training": (["--models", "mlp", "--sparsity", "0.5", "--batch-size", "4", "--rounds", "2", "--min-time", "0.001",
-                  "--delta-t", "6", "--threads", "1", "--methods", "dense"],
+                  "--delta-t", "6", "--threads", "1", "--methods", "dense", "--dense", "eager"],
                  ["--sparsity", "0.5,0.75"], "options.sparsities [0.5] -> [0.5, 0.75]"),
     "accuracy": (["--methods", "dense", "--epochs", "1", "--seeds", "0", "--threads", "1"],
                  ["--seeds", "0,1"], "options.seeds [0] -> [0, 1]"),
