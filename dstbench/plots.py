@@ -524,7 +524,7 @@ def roofline_figure(frame: pd.DataFrame, title: str) -> Figure:
     modes = [mode for mode in ("warm", "cold") if mode in set(frame["l2"])]
     modes += sorted(set(frame["l2"]) - set(modes))
     fig = _figure(2.6)
-    axes = fig.subplots(1, len(modes), sharey=True, squeeze=False)[0]
+    axes = fig.subplots(1, len(modes), sharex=True, sharey=True, squeeze=False)[0]
     probes = list({repr(p): p for p in frame["bw_probe"] if isinstance(p, dict)}.values())  # each run's, once
     for ax, mode in zip(axes, modes):
         rows = frame[frame["l2"] == mode]
