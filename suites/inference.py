@@ -496,7 +496,7 @@ def measure_group(group: Group, workloads: Workloads, names: list[str], config: 
     x = workloads.input(group)
     fns = {name: (lambda m=module: m(x)) for name, module in modules.items()}
     primers = None
-    if group.l2 == "cold":
+    if group.l2 == "cold" and group.device == "cpu":  # an L2 flush on CUDA leaves the host's code warm: no twins
         primers = {name: (lambda m=twin: m(x)) for name, twin in workloads.twins(group, names).items()}
     pools = threadpools.PoolLimits(config.threads, dense_baselines.BLAS)
     with torch.inference_mode():
