@@ -474,7 +474,8 @@ def training_figure(frame: pd.DataFrame, title: str, baseline: str) -> Figure:
     fig = _figure(2.3)
     ax = fig.subplots()
     if not dense.empty:  # the fastest of the baseline's implementations (dense libraries, compiled steps)
-        per_impl = dense.groupby(dense["impl"] if "impl" in dense else 0)["samples_per_s"].median()
+        impls = dense["impl"] if "impl" in dense else pd.Series(baseline, index=dense.index)
+        per_impl = dense.groupby(impls)["samples_per_s"].median()
         level, impl = float(per_impl.max()), per_impl.idxmax()
         named = f"{impl}, " if len(per_impl) > 1 else ""
         ax.axhline(level, color=style(baseline).color, ls="--", lw=0.8,
