@@ -67,8 +67,9 @@ def latex_escape(text: str) -> str:
 
 def method_key(method: str) -> tuple[int, bool, str]:
     """Sort key of a row's method label: its registered method's declared ``order``, the plain method before its
-    variants (``srigl:ablation=false``), then by label; labels of no registered method last."""
-    base = method.split(":")[0]
+    variants (``srigl:ablation=false``) and its implementations' series (``dense@mkl``), then by label; labels of
+    no registered method last."""
+    base = method.split(":")[0].split("@")[0]
     order = registry.method_class(base).order if base in registry.list_methods() else sys.maxsize
     return (order, method != base, method)
 

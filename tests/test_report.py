@@ -350,3 +350,12 @@ def test_the_training_figure_draws_the_fastest_dense_step() -> None:
     fig = plots.training_figure(pd.DataFrame(rows), "t", "dense")
     line = fig.axes[0].lines[0]
     assert line.get_ydata()[0] == 150.0 and "inductor" in line.get_label()
+
+
+def test_the_legend_order_is_the_declared_one_in_every_figure() -> None:
+    """Dense first everywhere: as a line in the speedup figure and as its libraries' boxes in the latency figure."""
+    frame = pd.DataFrame(syn.inference_rows(cases=ONE_CASE, sparsities=(0.9,), batches=(1,), dense={"openblas": 1.2}))
+    speed = [t.get_text() for t in plots.speedup_figure(frame, "t", "dense").legends[0].get_texts()]
+    boxes = [t.get_text() for t in plots.latency_figure(frame, "t", "dense").legends[0].get_texts()]
+    assert boxes[:2] == ["Dense (mkl)", "Dense (openblas)"] and speed[0] == "Dense (1×)"
+    assert [b for b in boxes if not b.startswith("Dense")] == speed[1:]
