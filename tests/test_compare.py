@@ -301,7 +301,7 @@ def test_duplicate_rows_are_a_user_error(tmp_path: Path) -> None:
 
 #: a tiny real inference run: one 256->1024 layer, 15 interleaved rounds of >= 10 ms blocks, one thread
 TINY_SUITE = ["--cases", "256x1024", "--sparsity", "0.9", "--batch", "16", "--rounds", "15", "--min-time", "0.01",
-              "--no-e2e", "--threads", "1", "--methods", "dynadiag", "--impl", "reference"]
+              "--no-e2e", "--threads", "1", "--methods", "dynadiag", "--impl", "reference", "--l2", "warm"]
 
 
 @pytest.fixture
