@@ -82,13 +82,14 @@ class SuiteSpec:
         key: row fields naming a case group (besides the method).
         setup: row fields that must be equal in both runs for a case to be comparable.
         ratios: speedup column -> its ``Ratio``.
-        reference: the method every speedup is ultimately relative to; its own rows are not compared.
+
+    The method every speedup is ultimately relative to, whose own rows are not compared, is the suite's baseline
+    (its first ``Suite.references``).
     """
 
     key: tuple[str, ...]
     setup: tuple[str, ...]
     ratios: dict[str, Ratio]
-    reference: str
 
 
 def suite_spec(suite: str, path: Path) -> SuiteSpec:
@@ -357,6 +358,7 @@ def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD, alph
         raise UserError(f"cannot compare runs of different suites: {base.path} is {base.suite}, {new.path} is "
                         f"{new.suite}; compare two runs of the same suite")
     spec = suite_spec(base.suite, base.path)
+    baseline = registry.get_suite(base.suite).references[0].method
     result = Result(_describe(base), _describe(new), threshold, alpha, max_dispersion)
     mismatch = result.base["machine_class"] != result.new["machine_class"]
     if mismatch:
@@ -375,7 +377,7 @@ def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD, alph
             row = _row(base_groups, key, method) or _row(new_groups, key, method)
             label = _label(spec, key, varying, row)
             for metric, ref_method in ((m, r.baseline) for m, r in spec.ratios.items()):
-                if method in (ref_method, spec.reference):
+                if method in (ref_method, baseline):
                     continue
                 comp = _compare_case(spec, metric, key, method, label, base_groups, new_groups, threshold, alpha,
                                      max_dispersion)

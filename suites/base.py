@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from dstbench.compare import SuiteSpec
+from dstbench.compare import Ratio, SuiteSpec
 from dstbench.errors import UserError, check_sparsity
 
 
@@ -41,8 +41,9 @@ class Suite:
         compare: how ``dstbench compare`` matches its rows and which speedups it checks; None when it records none.
         report: writes its section of ``dstbench report`` (``report(Report, rows DataFrame, references)``); None
             for none.
-        references: the methods its report measures the others against; the first is the baseline that figures
-            draw as their 1x line or level and that tables leave out of the sparse rows.
+        references: the methods its report and compare measure the others against; the first is the baseline
+            that figures draw as their 1x line or level, that tables leave out of the sparse rows and whose own
+            rows compare does not judge.
     """
 
     name: str
@@ -55,8 +56,16 @@ class Suite:
     references: tuple[Reference, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.report is not None and not self.references:
-            raise ValueError(f"suite {self.name!r} declares a report section but no references (its baseline first)")
+        if (self.report is not None or self.compare is not None) and not self.references:
+            raise ValueError(f"suite {self.name!r} declares a report section or speedups but no references (its "
+                             "baseline first)")
+
+
+def dense_ratios(dense: str) -> dict[str, Ratio]:
+    """The speedups over a baseline timed as several implementations (dense libraries, dense training steps):
+    against the fastest of a case, named in a row's ``dense_impl``, and against torch's own, ``torch_dense_impl``."""
+    return {"speedup_vs_dense": Ratio(dense, "dense_impl", "vs dense"),
+            "speedup_vs_torch_dense": Ratio(dense, "torch_dense_impl", "vs torch dense")}
 
 
 def parse_list(text: str, kind: type, what: str) -> list:

@@ -659,9 +659,6 @@ SUITE = register_suite(NAME)(base.Suite(
     compare=SuiteSpec(
         key=("case", "sparsity", "batch", "dtype", "device", "l2"),
         setup=("in_features", "out_features", "threads"),
-        ratios={"speedup_vs_dense": Ratio(DENSE, "dense_impl", "vs dense"),
-                "speedup_vs_torch_dense": Ratio(DENSE, "torch_dense_impl", "vs torch dense"),
-                "speedup_vs_csr": Ratio(CSR, None, "vs CSR")},
-        reference=DENSE),
+        ratios={**base.dense_ratios(DENSE), "speedup_vs_csr": Ratio(CSR, None, "vs CSR")}),
     report=reporting.inference_section,
     references=(base.Reference(DENSE, "dense"), base.Reference(CSR, "CSR", same_sparsity=True))))

@@ -521,9 +521,6 @@ SUITE = register_suite(NAME)(base.Suite(
     NAME, "training throughput and speedups", add_arguments, run,
     required=("method", "model", "sparsity", "batch", "samples_per_s", "samples_s", "speedup_vs_dense"),
     compare=SuiteSpec(key=("model", "sparsity", "batch", "dtype", "device"), setup=("threads",),
-                      ratios={"speedup_vs_dense": Ratio(DENSE, "dense_impl", "vs dense"),
-                              "speedup_vs_torch_dense": Ratio(DENSE, "torch_dense_impl", "vs torch dense"),
-                              "speedup_vs_rigl": Ratio(RIGL, None, "vs RigL")},
-                      reference=DENSE),
+                      ratios={**base.dense_ratios(DENSE), "speedup_vs_rigl": Ratio(RIGL, None, "vs RigL")}),
     report=reporting.training_section,
     references=(base.Reference(DENSE, "dense"), base.Reference(RIGL, "RigL", same_sparsity=True))))

@@ -171,7 +171,8 @@ def test_the_baseline_tracks_the_suite_it_was_made_of(tmp_path: Path, capsys: py
 
     registry.list_suites()
     _SUITES["toy"] = Suite("toy", "a suite of a test", add_arguments, run, required=("method", "model"),
-                           compare=registry.get_suite("training").compare)
+                           compare=registry.get_suite("training").compare,
+                           references=registry.get_suite("training").references)
     try:
         base = tmp_path / "toy-baseline"
         assert main(["baseline", "update", "--out", str(base), "--suite", "toy"]) == 0

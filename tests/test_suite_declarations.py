@@ -20,12 +20,12 @@ def toy_suite():
     """A suite registered by a test alone: training-shaped rows, one ratio it names its own way."""
     registry.list_suites()
     spec = SuiteSpec(key=("model", "sparsity", "batch", "dtype", "device"), setup=("threads",),
-                     ratios={"speedup_vs_rigl": Ratio("rigl", None, "vs the toy baseline")}, reference="dense")
+                     ratios={"speedup_vs_rigl": Ratio("rigl", None, "vs the toy baseline")})
     reported = []
     suite = Suite("toy", "a suite of a test", lambda parser: None, lambda args: 0,
                   required=("method", "model", "speedup_vs_rigl", "toy_field"), compare=spec,
                   report=lambda report, frame, refs: reported.append((report.section("Toy"), len(frame), refs)),
-                  references=(Reference("rigl", "the toy baseline"),))
+                  references=(Reference("dense", "dense"), Reference("rigl", "the toy baseline", same_sparsity=True)))
     _SUITES["toy"] = suite
     yield suite, reported
     _SUITES.pop("toy")
