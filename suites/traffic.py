@@ -16,13 +16,6 @@ import torch
 from torch import Tensor, nn
 
 
-def tensor_bytes(tensor: Tensor) -> int:
-    """Bytes a tensor stores: a sparse CSR tensor's row pointers, column indices and values; else numel x itemsize."""
-    if tensor.layout == torch.sparse_csr:
-        return sum(tensor_bytes(part) for part in (tensor.crow_indices(), tensor.col_indices(), tensor.values()))
-    return tensor.numel() * tensor.element_size()
-
-
 def _identity(tensor: Tensor) -> tuple:
     """Two views of one stored tensor (OpenBLAS's weight is the source linear's) count once."""
     if tensor.layout == torch.strided:
@@ -33,7 +26,7 @@ def _identity(tensor: Tensor) -> tuple:
 def stored_bytes(module: nn.Module) -> int:
     """Bytes of the distinct tensors ``module`` holds: parameters and buffers, its submodules' included."""
     tensors = {_identity(t): t for t in [*module.parameters(), *module.buffers()]}
-    return sum(tensor_bytes(t) for t in tensors.values())
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def activation_bytes(module: nn.Module, batch: int, itemsize: int) -> int:
