@@ -35,8 +35,9 @@ backward with ``torch.library.register_autograd``, and autograd is skipped
 (no ``autograd.Function``) when no input requires grad or in inference mode.
 The kernel of every operator is registered for all devices
 (``CompositeExplicitAutograd``), so the same operator runs the CPU and the
-CUDA backend. The forward products take an optional ``bias`` (out,): the CUDA
-backend adds it inside its kernel, the others in place on their fresh output.
+CUDA backend. The forward products take an optional ``bias`` (out,): the CPU
+and CUDA backends add it inside their kernels (one native call per layer),
+the reference in place on its fresh output.
 
 The Python functions ``diag_mm``, ``condensed_mm`` and ``csr_mm`` below take
 x of shape (..., in) and call the operators on its (B, in) view.
@@ -51,6 +52,7 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from dstbench.errors import UserError
 
@@ -61,15 +63,21 @@ _BACKEND_MODULES = {
     "cuda": "dstbench.kernels.cuda",
 }
 #: backends whose forward kernels take ``bias=`` and add it themselves
-_FUSES_BIAS = frozenset({"cuda"})
+_FUSES_BIAS = frozenset({"cpu", "cuda"})
 _warned: set[tuple[str, str]] = set()
+_backends: dict[str, ModuleType] = {}
+#: select_impl's successful answers (an available backend stays available)
+_selected: dict[tuple, str] = {}
 
 
 def backend(impl: str) -> ModuleType:
-    """The module implementing ``impl`` (one of IMPLS)."""
-    if impl not in _BACKEND_MODULES:
-        raise UserError(f"unknown kernel implementation {impl!r}; choose one of {', '.join(IMPLS)} or 'auto'")
-    return importlib.import_module(_BACKEND_MODULES[impl])
+    """The module implementing ``impl`` (one of IMPLS), imported on first use."""
+    module = _backends.get(impl)
+    if module is None:
+        if impl not in _BACKEND_MODULES:
+            raise UserError(f"unknown kernel implementation {impl!r}; choose one of {', '.join(IMPLS)} or 'auto'")
+        module = _backends[impl] = importlib.import_module(_BACKEND_MODULES[impl])
+    return module
 
 
 def unavailable_reason(impl: str, device: torch.device, dtype: torch.dtype) -> str | None:
@@ -85,15 +93,20 @@ def select_impl(device: torch.device | str, dtype: torch.dtype, requested: str =
     An explicit request that cannot run raises UserError; ``"auto"`` falls
     back to ``"reference"`` with a one-time warning.
     """
+    key = (device, dtype, requested)
+    if key in _selected:
+        return _selected[key]
     device = torch.device(device)
     if requested != "auto":
         reason = unavailable_reason(requested, device, dtype)
         if reason:
             raise UserError(f"kernel implementation {requested!r} cannot run here: {reason}")
+        _selected[key] = requested
         return requested
     preferred = "cuda" if device.type == "cuda" else "cpu"
     reason = unavailable_reason(preferred, device, dtype)
     if reason is None:
+        _selected[key] = preferred
         return preferred
     if (preferred, reason) not in _warned:
         _warned.add((preferred, reason))
@@ -251,7 +264,26 @@ torch.library.register_autograd("dstbench::csr_mm", _csr_mm_backward, lib=_LIB)
 
 # --- the entry points --------------------------------------------------------------------------------------------
 
-def _batched(op: torch._ops.OpOverload, x: Tensor, out_features: int, *args) -> Tensor:
+def _direct(x: Tensor, *weights: Tensor | None) -> bool:
+    """Whether a call may skip the dispatcher and run the operator's kernel itself.
+
+    True in eager mode for a plain tensor when no gradient is needed and no
+    dispatch mode is active: nothing a dispatcher layer (autograd, tracing,
+    fake tensors, modes) would do applies, and it costs ~10 us per call.
+    """
+    if type(x) is not Tensor or torch.compiler.is_compiling() or _current_dispatch_mode() is not None:
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    if x.requires_grad:
+        return False
+    for w in weights:
+        if w is not None and w.requires_grad:
+            return False
+    return True
+
+
+def _batched(op: torch._ops.OpOverload | Callable, x: Tensor, out_features: int, *args) -> Tensor:
     """``op(x2, *args)`` on the (B, in) view x2 of x (..., in), reshaped back to (..., out_features)."""
     if x.dim() == 2:  # the two reshapes cost ~5 us per call on a 2-core Xeon, half the dispatch overhead
         return op(x, *args)
@@ -269,7 +301,8 @@ def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, impl:
     Returns:
         (..., out_features).
     """
-    return _batched(diag_mm_op, x, out_features, offsets, values, out_features, impl, bias)
+    op = _diag_mm if _direct(x, values, bias) else diag_mm_op
+    return _batched(op, x, out_features, offsets, values, out_features, impl, bias)
 
 
 def condensed_mm(
@@ -283,7 +316,8 @@ def condensed_mm(
     Returns:
         (..., out_features); columns of ablated rows are the bias (0 without one).
     """
-    return _batched(condensed_mm_op, x, out_features, values, indices, active_rows, out_features, impl, bias)
+    op = _condensed_mm if _direct(x, values, bias) else condensed_mm_op
+    return _batched(op, x, out_features, values, indices, active_rows, out_features, impl, bias)
 
 
 def csr_mm(x: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor, out_features: int,
@@ -295,4 +329,5 @@ def csr_mm(x: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor,
     Returns:
         (..., out_features).
     """
-    return _batched(csr_mm_op, x, out_features, crow_indices, col_indices, values, out_features, bias)
+    op = _csr_mm if _direct(x, values, bias) else csr_mm_op
+    return _batched(op, x, out_features, crow_indices, col_indices, values, out_features, bias)

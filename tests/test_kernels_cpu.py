@@ -53,6 +53,9 @@ def check_diagonal(out_f: int, in_f: int, batch: int, offsets: torch.Tensor, dty
     y = cpu.diag_mm(x, offsets, values, out_f)
     assert_close(y, x64 @ w.T, x64.abs() @ w.abs().T, dtype)
     assert_close(y, reference.diag_mm(x64, offsets, v64, out_f), x64.abs() @ w.abs().T, dtype)
+    bias = rand(out_f, gen=gen, dtype=dtype)
+    assert_close(cpu.diag_mm(x, offsets, values, out_f, bias=bias), x64 @ w.T + bias.double(),
+                 x64.abs() @ w.abs().T + bias.double().abs(), dtype)
     dx = cpu.diag_mm(dy, offsets, values, in_f, transpose=True)
     assert_close(dx, dy64 @ w, dy64.abs() @ w.abs(), dtype)
     dv = cpu.diag_values_grad(dy, x, offsets)
@@ -105,6 +108,9 @@ def check_condensed(out_f: int, in_f: int, batch: int, rows: torch.Tensor, k: in
 
     y = cpu.condensed_mm(x, values, idx, rows, out_f)
     assert_close(y, x64 @ w.T, x64.abs() @ w.abs().T, dtype)
+    bias = rand(out_f, gen=gen, dtype=dtype)  # ablated columns hold their bias
+    assert_close(cpu.condensed_mm(x, values, idx, rows, out_f, bias=bias), x64 @ w.T + bias.double(),
+                 x64.abs() @ w.abs().T + bias.double().abs(), dtype)
     dx = cpu.condensed_input_grad(dy, values, idx, rows, in_f)
     assert_close(dx, dy64 @ w, dy64.abs() @ w.abs(), dtype)
     dv = cpu.condensed_values_grad(dy, x, idx, rows)
@@ -202,6 +208,26 @@ def test_bad_input_raises_user_error(call, match: str) -> None:
         call()
 
 
+@pytest.mark.parametrize("index", [torch.int16, torch.int32], ids=str)
+@pytest.mark.parametrize("batch", [1, 2, 5])
+@pytest.mark.parametrize("row, entry, bad", [(0, 0, 8), (1, 17, -1), (2, 32, 8), (2, 5, 1000)])
+def test_an_out_of_range_index_anywhere_is_caught(index: torch.dtype, batch: int, row: int, entry: int,
+                                                  bad: int) -> None:
+    """Rows of 33 entries (two blocks of 16 and a tail), three rows (a pair and a single, for the small batches)."""
+    idx = torch.arange(3 * 33).reshape(3, 33).remainder(8).to(index)
+    idx[row, entry] = bad
+    with pytest.raises(UserError, match="indices"):
+        cpu.condensed_mm(torch.ones(batch, 8), torch.ones(3, 33), idx, torch.arange(3), 3)
+
+
+def test_bias_must_match_the_output() -> None:
+    with pytest.raises(UserError, match="bias"):
+        cpu.diag_mm(torch.ones(2, 3), torch.tensor([0]), torch.ones(1, 3), 5, bias=torch.ones(4))
+    with pytest.raises(UserError, match="bias"):
+        cpu.condensed_mm(torch.ones(2, 3), torch.ones(1, 2), torch.tensor([[0, 1]], dtype=torch.int16),
+                         torch.tensor([0]), 4, bias=torch.ones(4, dtype=torch.float64))
+
+
 def test_unavailable_reason() -> None:
     assert cpu.unavailable_reason(torch.device("cpu"), torch.bfloat16) is None
     assert cpu.unavailable_reason(torch.device("cpu"), torch.float64) is None
@@ -238,6 +264,7 @@ def test_failing_compiler_gives_reason_and_ops_falls_back(monkeypatch: pytest.Mo
     monkeypatch.setenv("CXX", cxx or _fake_compiler(tmp_path, 1))
     monkeypatch.setattr(cpu, "_library", cpu._Library())  # a fresh, unloaded library
     monkeypatch.setattr(ops, "_warned", set())
+    monkeypatch.setattr(ops, "_selected", {})
     reason = cpu.unavailable_reason(torch.device("cpu"), torch.float32)
     assert reason is not None and expected in reason
     assert not list(tmp_path.rglob("*.so"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dstbench.errors import UserError
 from dstbench.kernels import cpu, ops
@@ -118,3 +119,49 @@ def test_auto_picks_cpu_and_explicit_requests_are_checked() -> None:
         ops.select_impl("cpu", torch.float16, "cpu")
     with pytest.raises(UserError, match="unknown kernel"):
         ops.select_impl("cpu", torch.float32, "fast")
+
+
+class _SeenOps(TorchDispatchMode):
+    """Records the name of every operator that reaches the dispatcher."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _products() -> list:
+    gen = torch.Generator().manual_seed(0)
+    w, b = torch.randn(12, 9, generator=gen), torch.randn(12, generator=gen)
+    d, c = DiagonalWeight.top_k(w, 0.5, b), CondensedWeight.top_k(w, 0.5, b)
+    csr = w.to_sparse_csr()
+    return [
+        ("dstbench.diag_mm", lambda x: ops.diag_mm(x, d.offsets, d.values, 12, bias=d.bias), d.to_dense()),
+        ("dstbench.condensed_mm",
+         lambda x: ops.condensed_mm(x, c.values, c.indices, c.active_rows, 12, bias=c.bias), c.to_dense()),
+        ("dstbench.csr_mm", lambda x: ops.csr_mm(x, csr.crow_indices(), csr.col_indices(), csr.values(), 12, bias=b), w),
+    ]
+
+
+@pytest.mark.parametrize("name, product, weight", _products(), ids=lambda p: p if isinstance(p, str) else "")
+def test_eager_inference_skips_the_dispatcher_but_modes_and_autograd_see_the_operator(
+        monkeypatch: pytest.MonkeyPatch, name, product, weight) -> None:
+    x = torch.randn(3, 9)
+    bias = product(torch.zeros(1, 9))[0]
+    with torch.no_grad(), _SeenOps() as mode:  # a dispatch mode must see the operator
+        y_mode = product(x)
+    assert f"{name}.default" in mode.names
+    with monkeypatch.context() as patch, torch.inference_mode():  # eager, no gradient: the kernel is called directly
+        patch.setattr(ops, name.split(".")[1] + "_op", None)
+        y_direct = product(x)
+    torch.testing.assert_close(y_direct, y_mode)  # ... with the same result
+    torch.testing.assert_close(y_direct, x @ weight.T + bias)
+    x.requires_grad_(True)
+    y = product(x)
+    if name != "dstbench.csr_mm":  # CSR is inference only
+        assert y.grad_fn is not None
+        y.sum().backward()
+        torch.testing.assert_close(x.grad, weight.sum(0).expand(3, -1))

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from dstbench.errors import UserError
+from dstbench.kernels.arguments import check_bias
 from dstbench.kernels.cpu import build
 
 __all__ = [
@@ -49,9 +50,9 @@ _NO_MEMORY = 4
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
-    "dst_diag_mm": [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT],
+    "dst_diag_mm": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT],
     "dst_diag_values_grad": [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT],
-    "dst_condensed_mm": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT],
+    "dst_condensed_mm": [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT],
     "dst_condensed_values_grad": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT],
     "dst_condensed_input_grad": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT],
 }
@@ -136,6 +137,11 @@ def _run(fn: ctypes._CFuncPtr, *args) -> None:
         raise UserError(_STATUS[status])
 
 
+def _ptr(t: Tensor | None) -> int | None:
+    """The data pointer of ``t``, or None (a null pointer) for no tensor."""
+    return None if t is None else t.data_ptr()
+
+
 def _ids(t: Tensor, n: int, what: str) -> Tensor:
     """``t`` as a contiguous int64 CPU tensor of shape (n,)."""
     if t.dtype is not torch.int64:
@@ -161,22 +167,26 @@ def _check_diag(offsets: Tensor, values: Tensor, w_out: int, w_in: int) -> Tenso
     return _ids(offsets, k, "diagonal offsets")
 
 
-def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, transpose: bool = False) -> Tensor:
-    """y = x @ W.T for the diagonal weight (offsets (K,), values (K, D)); x (B, in) -> (B, out_features).
+def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, transpose: bool = False,
+            bias: Tensor | None = None) -> Tensor:
+    """y = x @ W.T (+ bias) for the diagonal weight (offsets (K,), values (K, D)); x (B, in) -> (B, out_features).
 
     With ``transpose=True``, W has shape (x.shape[1], out_features) and y = x @ W (the input gradient).
+    The bias (out_features,) is added inside the kernel.
     """
     fn = _kernel(("dst_diag_mm",), x, values)
     batch, n_src = x.shape
     w_out, w_in = (n_src, out_features) if transpose else (out_features, n_src)
     offsets = _check_diag(offsets, values, w_out, w_in)
+    bias = check_bias(bias, x, out_features)
     if offsets.shape[0] == 0 or batch == 0:
-        return x.new_zeros(batch, out_features)
+        y = x.new_zeros(batch, out_features)
+        return y if bias is None else y.add_(bias)
     x, values = x.contiguous(), values.contiguous()
     y = torch.empty(batch, out_features, dtype=x.dtype)
     dst_long = (w_out >= w_in) != transpose
-    _run(fn, x.data_ptr(), offsets.data_ptr(), values.data_ptr(), y.data_ptr(), batch, n_src, out_features,
-         offsets.shape[0], int(dst_long))
+    _run(fn, x.data_ptr(), offsets.data_ptr(), values.data_ptr(), _ptr(bias), y.data_ptr(), batch, n_src,
+         out_features, offsets.shape[0], int(dst_long))
     return y
 
 
@@ -215,19 +225,25 @@ def _index_dtype(indices: Tensor) -> torch.dtype:
     return indices.dtype if indices.dtype in _INDICES else torch.int32
 
 
-def condensed_mm(x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, out_features: int) -> Tensor:
-    """y[b, active_rows[i]] = sum_j values[i, j] * x[b, indices[i, j]]; x (B, in) -> (B, out), other columns 0."""
+def condensed_mm(x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, out_features: int,
+                 bias: Tensor | None = None) -> Tensor:
+    """y[b, active_rows[i]] = sum_j values[i, j] * x[b, indices[i, j]] (+ bias, inside the kernel); x (B, in) -> (B, out).
+
+    Columns of ablated rows hold the bias (0 without one).
+    """
     fn = _kernel(("dst_condensed_mm", _index_dtype(indices)), x, values)
     indices, rows = _condensed_ids(indices, active_rows, values.shape)
     (batch, n_in), (n_active, k) = x.shape, values.shape
     if out_features < 1:
         raise UserError(f"out_features must be >= 1, got {out_features}")
+    bias = check_bias(bias, x, out_features)
     if n_active == 0 or k == 0 or batch == 0:
-        return x.new_zeros(batch, out_features)
+        y = x.new_zeros(batch, out_features)
+        return y if bias is None else y.add_(bias)
     x, values = x.contiguous(), values.contiguous()
     y = torch.empty(batch, out_features, dtype=x.dtype)
-    _run(fn, x.data_ptr(), values.data_ptr(), indices.data_ptr(), rows.data_ptr(), y.data_ptr(), batch, n_in,
-         out_features, n_active, k)
+    _run(fn, x.data_ptr(), values.data_ptr(), indices.data_ptr(), rows.data_ptr(), _ptr(bias), y.data_ptr(), batch,
+         n_in, out_features, n_active, k)
     return y
 
 

@@ -8,6 +8,9 @@
 // compiler targets (-march=native): 64 bytes with AVX-512, 32 with AVX, else 16.
 // Accumulation is in float for float32 and bfloat16 data, double for float64.
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>

@@ -8,7 +8,8 @@
 // there are enough); a row's accumulators for its group stay in registers.
 //
 // condensed_mm        per row and lane group: acc += v[i, j] * xT[idx[i, j], group]; then
-//                     scattered into y's column rows[i]. Ablated columns are zeroed.
+//                     scattered into y's column rows[i], plus bias[rows[i]] when a bias is given
+//                     (null for none). Ablated columns get their bias (or 0).
 // values_grad         dV[i, j] = <dyT[i, :], xT[idx[i, j], :]>, four entries at a time.
 // input_grad          dxT[idx[i, j], group] += v[i, j] * dyT[i, group], the dy vectors of a row held in
 //                     registers; race-free because each thread owns its lane group (or, when there are
@@ -93,13 +94,21 @@ struct Condensed {
     const T* v;
     const I* idx;
     const int64_t* rows;
+    const T* bias;  // (nout,) or null
     int64_t n, k, nin, nout, B, Bp;
+
+    A bias_of(int64_t i) const { return bias ? to_acc(bias[rows[i]]) : A(0); }
 
     // Small batches: y[b, rows[i]] = gather-dot of row i with x[b], for i in [i0, i1). Eight entries at
     // a time: their indices come in with two or four 64-bit loads (fewer load slots than one load each,
     // and the gathers of x are the bottleneck), the x values are packed into one vector and multiplied
     // with a vector load of the values.
-    void gather_rows(const T* x, int64_t i0, int64_t i1, T* y) const {
+    // Returns false, leaving y partly written, if an index of these rows is out of range.
+    bool gather_rows(const T* x, int64_t i0, int64_t i1, T* y) const {
+#if defined(__AVX512F__)
+        if constexpr (std::is_same<T, float>::value) return gather_rows_avx512(x, i0, i1, y);
+#endif
+        if (!indices_ok(idx + i0 * k, (i1 - i0) * k, nin)) return false;
         typedef A G __attribute__((vector_size(8 * sizeof(A))));
         for (int64_t i = i0; i < i1; ++i) {
             const T* vi = v + i * k;
@@ -117,12 +126,68 @@ struct Condensed {
                                   to_acc(vi[j + 4]), to_acc(vi[j + 5]), to_acc(vi[j + 6]), to_acc(vi[j + 7])};
                     acc += vs * xs;
                 }
-                A s = hsum(acc);
+                A s = hsum(acc) + bias_of(i);
                 for (; j < k; ++j) s += to_acc(vi[j]) * to_acc(xb[ii[j]]);
                 y[b * nout + rows[i]] = from_acc<T>(s);
             }
         }
+        return true;
     }
+
+#if defined(__AVX512F__)
+    // acc += v[j, j + 16) * x[idx[j, j + 16)] for the lanes of m: one hardware gather. Lanes whose index
+    // is out of range load nothing and are added to *bad.
+    static __m512 gather_fma(const float* vj, const I* ij, const float* x, __m512i limit, __mmask16 m,
+                             __mmask16* bad, __m512 acc) {
+        __m512i c;
+        if constexpr (sizeof(I) == 2)
+            c = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, ij));  // negative ids become >= 32768
+        else
+            c = _mm512_maskz_loadu_epi32(m, ij);
+        const __mmask16 ok = _mm512_mask_cmplt_epu32_mask(m, c, limit);
+        *bad |= __mmask16(m & ~ok);
+        const __m512 xs = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), ok, c, x, 4);
+        return _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, vj), xs, acc);
+    }
+
+    // gather_rows for float32 with AVX-512: sixteen entries per hardware gather, two rows at a time so
+    // that two gathers are in flight; the range check of the indices rides along (gather_fma).
+    bool gather_rows_avx512(const float* x, int64_t i0, int64_t i1, float* y) const {
+        const __mmask16 tail = __mmask16((1u << (k % 16)) - 1);
+        const int64_t kfull = k / 16 * 16;
+        const __m512i limit = _mm512_set1_epi32(int32_t(std::min<int64_t>(nin, INT32_MAX)));
+        __mmask16 bad = 0;
+        for (int64_t b = 0; b < B; ++b) {
+            const float* xb = x + b * nin;
+            float* yb = y + b * nout;
+            int64_t i = i0;
+            for (; i + 2 <= i1; i += 2) {
+                const float *v0 = v + i * k, *v1 = v0 + k;
+                const I *c0 = idx + i * k, *c1 = c0 + k;
+                __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+                for (int64_t j = 0; j < kfull; j += 16) {
+                    a0 = gather_fma(v0 + j, c0 + j, xb, limit, 0xffff, &bad, a0);
+                    a1 = gather_fma(v1 + j, c1 + j, xb, limit, 0xffff, &bad, a1);
+                }
+                if (tail) {
+                    a0 = gather_fma(v0 + kfull, c0 + kfull, xb, limit, tail, &bad, a0);
+                    a1 = gather_fma(v1 + kfull, c1 + kfull, xb, limit, tail, &bad, a1);
+                }
+                yb[rows[i]] = _mm512_reduce_add_ps(a0) + bias_of(i);
+                yb[rows[i + 1]] = _mm512_reduce_add_ps(a1) + bias_of(i + 1);
+            }
+            for (; i < i1; ++i) {
+                const float* vi = v + i * k;
+                const I* ci = idx + i * k;
+                __m512 a = _mm512_setzero_ps();
+                for (int64_t j = 0; j < kfull; j += 16) a = gather_fma(vi + j, ci + j, xb, limit, 0xffff, &bad, a);
+                if (tail) a = gather_fma(vi + kfull, ci + kfull, xb, limit, tail, &bad, a);
+                yb[rows[i]] = _mm512_reduce_add_ps(a) + bias_of(i);
+            }
+        }
+        return bad == 0;
+    }
+#endif
 
     // y[:, rows[i]] for i in [i0, i1) (at most ROW_CHUNK rows) and lanes [c0, c0 + NV * W), from xT (nin, Bp).
     // The rows' results are staged in `out` and then written batch row by batch row, so each
@@ -132,7 +197,7 @@ struct Condensed {
         alignas(64) A out[ROW_CHUNK][NV * W];
         for (int64_t i = i0; i < i1; ++i) {
             V acc[NV];
-            for (int q = 0; q < NV; ++q) acc[q] = V{};
+            for (int q = 0; q < NV; ++q) acc[q] = V{} + bias_of(i);
             const T* vi = v + i * k;
             const I* ii = idx + i * k;
             for (int64_t j = 0; j < k; ++j) {
@@ -248,9 +313,9 @@ void dispatch_vectors(int nv, F&& f) {
     }
 }
 
-// Output columns of ablated rows (not in rows[0, n)) are zero.
+// Output columns of ablated rows (not in rows[0, n)) are their bias, or zero without one.
 template <class T>
-void zero_idle_columns(const int64_t* rows, int64_t n, T* y, int64_t B, int64_t nout) {
+void fill_idle_columns(const int64_t* rows, int64_t n, const T* bias, T* y, int64_t B, int64_t nout) {
     bool all = n == nout;  // the common case: rows = 0, 1, ..., nout - 1
     for (int64_t i = 0; all && i < n; ++i) all = rows[i] == i;
     if (all) return;
@@ -260,17 +325,17 @@ void zero_idle_columns(const int64_t* rows, int64_t n, T* y, int64_t B, int64_t 
     for (int64_t c = 0; c < nout; ++c)
         if (!active[c]) idle.push_back(c);
     for (int64_t b = 0; b < B && !idle.empty(); ++b)
-        for (int64_t c : idle) y[b * nout + c] = T{};
+        for (int64_t c : idle) y[b * nout + c] = bias ? bias[c] : T{};
 }
 
 template <class T, class I>
-int condensed_mm(const T* x, const T* v, const I* idx, const int64_t* rows, T* y, int64_t B, int64_t nin,
-                 int64_t nout, int64_t n, int64_t k, int nt) {
+int condensed_mm(const T* x, const T* v, const I* idx, const int64_t* rows, const T* bias, T* y, int64_t B,
+                 int64_t nin, int64_t nout, int64_t n, int64_t k, int nt) {
     using A = typename Acc<T>::A;
     constexpr int W = lanes<T>();
     if (!rows_ok(rows, n, nout)) return BAD_ROW;
-    zero_idle_columns(rows, n, y, B, nout);
-    const Condensed<T, I> c{v, idx, rows, n, k, nin, nout, B, ceil_div(B, W) * W};
+    fill_idle_columns(rows, n, bias, y, B, nout);
+    const Condensed<T, I> c{v, idx, rows, bias, n, k, nin, nout, B, ceil_div(B, W) * W};
     const int64_t work = B * n * k;
     int bad = 0;
     if (B <= SMALL_BATCH) {
@@ -278,7 +343,10 @@ int condensed_mm(const T* x, const T* v, const I* idx, const int64_t* rows, T* y
         {
             int64_t i0, i1;
             thread_rows(n, i0, i1);
-            if (claim_rows(idx, k, nin, i0, i1, &bad)) c.gather_rows(x, i0, i1, y);
+            if (!c.gather_rows(x, i0, i1, y)) {
+#pragma omp atomic write
+                bad = 1;
+            }
         }
         return bad ? BAD_INDEX : OK;
     }
@@ -302,7 +370,7 @@ int condensed_values_grad(const T* dy, const T* x, const I* idx, const int64_t* 
     using A = typename Acc<T>::A;
     constexpr int W = lanes<T>();
     if (!rows_ok(rows, n, nout)) return BAD_ROW;
-    const Condensed<T, I> c{nullptr, idx, rows, n, k, nin, nout, B, ceil_div(B, W) * W};
+    const Condensed<T, I> c{nullptr, idx, rows, nullptr, n, k, nin, nout, B, ceil_div(B, W) * W};
     const int64_t work = B * n * k;
     int bad = 0;
     if (B <= SMALL_BATCH) {
@@ -333,7 +401,7 @@ int condensed_input_grad(const T* dy, const T* v, const I* idx, const int64_t* r
     using A = typename Acc<T>::A;
     constexpr int W = lanes<T>();
     if (!rows_ok(rows, n, nout)) return BAD_ROW;
-    const Condensed<T, I> c{v, idx, rows, n, k, nin, nout, B, ceil_div(B, W) * W};
+    const Condensed<T, I> c{v, idx, rows, nullptr, n, k, nin, nout, B, ceil_div(B, W) * W};
     const int64_t work = B * n * k;
     int bad = 0;
     if (B <= SMALL_BATCH) {  // per-thread private dx, summed afterwards
@@ -381,12 +449,13 @@ int condensed_input_grad(const T* dy, const T* v, const I* idx, const int64_t* r
 
 #define DST_CONDENSED_ENTRY(SUFFIX, T, ISUFFIX, I)                                                               \
     extern "C" int dst_condensed_mm_##SUFFIX##_##ISUFFIX(const void* x, const void* v, const void* idx,            \
-                                                          const int64_t* rows, void* y, int64_t B, int64_t nin,     \
-                                                          int64_t nout, int64_t n, int64_t k, int nt) {            \
+                                                          const int64_t* rows, const void* bias, void* y,          \
+                                                          int64_t B, int64_t nin, int64_t nout, int64_t n,         \
+                                                          int64_t k, int nt) {                                     \
         try {                                                                                                    \
             return dst::condensed_mm(static_cast<const T*>(x), static_cast<const T*>(v),                         \
-                                     static_cast<const I*>(idx), rows, static_cast<T*>(y), B, nin, nout, n, k,   \
-                                     nt);                                                                        \
+                                     static_cast<const I*>(idx), rows, static_cast<const T*>(bias),              \
+                                     static_cast<T*>(y), B, nin, nout, n, k, nt);                                \
         } catch (const std::bad_alloc&) {                                                                        \
             return dst::NO_MEMORY;                                                                               \
         }                                                                                                        \

@@ -20,6 +20,9 @@
 // dst_long, a tile only meets the diagonals whose offsets lie in one cyclic
 // window; they are found by binary search over the sorted offsets.
 //
+// The forward product takes an optional bias (null for none, and for the input gradient): it seeds the
+// accumulators, so y = x @ W.T + bias is one call.
+//
 // diag_values_grad: dV[k, j] = sum_b S[b, j] * L[b, (j + s_k) mod P], with S
 // the short-side operand and L the long-side one (padded copies). A work item
 // is one tile of W entries of G = 8 diagonals: the S vector of each batch row
@@ -81,6 +84,7 @@ struct DiagMM {
     const T* vtail;  // dst_long: (K, 2W) values at cyclic positions [D - W, D + W)
     const T* vwrap;  // dst_long: (K, 2W) values at cyclic positions [P - W, P + W)
     const T* vlast;  // dst_short: (K, W) values of the last, partial tile
+    const A* bvec;  // bias, zero-padded to whole tiles (zeros without a bias)
     T* y;
     int64_t ndst, P, D, K;
 
@@ -104,7 +108,7 @@ struct DiagMM {
     template <int NB>
     void tile_long(int64_t b0, int64_t t0) const {
         V acc[NB];
-        for (int i = 0; i < NB; ++i) acc[i] = V{};
+        for (int i = 0; i < NB; ++i) acc[i] = vload(bvec + t0);
         int64_t idx, count;
         window(t0, idx, count);
         const A* xb = xe + b0 * lde;
@@ -134,7 +138,7 @@ struct DiagMM {
     template <int NB>
     void tile_short(int64_t b0, int64_t t0) const {
         V acc[NB];
-        for (int i = 0; i < NB; ++i) acc[i] = V{};
+        for (int i = 0; i < NB; ++i) acc[i] = vload(bvec + t0);
         const bool full = t0 + W <= D;
         const A* xb = xe + b0 * lde;
         for (int64_t k = 0; k < K; ++k) {
@@ -167,8 +171,8 @@ inline void axpy(A* __restrict acc, const T* __restrict v, const T* __restrict x
 // most two contiguous runs (split at the wrap point). Each thread owns a range of output columns,
 // accumulated in a private buffer, so there are no races and values stream contiguously.
 template <class T>
-void diag_mm_runs(const T* x, const int64_t* off, const T* v, T* y, int64_t B, int64_t nsrc, int64_t ndst,
-                  int64_t K, bool dst_long, int nt) {
+void diag_mm_runs(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int64_t B, int64_t nsrc,
+                  int64_t ndst, int64_t K, bool dst_long, int nt) {
     using A = typename Acc<T>::A;
     const int64_t P = std::max(nsrc, ndst), D = std::min(nsrc, ndst);
 #pragma omp parallel num_threads(nt) if (B * K * D > PARALLEL_MIN_WORK)
@@ -179,7 +183,7 @@ void diag_mm_runs(const T* x, const int64_t* off, const T* v, T* y, int64_t B, i
         std::vector<A> acc(std::max<int64_t>(tb - ta, 0));
         for (int64_t b = 0; b < B && tb > ta; ++b) {
             const T* xb = x + b * nsrc;
-            std::fill(acc.begin(), acc.end(), A(0));
+            for (int64_t t = ta; t < tb; ++t) acc[t - ta] = bias ? to_acc(bias[t]) : A(0);
             for (int64_t k = 0; k < K; ++k) {
                 const int64_t s = off[k];
                 const T* vk = v + k * D;
@@ -204,15 +208,15 @@ void diag_mm_runs(const T* x, const int64_t* off, const T* v, T* y, int64_t B, i
 }
 
 template <class T>
-int diag_mm(const T* x, const int64_t* off, const T* v, T* y, int64_t B, int64_t nsrc, int64_t ndst, int64_t K,
-            bool dst_long, int nt) {
+int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int64_t B, int64_t nsrc, int64_t ndst,
+            int64_t K, bool dst_long, int nt) {
     using A = typename Acc<T>::A;
     constexpr int W = lanes<T>();
     const int64_t P = std::max(nsrc, ndst), D = std::min(nsrc, ndst);
     for (int64_t k = 0; k < K; ++k)
         if (off[k] < 0 || off[k] >= P) return BAD_OFFSET;
     if (B <= RUNS_MAX_BATCH) {
-        diag_mm_runs(x, off, v, y, B, nsrc, ndst, K, dst_long, nt);
+        diag_mm_runs(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
         return OK;
     }
 
@@ -258,13 +262,16 @@ int diag_mm(const T* x, const int64_t* off, const T* v, T* y, int64_t B, int64_t
         }
         m.vlast = vlast.data();
     }
-    Scratch<A> xe(B * m.lde);
-    if (!xe.ok()) return NO_MEMORY;
+    const int64_t ntiles = ceil_div(ndst, W);
+    Scratch<A> xe(B * m.lde), bvec(ntiles * W, true);
+    if (!xe.ok() || !bvec.ok()) return NO_MEMORY;
+    for (int64_t t = 0; bias && t < ndst; ++t) bvec.p[t] = to_acc(bias[t]);
+    m.bvec = bvec.p;
     pad_rows(x, B, nsrc, xe.p, m.lde, extra, nt);
     m.xe = xe.p;
 
     const auto blocks = row_blocks(B);
-    const int64_t ntiles = ceil_div(ndst, W), nitems = int64_t(blocks.size()) * ntiles;
+    const int64_t nitems = int64_t(blocks.size()) * ntiles;
     const int64_t work = B * K * D;
 #pragma omp parallel for num_threads(nt) schedule(static) if (work > PARALLEL_MIN_WORK)
     for (int64_t item = 0; item < nitems; ++item) {
@@ -360,11 +367,13 @@ int diag_values_grad(const T* dy, const T* x, const int64_t* off, T* dv, int64_t
 }  // namespace dst
 
 #define DST_DIAG_ENTRY(SUFFIX, T)                                                                              \
-    extern "C" int dst_diag_mm_##SUFFIX(const void* x, const int64_t* off, const void* v, void* y, int64_t B,     \
-                                        int64_t nsrc, int64_t ndst, int64_t K, int dst_long, int nt) {          \
+    extern "C" int dst_diag_mm_##SUFFIX(const void* x, const int64_t* off, const void* v, const void* bias,      \
+                                        void* y, int64_t B, int64_t nsrc, int64_t ndst, int64_t K, int dst_long,  \
+                                        int nt) {                                                              \
         try {                                                                                                  \
-            return dst::diag_mm(static_cast<const T*>(x), off, static_cast<const T*>(v), static_cast<T*>(y), B, \
-                                nsrc, ndst, K, dst_long != 0, nt);                                             \
+            return dst::diag_mm(static_cast<const T*>(x), off, static_cast<const T*>(v),                       \
+                                static_cast<const T*>(bias), static_cast<T*>(y), B, nsrc, ndst, K, dst_long != 0, \
+                                nt);                                                                           \
         } catch (const std::bad_alloc&) {                                                                      \
             return dst::NO_MEMORY;                                                                             \
         }                                                                                                      \

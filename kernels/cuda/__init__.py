@@ -69,6 +69,7 @@ import torch
 from torch import Tensor
 
 from dstbench.errors import UserError
+from dstbench.kernels.arguments import check_bias
 from dstbench.kernels.cuda import launches, loader
 from dstbench.kernels.cuda.pattern_cache import PatternCache
 from dstbench.kernels.cuda.sources import INDEX_TYPES, SCALAR_TYPES
@@ -109,15 +110,6 @@ def _check_floats(*tensors: Tensor) -> None:
             raise UserError(f"the CUDA kernels take 2-D tensors, got shape {tuple(t.shape)}")
         if t.dtype != first.dtype or t.device != first.device:
             raise UserError(f"mixed inputs: {t.dtype} on {t.device} next to {first.dtype} on {first.device}")
-
-
-def _check_bias(bias: Tensor | None, like: Tensor, out_features: int) -> Tensor | None:
-    if bias is None:
-        return None
-    if bias.shape != (out_features,) or bias.dtype != like.dtype or bias.device != like.device:
-        raise UserError(f"bias must be a ({out_features},) {like.dtype} tensor on {like.device}, "
-                        f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}")
-    return bias.contiguous()
 
 
 def _ids(t: Tensor, device: torch.device, what: str) -> Tensor:
@@ -179,7 +171,7 @@ def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, trans
     _check_floats(x, values)
     w_out, w_in = (x.shape[1], out_features) if transpose else (out_features, x.shape[1])
     offsets = _check_diag(offsets, values, w_out, w_in)
-    bias = _check_bias(bias, x, out_features)
+    bias = check_bias(bias, x, out_features)
     return launches.diag_mm(x.contiguous(), offsets, values.contiguous(), out_features, loader.run, transpose, bias)
 
 
@@ -221,7 +213,7 @@ def condensed_mm(x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor
     _check_floats(x, values)
     _on_device(indices, x)
     indices, rows = _condensed_pattern(indices, active_rows, tuple(values.shape), x.shape[1], out_features)
-    bias = _check_bias(bias, x, out_features)
+    bias = check_bias(bias, x, out_features)
     return launches.condensed_mm(x.contiguous(), values.contiguous(), indices, rows, out_features, loader.run, bias)
 
 
