@@ -106,7 +106,17 @@ class CSRLinear(nn.Module):
 
 
 class _KernelLinear(nn.Module):
-    """What the layers run by a dstbench kernel share: shape, values, bias, the kernel choice."""
+    """What the layers run by a dstbench kernel share: shape, values, bias, the kernel choice.
+
+    In eager mode with nothing to differentiate (``ops.direct``), on the
+    compiled CPU kernels, a call goes to a product bound to the layer's
+    buffers (``kernels.cpu.BoundProduct``), rebound whenever a buffer is
+    replaced (``.to()``, assignment); that drops the per-call checks of the
+    weights, ~5 us at batch 1, and more when the caches are cold. Everything
+    else goes through the ``torch.ops.dstbench`` operators.
+    """
+
+    _binder: str  # the name of the kernels.cpu function binding this layer's buffers
 
     def __init__(self, out_features: int, in_features: int, values: Tensor, bias: Tensor | None, impl: str) -> None:
         super().__init__()
@@ -114,6 +124,33 @@ class _KernelLinear(nn.Module):
         self.register_buffer("values", values.detach().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.requested_impl = impl
+        self._bound: tuple[tuple, object] | None = None  # (the buffers bound, the BoundProduct)
+
+    def _bound_product(self, x: Tensor):
+        """The BoundProduct of the current buffers, or None where the compiled CPU kernels do not run x."""
+        buffers = tuple(self._buffers.values())
+        if self._bound is not None and all(a is b for a, b in zip(self._bound[0], buffers)):
+            return self._bound[1]
+        values = self._buffers["values"]
+        if x.device.type != "cpu" or ops.select_impl(values.device, values.dtype, self.requested_impl) != "cpu":
+            return None
+        bound = getattr(ops.backend("cpu"), self._binder)(*self._weights(), self.in_features, self.out_features,
+                                                          bias=self._buffers["bias"])
+        self._bound = (buffers, bound)
+        return bound
+
+    def __getstate__(self) -> dict:
+        """The state to copy or pickle, without the bound product (it holds a native function pointer)."""
+        state = self.__dict__.copy()
+        state["_bound"] = None
+        return state
+
+    def forward(self, x: Tensor) -> Tensor:
+        if ops.direct(x):
+            bound = self._bound_product(x)
+            if bound is not None:
+                return bound(x) if x.dim() == 2 else bound(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+        return self._product(x)
 
     @property
     def impl(self) -> str:
@@ -132,12 +169,17 @@ class CondensedLinear(_KernelLinear):
         impl: kernel implementation, one of ``ops.IMPLS`` or "auto".
     """
 
+    _binder = "bind_condensed_mm"
+
     def __init__(self, weight: CondensedWeight, impl: str = "auto") -> None:
         super().__init__(weight.out_features, weight.in_features, weight.values, weight.bias, impl)
         self.register_buffer("indices", weight.indices.contiguous())
         self.register_buffer("active_rows", weight.active_rows.contiguous())
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _weights(self) -> tuple[Tensor, ...]:
+        return self.values, self.indices, self.active_rows
+
+    def _product(self, x: Tensor) -> Tensor:
         return ops.condensed_mm(x, self.values, self.indices, self.active_rows, self.out_features,
                                 self.requested_impl, bias=self.bias)
 
@@ -150,9 +192,14 @@ class DiagonalLinear(_KernelLinear):
         impl: kernel implementation, one of ``ops.IMPLS`` or "auto".
     """
 
+    _binder = "bind_diag_mm"
+
     def __init__(self, weight: DiagonalWeight, impl: str = "auto") -> None:
         super().__init__(weight.out_features, weight.in_features, weight.values, weight.bias, impl)
         self.register_buffer("offsets", weight.offsets.contiguous())
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _weights(self) -> tuple[Tensor, ...]:
+        return self.offsets, self.values
+
+    def _product(self, x: Tensor) -> Tensor:
         return ops.diag_mm(x, self.offsets, self.values, self.out_features, self.requested_impl, bias=self.bias)

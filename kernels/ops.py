@@ -264,7 +264,7 @@ torch.library.register_autograd("dstbench::csr_mm", _csr_mm_backward, lib=_LIB)
 
 # --- the entry points --------------------------------------------------------------------------------------------
 
-def _direct(x: Tensor, *weights: Tensor | None) -> bool:
+def direct(x: Tensor, *weights: Tensor | None) -> bool:
     """Whether a call may skip the dispatcher and run the operator's kernel itself.
 
     True in eager mode for a plain tensor when no gradient is needed and no
@@ -301,7 +301,7 @@ def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, impl:
     Returns:
         (..., out_features).
     """
-    op = _diag_mm if _direct(x, values, bias) else diag_mm_op
+    op = _diag_mm if direct(x, values, bias) else diag_mm_op
     return _batched(op, x, out_features, offsets, values, out_features, impl, bias)
 
 
@@ -316,7 +316,7 @@ def condensed_mm(
     Returns:
         (..., out_features); columns of ablated rows are the bias (0 without one).
     """
-    op = _condensed_mm if _direct(x, values, bias) else condensed_mm_op
+    op = _condensed_mm if direct(x, values, bias) else condensed_mm_op
     return _batched(op, x, out_features, values, indices, active_rows, out_features, impl, bias)
 
 
@@ -329,5 +329,5 @@ def csr_mm(x: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor,
     Returns:
         (..., out_features).
     """
-    op = _csr_mm if _direct(x, values, bias) else csr_mm_op
+    op = _csr_mm if direct(x, values, bias) else csr_mm_op
     return _batched(op, x, out_features, crow_indices, col_indices, values, out_features, bias)

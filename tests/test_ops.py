@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -165,3 +168,27 @@ def test_eager_inference_skips_the_dispatcher_but_modes_and_autograd_see_the_ope
         assert y.grad_fn is not None
         y.sum().backward()
         torch.testing.assert_close(x.grad, weight.sum(0).expand(3, -1))
+
+
+@pytest.mark.skipif(not CPU_OK, reason="CPU kernels unavailable")
+def test_layers_rebind_when_buffers_change_and_fall_back_for_other_input() -> None:
+    w, bias = torch.randn(24, 16, generator=gen(0)), torch.randn(24, generator=gen(1))
+    x = torch.randn(5, 16, generator=gen(2))
+    for layer in (DiagonalLinear(DiagonalWeight.top_k(w, 0.5, bias)), CondensedLinear(CondensedWeight.top_k(w, 0.5, bias))):
+        dense = (layer._product(torch.eye(16)) - layer.bias).T  # the layer's weight (out, in), by the operator path
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), x @ dense.T + layer.bias)  # the bound product
+            first = layer._bound[1]
+            layer.bias = torch.zeros(24)  # a replaced buffer is rebound
+            torch.testing.assert_close(layer(x), x @ dense.T)
+            assert layer._bound[1] is not first
+            layer.values.mul_(2)  # an in-place update is seen by the bound product
+            torch.testing.assert_close(layer(x), 2 * x @ dense.T)
+            copied = copy.deepcopy(layer)  # copies and pickles leave the native binding behind
+            pickle.loads(pickle.dumps(layer))
+            torch.testing.assert_close(copied(x), layer(x))
+            with pytest.raises(UserError, match="mixed dtypes"):  # other input reaches the general checks
+                layer(x.double())
+            torch.testing.assert_close(layer(torch.empty(0, 16)), torch.empty(0, 24))
+            layer.double()
+            torch.testing.assert_close(layer(x.double()), 2 * x.double() @ dense.double().T, atol=1e-5, rtol=1e-5)

@@ -10,7 +10,9 @@ The C++ sources (``diagonal.cpp``, ``condensed.cpp``, ``common.cpp``; no
 torch headers) are compiled with OpenMP and ``-march=native`` on first use
 by ``build.py`` into a cache, then loaded with ctypes. Each call passes raw
 data pointers and sizes, and ``torch.get_num_threads()`` as the thread
-count; ctypes drops the GIL for the call. The kernels write every output
+count; ctypes drops the GIL for the call. ``bind_diag_mm`` and
+``bind_condensed_mm`` check an inference layer's weights once and return a
+``BoundProduct`` whose calls check only x. The kernels write every output
 element, so outputs come from ``torch.empty``; their scratch buffers are
 kept per calling thread for reuse (a fresh multi-megabyte buffer costs a
 page fault per 4 KiB page). Index, offset and row ranges are checked in C++
@@ -31,6 +33,9 @@ from dstbench.kernels.arguments import check_bias
 from dstbench.kernels.cpu import build
 
 __all__ = [
+    "BoundProduct",
+    "bind_condensed_mm",
+    "bind_diag_mm",
     "condensed_input_grad",
     "condensed_mm",
     "condensed_values_grad",
@@ -131,10 +136,15 @@ def _kernel(key: tuple, a: Tensor, b: Tensor) -> ctypes._CFuncPtr:
 
 def _run(fn: ctypes._CFuncPtr, *args) -> None:
     status = fn(*args, torch.get_num_threads())
+    if status:
+        _raise(status)
+
+
+def _raise(status: int) -> None:
+    """The error of a nonzero return code of an entry point."""
     if status == _NO_MEMORY:
         raise MemoryError("the CPU kernels ran out of memory for their scratch buffers")
-    if status:
-        raise UserError(_STATUS[status])
+    raise UserError(_STATUS[status])
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -280,3 +290,63 @@ def condensed_input_grad(dy: Tensor, values: Tensor, indices: Tensor, active_row
     _run(fn, dy.data_ptr(), values.data_ptr(), indices.data_ptr(), rows.data_ptr(), dx.data_ptr(), batch,
          in_features, n_out, n_active, k)
     return dx
+
+
+class BoundProduct:
+    """A forward product whose weights were checked once: called on x (B, in) it returns y (B, out) (+ bias).
+
+    For inference-only layers, whose weights do not change shape: a call
+    checks only x, allocates y and makes the one native call, with the
+    weights' pointers read at binding time (the bound tensors are kept alive
+    here, and in-place updates of their values are seen). Any x the fast
+    check does not accept (another dtype or device, not 2-D and contiguous,
+    an empty batch), and every x when ``fn`` is None (empty weights), goes
+    to ``fallback``, the general entry point, which handles it or raises
+    its UserError.
+    """
+
+    def __init__(self, fn: ctypes._CFuncPtr | None, weights: tuple[Tensor | None, ...], sizes: tuple[int, ...],
+                 in_features: int, out_features: int, dtype: torch.dtype, fallback) -> None:
+        self._fn, self._weights, self._fallback = fn, weights, fallback
+        self._pointers = tuple(_ptr(t) for t in weights)
+        self._sizes, self.in_features, self.out_features, self._dtype = sizes, in_features, out_features, dtype
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if (self._fn is None or x.dtype is not self._dtype or x.dim() != 2 or x.shape[1] != self.in_features or not x.shape[0]
+                or not x.is_cpu or not x.is_contiguous()):
+            return self._fallback(x)
+        y = torch.empty(x.shape[0], self.out_features, dtype=self._dtype)
+        status = self._fn(x.data_ptr(), *self._pointers, y.data_ptr(), x.shape[0], *self._sizes, torch.get_num_threads())
+        if status:
+            _raise(status)
+        return y
+
+
+def bind_diag_mm(offsets: Tensor, values: Tensor, in_features: int, out_features: int,
+                 bias: Tensor | None = None) -> BoundProduct:
+    """``diag_mm(x, offsets, values, out_features, bias=bias)`` bound to these weights (``BoundProduct``)."""
+    fn = _kernel(("dst_diag_mm",), values, values)
+    offsets = _check_diag(offsets, values, out_features, in_features)
+    values, bias = values.contiguous(), check_bias(bias, values, out_features)
+
+    def fallback(x: Tensor) -> Tensor:
+        return diag_mm(x, offsets, values, out_features, bias=bias)
+
+    fn = fn if offsets.shape[0] else None
+    return BoundProduct(fn, (offsets, values, bias), (in_features, out_features, offsets.shape[0],
+                        int(out_features >= in_features)), in_features, out_features, values.dtype, fallback)
+
+
+def bind_condensed_mm(values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int, out_features: int,
+                      bias: Tensor | None = None) -> BoundProduct:
+    """``condensed_mm(x, values, indices, active_rows, out_features, bias=bias)`` bound to these weights."""
+    fn = _kernel(("dst_condensed_mm", _index_dtype(indices)), values, values)
+    indices, rows = _condensed_ids(indices, active_rows, values.shape)
+    values, bias = values.contiguous(), check_bias(bias, values, out_features)
+
+    def fallback(x: Tensor) -> Tensor:
+        return condensed_mm(x, values, indices, rows, out_features, bias=bias)
+
+    fn = fn if values.numel() else None
+    return BoundProduct(fn, (values, indices, rows, bias), (in_features, out_features, *values.shape), in_features,
+                        out_features, values.dtype, fallback)

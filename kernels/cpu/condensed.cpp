@@ -32,6 +32,9 @@ inline int64_t group_vectors(int64_t rows) {
     return std::clamp<int64_t>(GROUP_BYTES / (rows * VBYTES), MIN_VECTORS, MAX_VECTORS);
 }
 constexpr int64_t ROW_CHUNK = 16;
+// Small batches: bytes ahead of the current entry at which the values and indices are prefetched (into
+// L2), so that weights that are in no cache stream in while earlier rows are gathered.
+constexpr int64_t PREFETCH_BYTES = 4096;
 
 template <class I>
 bool indices_ok(const I* idx, int64_t n, int64_t nin) {
@@ -144,6 +147,8 @@ struct Condensed {
             c = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, ij));  // negative ids become >= 32768
         else
             c = _mm512_maskz_loadu_epi32(m, ij);
+        __builtin_prefetch(vj + PREFETCH_BYTES / sizeof(float), 0, 1);  // the rows ahead, for cold weights
+        __builtin_prefetch(ij + PREFETCH_BYTES / sizeof(I), 0, 1);
         const __mmask16 ok = _mm512_mask_cmplt_epu32_mask(m, c, limit);
         *bad |= __mmask16(m & ~ok);
         const __m512 xs = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), ok, c, x, 4);

@@ -8,7 +8,8 @@
 //
 // diag_mm, batches of 1-2 rows (diag_mm_runs): per batch row and diagonal, a
 // plain multiply-add along the diagonal's (at most two) contiguous runs, so the
-// values stream once; each thread owns a range of output columns.
+// values stream once, prefetched ahead; each thread owns a contiguous share of
+// the diagonals and a private accumulator row, summed at the end.
 //
 // diag_mm, larger batches: the output is cut into tiles of W lanes (one SIMD
 // vector) x NB batch rows (NB = 8, remainders 4/2/1). A tile keeps its NB accumulators in
@@ -161,50 +162,72 @@ struct DiagMM {
     }
 };
 
-// acc[i] += v[i] * x[i] for i < n: one contiguous run of a diagonal.
+// Bytes ahead of the current position at which the small-batch kernel prefetches the values: far enough
+// to cover a memory latency when the weights are not in any cache (the cold case), near enough to stay
+// within the thread's own stretch of values.
+constexpr int64_t PREFETCH_BYTES = 8192;
+
+// acc[i] += v[i] * x[i] for i < n: one contiguous run of a diagonal; the values PREFETCH_BYTES ahead
+// are requested one cache line at a time.
 template <class T, class A>
 inline void axpy(A* __restrict acc, const T* __restrict v, const T* __restrict x, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) acc[i] += to_acc(v[i]) * to_acc(x[i]);
+    constexpr int64_t LINE = 64 / sizeof(T), AHEAD = PREFETCH_BYTES / sizeof(T), NEAR = 512 / sizeof(T);
+    int64_t i = 0;
+    for (; i + LINE <= n; i += LINE) {
+        __builtin_prefetch(v + i + NEAR);
+        __builtin_prefetch(v + i + AHEAD, 0, 1);
+#pragma omp simd
+        for (int64_t l = i; l < i + LINE; ++l) acc[l] += to_acc(v[l]) * to_acc(x[l]);
+    }
+    for (; i < n; ++i) acc[i] += to_acc(v[i]) * to_acc(x[i]);
 }
 
-// Small batches: for each batch row and diagonal, acc[t] += v[j] * x[u] along the diagonal, in at
-// most two contiguous runs (split at the wrap point). Each thread owns a range of output columns,
-// accumulated in a private buffer, so there are no races and values stream contiguously.
+// Small batches: for each batch row and diagonal, acc[t] += v[j] * x[u] along the diagonal, in at most
+// two contiguous runs (split at the wrap point). Each thread takes a contiguous share of the diagonals,
+// so it streams one stretch of the values front to back (what the hardware prefetchers follow best when
+// the weights come from memory), into a private accumulator row of all ndst columns; the shares are then
+// summed, with the bias, column range by column range.
 template <class T>
-void diag_mm_runs(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int64_t B, int64_t nsrc,
-                  int64_t ndst, int64_t K, bool dst_long, int nt) {
+int diag_mm_runs(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int64_t B, int64_t nsrc,
+                 int64_t ndst, int64_t K, bool dst_long, int nt) {
     using A = typename Acc<T>::A;
     const int64_t P = std::max(nsrc, ndst), D = std::min(nsrc, ndst);
-#pragma omp parallel num_threads(nt) if (B * K * D > PARALLEL_MIN_WORK)
+    const int parts = B * K * D > PARALLEL_MIN_WORK ? std::max(1, std::min<int>(nt, int(K))) : 1;
+    Scratch<A> acc(int64_t(parts) * B * ndst, true);
+    if (!acc.ok()) return NO_MEMORY;
+#pragma omp parallel num_threads(parts)
     {
         const int64_t p = omp_get_thread_num(), np = omp_get_num_threads();
-        const int64_t ta = p == 0 ? 0 : ndst * p / np / 16 * 16;
-        const int64_t tb = p == np - 1 ? ndst : ndst * (p + 1) / np / 16 * 16;
-        std::vector<A> acc(std::max<int64_t>(tb - ta, 0));
-        for (int64_t b = 0; b < B && tb > ta; ++b) {
+        const int64_t k0 = K * p / np, k1 = K * (p + 1) / np;
+        for (int64_t b = 0; b < B; ++b) {
             const T* xb = x + b * nsrc;
-            for (int64_t t = ta; t < tb; ++t) acc[t - ta] = bias ? to_acc(bias[t]) : A(0);
-            for (int64_t k = 0; k < K; ++k) {
+            A* ab = acc.p + (p * B + b) * ndst;
+            for (int64_t k = k0; k < k1; ++k) {
                 const int64_t s = off[k];
                 const T* vk = v + k * D;
                 if (dst_long) {  // t = j + s, or j + s - P past the wrap; x and v at j
-                    int64_t lo = std::max(ta, s), hi = std::min({tb, s + D, P});
-                    if (hi > lo) axpy(acc.data() + (lo - ta), vk + (lo - s), xb + (lo - s), hi - lo);
-                    lo = ta;
-                    hi = std::min(tb, s + D - P);
-                    if (hi > lo) axpy(acc.data() + (lo - ta), vk + (lo - s + P), xb + (lo - s + P), hi - lo);
+                    const int64_t n1 = std::min(D, P - s);
+                    axpy(ab + s, vk, xb, n1);
+                    axpy(ab, vk + n1, xb + n1, D - n1);
                 } else {  // t = j; x at j + s, or j + s - P past the wrap
-                    int64_t lo = ta, hi = std::min(tb, P - s);
-                    if (hi > lo) axpy(acc.data() + (lo - ta), vk + lo, xb + lo + s, hi - lo);
-                    lo = std::max(ta, P - s);
-                    hi = tb;
-                    if (hi > lo) axpy(acc.data() + (lo - ta), vk + lo, xb + lo + s - P, hi - lo);
+                    const int64_t n1 = std::min(D, P - s);
+                    axpy(ab, vk, xb + s, n1);
+                    axpy(ab + n1, vk + n1, xb, D - n1);
                 }
             }
+        }
+#pragma omp barrier
+        const int64_t ta = ndst * p / np, tb = ndst * (p + 1) / np;
+        for (int64_t b = 0; b < B; ++b) {
             T* yb = y + b * ndst;
-            for (int64_t t = ta; t < tb; ++t) yb[t] = from_acc<T>(acc[t - ta]);
+            for (int64_t t = ta; t < tb; ++t) {
+                A sum = bias ? to_acc(bias[t]) : A(0);
+                for (int64_t q = 0; q < np; ++q) sum += acc.p[(q * B + b) * ndst + t];
+                yb[t] = from_acc<T>(sum);
+            }
         }
     }
+    return OK;
 }
 
 template <class T>
@@ -216,8 +239,7 @@ int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int
     for (int64_t k = 0; k < K; ++k)
         if (off[k] < 0 || off[k] >= P) return BAD_OFFSET;
     if (B <= RUNS_MAX_BATCH) {
-        diag_mm_runs(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
-        return OK;
+        return diag_mm_runs(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
     }
 
     DiagMM<T> m{};
