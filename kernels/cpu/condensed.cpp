@@ -1,15 +1,16 @@
 // Condensed format (SRigL's constant fan-in): y[b, rows[i]] = sum_j v[i, j] * x[b, idx[i, j]].
 //
-// Small batches (B <= SMALL_BATCH) run gather-dots along each active row,
-// each thread on its own share of the rows. Larger batches work on transposed
+// Small batches (B <= SMALL_BATCH) run gather-dots along each active row (AVX-512 hardware gathers
+// for float32), each thread on its own share of the rows. Larger batches work on transposed
 // operands, padded to Bp = a multiple of the SIMD width W: xT (in, Bp), so every nonzero is one
 // broadcast multiply-add over a contiguous run of batch lanes. The lanes are
-// split into groups of at most MAX_VECTORS vectors (one group per thread when
-// there are enough); a row's accumulators for its group stay in registers.
+// split into groups (one group per thread when there are enough); a row's accumulators for its
+// group stay in registers.
 //
-// condensed_mm        per row and lane group: acc += v[i, j] * xT[idx[i, j], group]; then
-//                     scattered into y's column rows[i], plus bias[rows[i]] when a bias is given
-//                     (null for none). Ablated columns get their bias (or 0).
+// condensed_mm        per row and lane group (at most FORWARD_VECTORS vectors, its slice of xT stored
+//                     contiguously): acc += v[i, j] * xT[idx[i, j], group]; then scattered into y's
+//                     column rows[i], plus bias[rows[i]] when a bias is given (null for none).
+//                     Ablated columns get their bias (or 0).
 // values_grad         dV[i, j] = <dyT[i, :], xT[idx[i, j], :]>, four entries at a time.
 // input_grad          dxT[idx[i, j], group] += v[i, j] * dyT[i, group], the dy vectors of a row held in
 //                     registers; race-free because each thread owns its lane group (or, when there are
@@ -23,7 +24,7 @@ namespace dst {
 
 constexpr int64_t SMALL_BATCH = 2;
 constexpr int MAX_VECTORS = 8;
-// Lane groups are sized so that the slice of xT (or dxT) one group reads, rows x group width,
+// The gradients' lane groups are sized so that the slice of xT (or dxT) one group reads, rows x group width,
 // stays within this many bytes (an L2-sized share), but at least MIN_VECTORS vectors wide.
 constexpr int64_t GROUP_BYTES = 1 << 20;
 constexpr int64_t MIN_VECTORS = 2;
@@ -31,7 +32,10 @@ constexpr int64_t MIN_VECTORS = 2;
 inline int64_t group_vectors(int64_t rows) {
     return std::clamp<int64_t>(GROUP_BYTES / (rows * VBYTES), MIN_VECTORS, MAX_VECTORS);
 }
-constexpr int64_t ROW_CHUNK = 16;
+constexpr int64_t ROW_CHUNK = 32;
+// The forward product's lane groups: at most this many vectors (each x row of a group's slice is then
+// a few cache lines, and its accumulators leave registers for the broadcasts).
+constexpr int64_t FORWARD_VECTORS = 4;
 // Small batches: bytes ahead of the current entry at which the values and indices are prefetched (into
 // L2), so that weights that are in no cache stream in while earlier rows are gathered.
 constexpr int64_t PREFETCH_BYTES = 4096;
@@ -194,11 +198,12 @@ struct Condensed {
     }
 #endif
 
-    // y[:, rows[i]] for i in [i0, i1) (at most ROW_CHUNK rows) and lanes [c0, c0 + NV * W), from xT (nin, Bp).
+    // y[:, rows[i]] for i in [i0, i1) (at most ROW_CHUNK rows) and lanes [c0, c0 + NV * W), from the lane
+    // group's slice xg (nin, ld) of x transposed.
     // The rows' results are staged in `out` and then written batch row by batch row, so each
     // batch row of y is touched once per chunk (one page, not one per row).
     template <int NV>
-    void mm_rows(const A* xT, int64_t c0, int64_t i0, int64_t i1, T* y) const {
+    void mm_rows(const A* xg, int64_t ld, int64_t c0, int64_t i0, int64_t i1, T* y) const {
         alignas(64) A out[ROW_CHUNK][NV * W];
         for (int64_t i = i0; i < i1; ++i) {
             V acc[NV];
@@ -207,7 +212,7 @@ struct Condensed {
             const I* ii = idx + i * k;
             for (int64_t j = 0; j < k; ++j) {
                 const V a = V{} + to_acc(vi[j]);
-                const A* p = xT + int64_t(ii[j]) * Bp + c0;
+                const A* p = xg + int64_t(ii[j]) * ld;
                 for (int q = 0; q < NV; ++q) acc[q] += a * vload(p + q * W);
             }
             std::memcpy(out[i - i0], acc, sizeof acc);
@@ -355,16 +360,24 @@ int condensed_mm(const T* x, const T* v, const I* idx, const int64_t* rows, cons
         }
         return bad ? BAD_INDEX : OK;
     }
-    Scratch<A> xT(nin * c.Bp);
-    if (!xT.ok()) return NO_MEMORY;
-    transpose(x, B, nin, nullptr, nin, xT.p, c.Bp, c.Bp, nt);
-    const LaneGroups lg(c.Bp / W, nt, group_vectors(nin));
+    // x transposed group by group: group g's lanes [b0, b0 + width) form the contiguous slice
+    // xg + nin * b0 of shape (nin, width), zero-padded past B.
+    const LaneGroups lg(c.Bp / W, nt, FORWARD_VECTORS);
+    Scratch<A> xg(nin * c.Bp);
+    if (!xg.ok()) return NO_MEMORY;
+    for (int64_t g = 0; g < lg.ng; ++g) {
+        const int64_t b0 = lg.begin(g) * W, width = lg.size(g) * W;
+        transpose(x + b0 * nin, std::min(width, B - b0), nin, nullptr, nin, xg.p + nin * b0, width, width, nt);
+    }
     const int64_t nchunks = ceil_div(n, ROW_CHUNK), nitems = lg.ng * nchunks;
 #pragma omp parallel for num_threads(nt) schedule(static) if (work > PARALLEL_MIN_WORK)
     for (int64_t item = 0; item < nitems; ++item) {
         const int64_t g = item / nchunks, i0 = (item % nchunks) * ROW_CHUNK, i1 = std::min(n, i0 + ROW_CHUNK);
         if (!claim_rows(idx, k, nin, i0, i1, &bad)) continue;
-        dispatch_vectors(lg.size(g), [&](auto nv) { c.template mm_rows<nv()>(xT.p, lg.begin(g) * W, i0, i1, y); });
+        const int64_t b0 = lg.begin(g) * W;
+        dispatch_vectors(lg.size(g), [&](auto nv) {
+            c.template mm_rows<nv()>(xg.p + nin * b0, nv() * W, b0, i0, i1, y);
+        });
     }
     return bad ? BAD_INDEX : OK;
 }
