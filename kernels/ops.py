@@ -40,7 +40,10 @@ and CUDA backends add it inside their kernels (one native call per layer),
 the reference in place on its fresh output.
 
 The Python functions ``diag_mm``, ``condensed_mm`` and ``csr_mm`` below take
-x of shape (..., in) and call the operators on its (B, in) view.
+x of shape (..., in) and call the operators on its (B, in) view; in eager
+mode with nothing to differentiate and no dispatch mode (``direct``) they
+call the operator's kernel function themselves, which saves the ~10 us the
+dispatcher and its Python layers cost per call.
 """
 
 from __future__ import annotations
