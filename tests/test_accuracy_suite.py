@@ -11,7 +11,6 @@ import torch
 
 from dstbench import records
 from dstbench.cli import main
-from dstbench.errors import UserError
 from dstbench.suites import accuracy, loop, model_timing
 
 TINY = ["--epochs", "2", "--delta-t", "5", "--threads", "1", "--timing-rounds", "3", "--timing-min-time", "0.002"]

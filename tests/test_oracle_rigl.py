@@ -85,5 +85,5 @@ def test_resnet50_imagenet_preset_keeps_the_first_conv_dense_and_the_fc_sparse()
     from torchvision.models import resnet50  # noqa: PLC0415
 
     method = make_method("rigl", sparsity=0.9, total_steps=10, **options)
-    model = method.prepare(resnet50(weights=None))
+    method.prepare(resnet50(weights=None))
     assert "conv1" not in method.masked and "fc" in method.masked
