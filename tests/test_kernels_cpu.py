@@ -1,6 +1,6 @@
 """The compiled CPU kernels against the pure-torch reference and the dense product, forward and backward.
 
-Every comparison is done in float64 on the inputs as stored (bfloat16 inputs are upcast exactly),
+Every comparison is done in float64 on the inputs as stored (bfloat16 and float16 inputs are upcast exactly),
 with a bound proportional to the sum of absolute terms. Also covers input validation, the build
 cache and the fallback when no compiler works.
 """
@@ -25,8 +25,8 @@ from dstbench.kernels.formats import CondensedWeight, DiagonalWeight, diagonal_c
 _REASON = cpu.unavailable_reason(torch.device("cpu"), torch.float32)
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"CPU kernels unavailable: {_REASON}")
 
-DTYPES = [torch.float32, torch.float64, torch.bfloat16]
-EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7}
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
 
 
 def assert_close(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor, dtype: torch.dtype) -> None:
@@ -178,14 +178,21 @@ def test_bfloat16_rounds_to_nearest_even() -> None:
     assert y.item() == (x.double().sum()).to(torch.bfloat16).item()
 
 
+def test_float16_rounds_to_nearest_even() -> None:
+    x = torch.tensor([[1.0, 2.0**-11 + 2.0**-13]], dtype=torch.float16)  # 1 + 2**-11 + 2**-13 rounds up
+    y = cpu.condensed_mm(x, torch.ones(1, 2, dtype=torch.float16), torch.tensor([[0, 1]], dtype=torch.int16),
+                         torch.tensor([0]), 1)
+    assert y.item() == (x.double().sum()).to(torch.float16).item() == 1 + 2.0**-10
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
         (lambda: cpu.diag_mm(torch.ones(2, 3), torch.tensor([5]), torch.ones(1, 3), 5), "offsets"),
         (lambda: cpu.diag_mm(torch.ones(2, 3), torch.tensor([0]), torch.ones(1, 4), 5), "shape"),
         (lambda: cpu.diag_mm(torch.ones(2, 3), torch.tensor([0.0]), torch.ones(1, 3), 5), "integer"),
-        (lambda: cpu.diag_mm(torch.ones(2, 3, dtype=torch.float16), torch.tensor([0]),
-                             torch.ones(1, 3, dtype=torch.float16), 5), "float16"),
+        (lambda: cpu.diag_mm(torch.ones(2, 3, dtype=torch.int32), torch.tensor([0]),
+                             torch.ones(1, 3, dtype=torch.int32), 5), "int32"),
         (lambda: cpu.diag_mm(torch.ones(2, 3), torch.tensor([0]), torch.ones(1, 3, dtype=torch.float64), 5), "mixed"),
         (lambda: cpu.diag_mm(torch.ones(2, 2, 3), torch.tensor([0]), torch.ones(1, 3), 5), "2-D"),
         (lambda: cpu.diag_values_grad(torch.ones(2, 5), torch.ones(3, 3), torch.tensor([0])), "batch"),
@@ -228,11 +235,17 @@ def test_bias_must_match_the_output() -> None:
                          torch.tensor([0]), 4, bias=torch.ones(4, dtype=torch.float64))
 
 
-def test_unavailable_reason() -> None:
+def test_unavailable_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cpu.unavailable_reason(torch.device("cpu"), torch.bfloat16) is None
     assert cpu.unavailable_reason(torch.device("cpu"), torch.float64) is None
-    assert "float16" in cpu.unavailable_reason(torch.device("cpu"), torch.float16)
+    assert cpu.unavailable_reason(torch.device("cpu"), torch.float16) is None  # GCC 12 has _Float16
+    assert "int32" in cpu.unavailable_reason(torch.device("cpu"), torch.int32)
     assert "CPU" in cpu.unavailable_reason(torch.device("cuda"), torch.float32)
+    without_f16 = {key: fn for key, fn in cpu._library.functions.items() if key[1] is not torch.float16}
+    monkeypatch.setattr(cpu._library, "functions", without_f16)  # a compiler without _Float16
+    assert "_Float16" in cpu.unavailable_reason(torch.device("cpu"), torch.float16)
+    with pytest.raises(UserError, match="_Float16"):
+        cpu.diag_mm(torch.ones(2, 3, dtype=torch.float16), torch.tensor([0]), torch.ones(1, 3, dtype=torch.float16), 5)
 
 
 def test_build_cache_hit_on_second_load() -> None:

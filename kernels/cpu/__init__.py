@@ -3,8 +3,9 @@
 The backend contract of ``kernels.ops``: the five functions of
 ``kernels.reference`` with the same signatures (``diag_mm`` with its
 ``transpose`` flag), plus ``unavailable_reason``. Inputs are 2-D CPU tensors
-of float32, float64 or bfloat16 (bfloat16 accumulates in float32, float64 in
-float64); condensed indices are int16 or int32 (int64 is narrowed to int32).
+of float32, float64, bfloat16 or float16 (bfloat16 and float16 accumulate
+in float32, float64 in float64; float16 where the compiler has _Float16);
+condensed indices are int16 or int32 (int64 is narrowed to int32).
 
 The C++ sources (``diagonal.cpp``, ``condensed.cpp``, ``common.cpp``; no
 torch headers) are compiled with OpenMP and ``-march=native`` on first use
@@ -44,7 +45,10 @@ __all__ = [
     "unavailable_reason",
 ]
 
-_SCALARS = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16"}
+_SCALARS = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
+#: built only where the compiler has _Float16 (GCC 12+, Clang 15+)
+_OPTIONAL = frozenset({torch.float16})
+_DTYPE_NAMES = "float32, float64, bfloat16 or float16"
 _INDICES = {torch.int16: "i16", torch.int32: "i32"}
 _STATUS = {  # return codes of the C++ entry points (enum Status in common.cpp)
     1: "diagonal offsets must lie in [0, max(out, in)); rebuild the DiagonalWeight",
@@ -98,7 +102,9 @@ def _bind(lib: ctypes.CDLL) -> dict[tuple, ctypes._CFuncPtr]:
             if name.startswith("dst_condensed"):
                 keys = {(name, dtype, i): f"{name}_{suffix}_{isuffix}" for i, isuffix in _INDICES.items()}
             for key, symbol in keys.items():
-                fn = getattr(lib, symbol)
+                fn = getattr(lib, symbol, None) if dtype in _OPTIONAL else getattr(lib, symbol)
+                if fn is None:
+                    continue
                 fn.argtypes = argtypes
                 fn.restype = ctypes.c_int
                 functions[key] = fn
@@ -114,8 +120,11 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     if device.type != "cpu":
         return f"not a CPU tensor (device {device})"
     if dtype not in _SCALARS:
-        return f"dtype {dtype} unsupported (float32, float64, bfloat16)"
-    return _library.load()
+        return f"dtype {dtype} unsupported ({_DTYPE_NAMES})"
+    reason = _library.load()
+    if reason is None and ("dst_diag_mm", dtype) not in _library.functions:
+        return f"dtype {dtype} needs a C++ compiler with _Float16 (GCC 12+ or Clang 15+); this one has none"
+    return reason
 
 
 def _kernel(key: tuple, a: Tensor, b: Tensor) -> ctypes._CFuncPtr:
@@ -124,11 +133,11 @@ def _kernel(key: tuple, a: Tensor, b: Tensor) -> ctypes._CFuncPtr:
     if b.dtype != dtype or dtype not in _SCALARS or not a.is_cpu or not b.is_cpu:
         for t in (a, b):
             if not t.is_cpu or t.dtype not in _SCALARS:
-                raise UserError(f"the CPU kernels take CPU tensors of float32, float64 or bfloat16, got {t.dtype} on {t.device}")
+                raise UserError(f"the CPU kernels take CPU tensors of {_DTYPE_NAMES}, got {t.dtype} on {t.device}")
         raise UserError(f"mixed dtypes: {b.dtype} next to {dtype}; convert the layer or the input")
     if a.dim() != 2 or b.dim() != 2:
         raise UserError(f"the CPU kernels take 2-D tensors, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
-    reason = _library.load()
+    reason = unavailable_reason(a.device, dtype)
     if reason:
         raise UserError(f"the CPU kernels cannot run: {reason}")
     return _library.functions[(key[0], dtype, *key[1:])]

@@ -46,8 +46,16 @@ struct bf16 {
     uint16_t bits;
 };
 
+// float16 storage is the compiler's _Float16 where it has one (GCC 12+ and Clang 15+ on x86 and Arm), whose
+// conversions round to nearest even and use F16C / AVX-512 instructions when -march=native has them.
+#if defined(__FLT16_MAX__)
+#define DST_HAVE_F16 1
+typedef _Float16 f16;
+typedef _Float16 vhf __attribute__((vector_size(VBYTES / 2)));
+#endif
+
 template <class T>
-struct Acc {  // float32 and bfloat16 accumulate in float
+struct Acc {  // float32, bfloat16 and float16 accumulate in float
     typedef float A;
     typedef vf V;
 };
@@ -71,7 +79,12 @@ inline float to_acc(bf16 v) {
     return f;
 }
 
-// Accumulator -> storage type; bfloat16 rounds to nearest even, NaN -> quiet NaN (as torch does).
+#if DST_HAVE_F16
+inline float to_acc(f16 v) { return float(v); }
+#endif
+
+// Accumulator -> storage type; bfloat16 rounds to nearest even, NaN -> quiet NaN (as torch does); float16
+// rounds to nearest even (the compiler's conversion).
 template <class T>
 inline T from_acc(typename Acc<T>::A a) {
     return a;
@@ -85,12 +98,23 @@ inline bf16 from_acc<bf16>(float a) {
     return bf16{uint16_t(u >> 16)};
 }
 
+#if DST_HAVE_F16
+template <>
+inline f16 from_acc<f16>(float a) {
+    return f16(a);
+}
+#endif
+
 // One element converted between storage and accumulator types; the unused pointer argument
 // names the target type.
 inline float convert(float v, float*) { return v; }
 inline double convert(double v, double*) { return v; }
 inline float convert(bf16 v, float*) { return to_acc(v); }
 inline bf16 convert(float v, bf16*) { return from_acc<bf16>(v); }
+#if DST_HAVE_F16
+inline float convert(f16 v, float*) { return to_acc(v); }
+inline f16 convert(float v, f16*) { return from_acc<f16>(v); }
+#endif
 
 inline vf vload(const float* p) {
     vf r;
@@ -102,6 +126,13 @@ inline vd vload(const double* p) {
     std::memcpy(&r, p, sizeof r);
     return r;
 }
+#if DST_HAVE_F16
+inline vf vload(const f16* p) {
+    vhf h;
+    std::memcpy(&h, p, sizeof h);
+    return __builtin_convertvector(h, vf);
+}
+#endif
 inline vf vload(const bf16* p) {
     vh h;
     std::memcpy(&h, p, sizeof h);

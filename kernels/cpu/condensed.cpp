@@ -507,3 +507,7 @@ DST_CONDENSED_ENTRY(f64, double, i16, int16_t)
 DST_CONDENSED_ENTRY(f64, double, i32, int32_t)
 DST_CONDENSED_ENTRY(bf16, dst::bf16, i16, int16_t)
 DST_CONDENSED_ENTRY(bf16, dst::bf16, i32, int32_t)
+#if DST_HAVE_F16
+DST_CONDENSED_ENTRY(f16, dst::f16, i16, int16_t)
+DST_CONDENSED_ENTRY(f16, dst::f16, i32, int32_t)
+#endif

@@ -413,3 +413,6 @@ int diag_values_grad(const T* dy, const T* x, const int64_t* off, T* dv, int64_t
 DST_DIAG_ENTRY(f32, float)
 DST_DIAG_ENTRY(f64, double)
 DST_DIAG_ENTRY(bf16, dst::bf16)
+#if DST_HAVE_F16
+DST_DIAG_ENTRY(f16, dst::f16)
+#endif
