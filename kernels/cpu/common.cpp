@@ -8,7 +8,7 @@
 // compiler targets (-march=native): 64 bytes with AVX-512, 32 with AVX, else 16.
 // Accumulation is in float for float32 and bfloat16 data, double for float64.
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 #include <algorithm>
@@ -127,10 +127,21 @@ inline vd vload(const double* p) {
     return r;
 }
 #if DST_HAVE_F16
+// With AVX-512 or F16C, one vcvtph2ps (GCC 12 turns __builtin_convertvector of _Float16 into scalar converts).
 inline vf vload(const f16* p) {
+    vf r;
+#if defined(__AVX512F__)
+    const __m512 c = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    std::memcpy(&r, &c, sizeof r);
+#elif defined(__F16C__) && defined(__AVX__)
+    const __m256 c = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    std::memcpy(&r, &c, sizeof r);
+#else
     vhf h;
     std::memcpy(&h, p, sizeof h);
-    return __builtin_convertvector(h, vf);
+    r = __builtin_convertvector(h, vf);
+#endif
+    return r;
 }
 #endif
 inline vf vload(const bf16* p) {

@@ -167,17 +167,19 @@ struct DiagMM {
 // within the thread's own stretch of values.
 constexpr int64_t PREFETCH_BYTES = 8192;
 
-// acc[i] += v[i] * x[i] for i < n: one contiguous run of a diagonal; the values PREFETCH_BYTES ahead
-// are requested one cache line at a time.
+// acc[i] += v[i] * x[i] for i < n: one contiguous run of a diagonal, a vector at a time (explicit vector
+// loads, so that bfloat16 and float16 convert a vector at a time too); the values 512 and PREFETCH_BYTES
+// bytes ahead are requested.
 template <class T, class A>
 inline void axpy(A* __restrict acc, const T* __restrict v, const T* __restrict x, int64_t n) {
-    constexpr int64_t LINE = 64 / sizeof(T), AHEAD = PREFETCH_BYTES / sizeof(T), NEAR = 512 / sizeof(T);
+    using V = typename Acc<T>::V;
+    constexpr int64_t W = lanes<T>(), AHEAD = PREFETCH_BYTES / sizeof(T), NEAR = 512 / sizeof(T);
     int64_t i = 0;
-    for (; i + LINE <= n; i += LINE) {
+    for (; i + W <= n; i += W) {
         __builtin_prefetch(v + i + NEAR);
         __builtin_prefetch(v + i + AHEAD, 0, 1);
-#pragma omp simd
-        for (int64_t l = i; l < i + LINE; ++l) acc[l] += to_acc(v[l]) * to_acc(x[l]);
+        const V a = vload(acc + i) + vload(v + i) * vload(x + i);
+        std::memcpy(acc + i, &a, sizeof a);
     }
     for (; i < n; ++i) acc[i] += to_acc(v[i]) * to_acc(x[i]);
 }
