@@ -18,7 +18,8 @@ Lowering OpenBLAS's limit does not stop a spin under way.
 ``dstbench.timing.interleaved``). It waits until no other thread of the
 process is runnable (``wait_quiet``), then sets the BLAS pool to the run's
 thread count for the functions that call OpenBLAS and to 1 thread for all
-others.
+others; ``PoolLimits.torch_threads`` gives the OpenBLAS functions 1 torch
+thread in turn.
 """
 
 from __future__ import annotations
@@ -88,6 +89,16 @@ class PoolLimits:
         self.threads = threads
         self.blas = frozenset(blas)
         self._controller = ThreadpoolController()
+
+    def torch_threads(self, names: Iterable[str]) -> dict[str, int]:
+        """torch's intra-op threads for the BLAS functions among ``names``: 1.
+
+        Their glue around OpenBLAS (the adds and GELU of a token stack) would
+        otherwise wake torch's OpenMP pool, whose workers then fight
+        OpenBLAS's spinning ones for the cores: on the 2-core CI machine the
+        OpenBLAS token stack took 86 ms instead of 20.
+        """
+        return {name: 1 for name in names if name in self.blas}
 
     @contextmanager
     def block(self, name: str) -> Iterator[None]:

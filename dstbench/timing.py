@@ -290,6 +290,7 @@ def interleaved(
     on_block: Callable[[], None] | None = None,
     block_context: Callable[[str], AbstractContextManager[object]] | None = None,
     primers: Mapping[str, Callable[[], object]] | None = None,
+    torch_threads: Mapping[str, int] | None = None,
 ) -> dict[str, Samples]:
     """Time every function of ``fns`` in R interleaved rounds.
 
@@ -305,17 +306,20 @@ def interleaved(
             calibration, then each round's block), for example ``threadpools.PoolLimits.block``.
         primers: name -> a function run before each of that function's cold calls, untimed (see the module
             docstring); none by default.
+        torch_threads: name -> torch's intra-op threads during that function's blocks, where not ``threads``
+            (for example 1 for a function whose work runs on another library's pool).
     Returns:
         name -> Samples with R per-call seconds in round order.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     names = list(fns)
-    blocks = {name: block_timer(fns[name], threads, device, l2, (primers or {}).get(name)) for name in names}
+    own = {name: (torch_threads or {}).get(name, threads) for name in names}
+    blocks = {name: block_timer(fns[name], own[name], device, l2, (primers or {}).get(name)) for name in names}
     context = block_context or (lambda name: nullcontext())
     result: dict[str, Samples] = {}
-    with set_torch_threads(threads):
-        for name in names:
+    for name in names:
+        with set_torch_threads(own[name]):
             with context(name):
                 warm_up(fns[name], min_time, device)
                 # a CPU cold block is calibrated on its wall time, evictions included

@@ -502,7 +502,8 @@ def measure_group(group: Group, workloads: Workloads, names: list[str], config: 
     with torch.inference_mode():
         samples = timing.interleaved(fns, rounds=config.rounds_of(group), min_time=config.min_time,
                                      threads=config.threads, device=torch.device(config.device), l2=group.l2,
-                                     on_block=on_block, block_context=pools.block, primers=primers)
+                                     on_block=on_block, block_context=pools.block, primers=primers,
+                                     torch_threads=pools.torch_threads(names))
     dense = [name for name in names if name in dense_baselines.NAMES]
     fastest = min(dense, key=lambda name: statistics.median(samples[name].samples_s))
     return [{**_row(group, name, modules, samples, dense, fastest), **_traffic(group, modules[name], samples[name], probe)}

@@ -49,6 +49,17 @@ def test_each_block_holds_its_blas_limit_while_it_runs() -> None:
     assert blas_threads() == before  # restored after each block
 
 
+def test_blas_functions_run_their_blocks_on_one_torch_thread() -> None:
+    pools = threadpools.PoolLimits(2, blas={"openblas"})
+    seen: dict[str, set[int]] = {"openblas": set(), "torch": set()}
+    fns = {name: (lambda n=name: seen[n].add(torch.get_num_threads())) for name in seen}
+    before = torch.get_num_threads()
+    timing.interleaved(fns, rounds=3, min_time=1e-3, threads=2, device=CPU, block_context=pools.block,
+                       torch_threads=pools.torch_threads(fns))
+    assert seen == {"openblas": {1}, "torch": {2}}  # warm-up, calibration and every round
+    assert torch.get_num_threads() == before
+
+
 @needs_two_blas_threads
 def test_wait_quiet_outlasts_openblas_spinning_workers() -> None:
     if threadpools.runnable_threads() is None:
