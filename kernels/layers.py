@@ -149,7 +149,7 @@ class _KernelLinear(nn.Module):
         if ops.direct(x):
             bound = self._bound_product(x)
             if bound is not None:
-                return bound(x) if x.dim() == 2 else bound(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+                return ops.batched(bound, x, self.out_features)
         return self._product(x)
 
     @property

@@ -286,7 +286,7 @@ def direct(x: Tensor, *weights: Tensor | None) -> bool:
     return True
 
 
-def _batched(op: torch._ops.OpOverload | Callable, x: Tensor, out_features: int, *args) -> Tensor:
+def batched(op: torch._ops.OpOverload | Callable, x: Tensor, out_features: int, *args) -> Tensor:
     """``op(x2, *args)`` on the (B, in) view x2 of x (..., in), reshaped back to (..., out_features)."""
     if x.dim() == 2:  # the two reshapes cost ~5 us per call on a 2-core Xeon, half the dispatch overhead
         return op(x, *args)
@@ -305,7 +305,7 @@ def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, impl:
         (..., out_features).
     """
     op = _diag_mm if direct(x, values, bias) else diag_mm_op
-    return _batched(op, x, out_features, offsets, values, out_features, impl, bias)
+    return batched(op, x, out_features, offsets, values, out_features, impl, bias)
 
 
 def condensed_mm(
@@ -320,7 +320,7 @@ def condensed_mm(
         (..., out_features); columns of ablated rows are the bias (0 without one).
     """
     op = _condensed_mm if direct(x, values, bias) else condensed_mm_op
-    return _batched(op, x, out_features, values, indices, active_rows, out_features, impl, bias)
+    return batched(op, x, out_features, values, indices, active_rows, out_features, impl, bias)
 
 
 def csr_mm(x: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor, out_features: int,
@@ -333,4 +333,4 @@ def csr_mm(x: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor,
         (..., out_features).
     """
     op = _csr_mm if direct(x, values, bias) else csr_mm_op
-    return _batched(op, x, out_features, crow_indices, col_indices, values, out_features, bias)
+    return batched(op, x, out_features, crow_indices, col_indices, values, out_features, bias)
