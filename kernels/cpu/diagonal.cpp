@@ -11,15 +11,19 @@
 // values stream once, prefetched ahead; each thread owns a contiguous share of
 // the diagonals and a private accumulator row, summed at the end.
 //
-// diag_mm, larger batches: the output is cut into tiles of W lanes (one SIMD
-// vector) x NB batch rows (NB = 8, remainders 4/2/1). A tile keeps its NB accumulators in
-// registers over all diagonals that touch it; each diagonal costs one vector
-// load of values (reused NB times) and NB loads of x, all contiguous because
-// a diagonal is contiguous along both sides. x is first copied, padded, into
-// xe so that tiles crossing the wrap point or the end of the short side read
-// plain contiguous memory (zeros where the diagonal has no entry). With
-// dst_long, a tile only meets the diagonals whose offsets lie in one cyclic
-// window; they are found by binary search over the sorted offsets.
+// diag_mm, larger batches: the output is cut into tiles of TW = 2 SIMD vectors
+// x NB batch rows (NB = 8 when x is the short side, 4 when it is the long one,
+// so that NB rows of x stay in L1; remainders NB/2, ..., 1). A tile keeps its
+// accumulators in registers over all diagonals that touch it; each diagonal
+// costs two vector loads of values (reused NB times) and 2 NB loads of x, all
+// contiguous because a diagonal is contiguous along both sides. x is read in
+// place (float32, float64; half precision is converted once): only tiles that
+// cross the wrap point or the end of the short side read small side copies of
+// x and of the values at those cyclic positions (zeros where the diagonal has
+// no entry). With dst_long, a tile only meets the diagonals whose offsets lie
+// in one cyclic window, found once per call by binary search over the sorted
+// offsets. Tiles run in chunks of output columns, each over all batch blocks,
+// so that the values a chunk reads stay in L2.
 //
 // The forward product takes an optional bias (null for none, and for the input gradient): it seeds the
 // accumulators, so y = x @ W.T + bias is one call.
@@ -41,15 +45,15 @@ inline int64_t cyc(int64_t pos, int64_t P, int64_t D) {
     return m < D ? m : -1;
 }
 
-// Batch blocks of 8 rows, then the remainder as blocks of 4, 2, 1.
-inline std::vector<std::pair<int64_t, int>> row_blocks(int64_t B) {
+// Batch blocks of nb rows, then the remainder as blocks of nb/2, nb/4, ..., 1.
+inline std::vector<std::pair<int64_t, int>> row_blocks(int64_t B, int nb) {
     std::vector<std::pair<int64_t, int>> blocks;
     int64_t b = 0;
-    for (; b + 8 <= B; b += 8) blocks.push_back({b, 8});
-    for (int nb : {4, 2, 1})
-        if (B - b >= nb) {
-            blocks.push_back({b, nb});
-            b += nb;
+    for (; b + nb <= B; b += nb) blocks.push_back({b, nb});
+    for (int n = nb / 2; n >= 1; n /= 2)
+        if (B - b >= n) {
+            blocks.push_back({b, n});
+            b += n;
         }
     return blocks;
 }
@@ -70,35 +74,62 @@ void pad_rows(const T* src, int64_t B, int64_t n, A* dst, int64_t ld, const std:
     }
 }
 
+// Output tiles of the large-batch kernel are TILE_VECTORS SIMD vectors wide.
+constexpr int TILE_VECTORS = 2;
+// Batch rows per tile: with dst_long, x is the short side, so 8 rows of it stay in L1 while the values
+// stream; with dst_short, x is the long side and 4 rows are what L1 holds.
+constexpr int LONG_ROWS = 8, SHORT_ROWS = 4;
+// Bytes of values per chunk of output tiles (see diag_mm): a share of L2.
+constexpr int64_t CHUNK_BYTES = 512 << 10;
+
+// dst[b, i] = src[b, cols[i]] as A (storage or accumulator type; 0 where cols[i] is -1), for B rows of src (row stride ld).
+template <class T, class A>
+void gather_cols(const T* src, int64_t B, int64_t ld, const std::vector<int64_t>& cols, A* dst, int nt) {
+    const int64_t n = int64_t(cols.size());
+#pragma omp parallel for num_threads(nt) schedule(static) if (B * n > PARALLEL_MIN_WORK)
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < n; ++i) {
+            if (cols[i] < 0)
+                dst[b * n + i] = A{};
+            else if constexpr (std::is_same<T, A>::value)
+                dst[b * n + i] = src[b * ld + cols[i]];
+            else
+                dst[b * n + i] = convert(src[b * ld + cols[i]], static_cast<A*>(nullptr));
+        }
+}
+
 template <class T>
 struct DiagMM {
     using A = typename Acc<T>::A;
     using V = typename Acc<T>::V;
-    static constexpr int W = lanes<T>();
+    static constexpr int W = lanes<T>(), NV = TILE_VECTORS, TW = NV * W;
 
     const T* v;
-    const int64_t* off;    // (K,), as given
-    const int64_t* soff;   // dst_long: offsets sorted ascending
-    const int64_t* order;  // dst_long: soff[i] = off[order[i]]
-    const A* xe;           // padded x, (B, lde)
-    int64_t lde;
-    const T* vtail;  // dst_long: (K, 2W) values at cyclic positions [D - W, D + W)
-    const T* vwrap;  // dst_long: (K, 2W) values at cyclic positions [P - W, P + W)
-    const T* vlast;  // dst_short: (K, W) values of the last, partial tile
-    const A* bvec;  // bias, zero-padded to whole tiles (zeros without a bias)
+    const int64_t* off;     // (K,), as given
+    const int64_t* soff;    // dst_long: offsets sorted ascending
+    const int64_t* order;   // dst_long: soff[i] = off[order[i]]
+    const int64_t* wfirst;  // dst_long: per tile, the first sorted diagonal touching it ...
+    const int64_t* wcount;  // ... and how many do, cyclically
+    const A* xa;     // x in the accumulator type, (B, nsrc): x itself for float32 and float64
+    int64_t nsrc;
+    const A* xside;  // x at the cyclic positions of vside (dst_long), [P - TW, P + TW) (dst_short): (B, lds)
+    int64_t lds;
+    const T* vside;  // dst_long: (K, 4 TW) values at cyclic positions [D - TW, D + TW) then [P - TW, P + TW)
+    const T* vlast;  // dst_short: (K, TW) values of the last, partial tile
+    const A* bvec;   // bias, zero-padded to whole tiles (zeros without a bias)
     T* y;
     int64_t ndst, P, D, K;
 
-    // dst_long: the sorted-offset range (first, count, cyclic) of diagonals touching tile t0.
+    // dst_long: the sorted-offset range (first, count, cyclic) of diagonals touching the tile at t0.
     void window(int64_t t0, int64_t& first, int64_t& count) const {
-        if (D + W - 1 >= P) {
+        if (D + TW - 1 >= P) {
             first = 0;
             count = K;
             return;
         }
         int64_t lo = t0 - D + 1;
         if (lo < 0) lo += P;
-        const int64_t hi = lo + D + W - 2;  // inclusive, may pass P
+        const int64_t hi = lo + D + TW - 2;  // inclusive, may pass P
         first = std::lower_bound(soff, soff + K, lo) - soff;
         if (hi < P)
             count = (std::lower_bound(soff, soff + K, hi + 1) - soff) - first;
@@ -107,58 +138,84 @@ struct DiagMM {
     }
 
     template <int NB>
-    void tile_long(int64_t b0, int64_t t0) const {
-        V acc[NB];
-        for (int i = 0; i < NB; ++i) acc[i] = vload(bvec + t0);
-        int64_t idx, count;
-        window(t0, idx, count);
-        const A* xb = xe + b0 * lde;
+    void init(V (&acc)[NB][NV], int64_t t0) const {
+        for (int i = 0; i < NB; ++i)
+            for (int q = 0; q < NV; ++q) acc[i][q] = vload(bvec + t0 + q * W);
+    }
+
+    // acc[i] += w * x[row i, xp + ...] over the tile's NV vectors.
+    template <int NB>
+    static void madd(V (&acc)[NB][NV], const T* vp, const A* xp, int64_t lde) {
+        V w[NV];
+        for (int q = 0; q < NV; ++q) w[q] = vload(vp + q * W);
+        for (int i = 0; i < NB; ++i)
+            for (int q = 0; q < NV; ++q) acc[i][q] += w[q] * vload(xp + i * lde + q * W);
+    }
+
+    template <int NB>
+    void store(const V (&acc)[NB][NV], int64_t b0, int64_t t0) const {
+        for (int q = 0; q < NV; ++q) {
+            const int64_t n = std::min<int64_t>(W, ndst - t0 - q * W);
+            if (n <= 0) break;
+            for (int i = 0; i < NB; ++i) vstore(y + (b0 + i) * ndst + t0 + q * W, acc[i][q], int(n));
+        }
+    }
+
+    template <int NB>
+    void tile_long(int64_t b0, int64_t t) const {
+        const int64_t t0 = t * TW;
+        V acc[NB][NV];
+        init(acc, t0);
+        int64_t idx = wfirst[t];
+        const int64_t count = wcount[t];
+        const A* xb = xa + b0 * nsrc;
+        const A* sb = xside + b0 * lds;
         for (int64_t n = 0; n < count; ++n, ++idx) {
             if (idx == K) idx = 0;
-            const int64_t k = order[idx];
             int64_t j0 = t0 - soff[idx];
             if (j0 < 0) j0 += P;
-            const T* vp;
-            int64_t xo = j0;
-            if (j0 + W <= D) {
-                vp = v + k * D + j0;
-            } else if (j0 < D) {
-                vp = vtail + k * 2 * W + (j0 - D + W);
-            } else {
-                vp = vwrap + k * 2 * W + (j0 - P + W);
-                xo = D + W + (j0 - P + W);
+            const int64_t k = order[idx];
+            if (j0 + TW <= D) {
+                madd(acc, v + k * D + j0, xb + j0, nsrc);
+            } else if (j0 < D) {  // crosses the end of the short side
+                const int64_t i0 = j0 - D + TW;
+                madd(acc, vside + k * 4 * TW + i0, sb + i0, lds);
+            } else {  // starts before the wrap point
+                const int64_t i0 = j0 - P + TW;
+                madd(acc, vside + k * 4 * TW + 2 * TW + i0, sb + 2 * TW + i0, lds);
             }
-            const V w = vload(vp);
-            const A* xp = xb + xo;
-            for (int i = 0; i < NB; ++i) acc[i] += w * vload(xp + i * lde);
         }
-        const int n = int(std::min<int64_t>(W, ndst - t0));
-        for (int i = 0; i < NB; ++i) vstore(y + (b0 + i) * ndst + t0, acc[i], n);
+        store(acc, b0, t0);
     }
 
     template <int NB>
-    void tile_short(int64_t b0, int64_t t0) const {
-        V acc[NB];
-        for (int i = 0; i < NB; ++i) acc[i] = vload(bvec + t0);
-        const bool full = t0 + W <= D;
-        const A* xb = xe + b0 * lde;
-        for (int64_t k = 0; k < K; ++k) {
-            int64_t u0 = t0 + off[k];
-            if (u0 >= P) u0 -= P;
-            const V w = vload(full ? v + k * D + t0 : vlast + k * W);
-            const A* xp = xb + u0;
-            for (int i = 0; i < NB; ++i) acc[i] += w * vload(xp + i * lde);
+    void tile_short(int64_t b0, int64_t t) const {
+        const int64_t t0 = t * TW;
+        V acc[NB][NV];
+        init(acc, t0);
+        const A* xb = xa + b0 * nsrc;
+        const A* sb = xside + b0 * lds;
+        const int64_t* o = off;
+        const int64_t n = K, p = P, ld = nsrc, ls = lds;
+        const T* vp = t0 + TW <= D ? v + t0 : vlast;  // the last, partial tile reads vlast
+        const int64_t vs = t0 + TW <= D ? D : TW;
+        for (int64_t k = 0; k < n; ++k, vp += vs) {
+            int64_t u0 = t0 + o[k];
+            if (u0 >= p) u0 -= p;
+            if (u0 + TW <= p)
+                madd(acc, vp, xb + u0, ld);
+            else  // crosses the wrap point
+                madd(acc, vp, sb + (u0 - p + TW), ls);
         }
-        const int n = int(std::min<int64_t>(W, ndst - t0));
-        for (int i = 0; i < NB; ++i) vstore(y + (b0 + i) * ndst + t0, acc[i], n);
+        store(acc, b0, t0);
     }
 
     template <int NB>
-    void tile(bool dst_long, int64_t b0, int64_t t0) const {
+    void tile(bool dst_long, int64_t b0, int64_t t) const {
         if (dst_long)
-            tile_long<NB>(b0, t0);
+            tile_long<NB>(b0, t);
         else
-            tile_short<NB>(b0, t0);
+            tile_short<NB>(b0, t);
     }
 };
 
@@ -245,6 +302,7 @@ int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int
     }
 
     DiagMM<T> m{};
+    constexpr int TW = DiagMM<T>::TW;
     m.v = v;
     m.off = off;
     m.y = y;
@@ -252,60 +310,68 @@ int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int
     m.P = P;
     m.D = D;
     m.K = K;
-    std::vector<int64_t> extra, order(dst_long ? K : 0), soff(dst_long ? K : 0);
-    std::vector<T> vtail, vwrap, vlast;
+    const int64_t ntiles = ceil_div(ndst, TW);
+    std::vector<int64_t> side, order(dst_long ? K : 0), soff(dst_long ? K : 0), wfirst, wcount;
+    std::vector<T> vside, vlast;
     if (dst_long) {  // x is the short side (width D)
-        m.lde = D + 3 * W;
-        for (int64_t p = D; p < D + W; ++p) extra.push_back(cyc(p, P, D));
-        for (int64_t i = 0; i < 2 * W; ++i) extra.push_back(cyc(P - W + i, P, D));
         for (int64_t k = 0; k < K; ++k) order[k] = k;
         if (!std::is_sorted(off, off + K))
             std::stable_sort(order.begin(), order.end(), [off](int64_t a, int64_t b) { return off[a] < off[b]; });
         for (int64_t k = 0; k < K; ++k) soff[k] = off[order[k]];
-        vtail.resize(K * 2 * W);
-        vwrap.resize(K * 2 * W);
-        for (int64_t i = 0; i < 2 * W; ++i) {
-            const int64_t ct = cyc(D - W + i, P, D), cw = cyc(P - W + i, P, D);
-            for (int64_t k = 0; k < K; ++k) {
-                vtail[k * 2 * W + i] = ct >= 0 ? v[k * D + ct] : T{};
-                vwrap[k * 2 * W + i] = cw >= 0 ? v[k * D + cw] : T{};
-            }
-        }
+        for (int64_t i = 0; i < 2 * TW; ++i) side.push_back(cyc(D - TW + i, P, D));
+        for (int64_t i = 0; i < 2 * TW; ++i) side.push_back(cyc(P - TW + i, P, D));
+        vside.resize(K * 4 * TW);
+        gather_cols(v, K, D, side, vside.data(), nt);
         m.order = order.data();
         m.soff = soff.data();
-        m.vtail = vtail.data();
-        m.vwrap = vwrap.data();
+        m.vside = vside.data();
+        wfirst.resize(ntiles);
+        wcount.resize(ntiles);
+        for (int64_t t = 0; t < ntiles; ++t) m.window(t * TW, wfirst[t], wcount[t]);
+        m.wfirst = wfirst.data();
+        m.wcount = wcount.data();
     } else {  // x is the long side (width P)
-        m.lde = P + W;
-        for (int64_t i = 0; i < W; ++i) extra.push_back(i % P);
-        const int64_t last = (D - 1) / W * W;
-        if (last + W > D) {
-            vlast.resize(K * W);
+        for (int64_t i = 0; i < 2 * TW; ++i) side.push_back(((P - TW + i) % P + P) % P);
+        const int64_t last = (D - 1) / TW * TW;
+        if (last + TW > D) {
+            vlast.resize(K * TW);
             for (int64_t k = 0; k < K; ++k)
-                for (int64_t i = 0; i < W; ++i) vlast[k * W + i] = last + i < D ? v[k * D + last + i] : T{};
+                for (int64_t i = 0; i < TW; ++i) vlast[k * TW + i] = last + i < D ? v[k * D + last + i] : T{};
         }
         m.vlast = vlast.data();
     }
-    const int64_t ntiles = ceil_div(ndst, W);
-    Scratch<A> xe(B * m.lde), bvec(ntiles * W, true);
-    if (!xe.ok() || !bvec.ok()) return NO_MEMORY;
+    constexpr bool SAME = std::is_same<T, A>::value;
+    m.nsrc = nsrc;
+    m.lds = int64_t(side.size());
+    Scratch<A> xconv(SAME ? 0 : B * nsrc), xside(B * m.lds), bvec(ntiles * TW, true);
+    if (!xconv.ok() || !xside.ok() || !bvec.ok()) return NO_MEMORY;
     for (int64_t t = 0; bias && t < ndst; ++t) bvec.p[t] = to_acc(bias[t]);
     m.bvec = bvec.p;
-    pad_rows(x, B, nsrc, xe.p, m.lde, extra, nt);
-    m.xe = xe.p;
+    if constexpr (SAME) {
+        m.xa = x;
+    } else {
+        pad_rows(x, B, nsrc, xconv.p, nsrc, {}, nt);
+        m.xa = xconv.p;
+    }
+    gather_cols(x, B, nsrc, side, xside.p, nt);
+    m.xside = xside.p;
 
-    const auto blocks = row_blocks(B);
-    const int64_t nitems = int64_t(blocks.size()) * ntiles;
+    const auto blocks = row_blocks(B, dst_long ? LONG_ROWS : SHORT_ROWS);
+    const int64_t nblocks = int64_t(blocks.size()), nitems = nblocks * ntiles;
+    // Work items run chunk by chunk of C output tiles, each chunk over all batch blocks: the values a
+    // chunk reads (about K x C x TW) stay in L2 while its batch blocks pass.
+    const int64_t C = std::max<int64_t>(1, CHUNK_BYTES / (K * TW * int64_t(sizeof(T))));
     const int64_t work = B * K * D;
 #pragma omp parallel for num_threads(nt) schedule(static) if (work > PARALLEL_MIN_WORK)
     for (int64_t item = 0; item < nitems; ++item) {
-        const auto& blk = blocks[item / ntiles];
-        const int64_t t0 = (item % ntiles) * W;
+        const int64_t c = item / (C * nblocks), cs = std::min(C, ntiles - c * C), r = item - c * C * nblocks;
+        const auto& blk = blocks[r / cs];
+        const int64_t t = c * C + r % cs;
         switch (blk.second) {
-            case 8: m.template tile<8>(dst_long, blk.first, t0); break;
-            case 4: m.template tile<4>(dst_long, blk.first, t0); break;
-            case 2: m.template tile<2>(dst_long, blk.first, t0); break;
-            default: m.template tile<1>(dst_long, blk.first, t0); break;
+            case 8: m.template tile<8>(dst_long, blk.first, t); break;
+            case 4: m.template tile<4>(dst_long, blk.first, t); break;
+            case 2: m.template tile<2>(dst_long, blk.first, t); break;
+            default: m.template tile<1>(dst_long, blk.first, t); break;
         }
     }
     return OK;
@@ -372,7 +438,7 @@ int diag_values_grad(const T* dy, const T* x, const int64_t* off, T* dv, int64_t
     g.P = P;
     g.D = D;
 
-    const auto groups = row_blocks(K);  // groups of 8, 4, 2, 1 diagonals
+    const auto groups = row_blocks(K, 8);  // groups of 8, 4, 2, 1 diagonals
     const int64_t ntiles = ceil_div(D, W), nitems = int64_t(groups.size()) * ntiles;
 #pragma omp parallel for num_threads(nt) schedule(static) if (B * K * D > PARALLEL_MIN_WORK)
     for (int64_t item = 0; item < nitems; ++item) {
