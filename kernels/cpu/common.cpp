@@ -256,23 +256,70 @@ struct Scratch {
     bool ok() const { return p != nullptr; }
 };
 
+#if defined(__AVX512F__)
+// d[c * ldd + r] = s[r * lds + c] for r, c < 16: one 16 x 16 float block through registers (pairs of
+// rows interleaved, then pairs of pairs, then the 128-bit quarters exchanged twice).
+inline void transpose16(const float* s, int64_t lds, float* d, int64_t ldd) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(s + i * lds);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    // r[4g + k], quarter q: column 4q + k of rows 4g .. 4g + 3
+    for (int g = 0; g < 4; ++g) {
+        const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * g + 2]), e = _mm512_castps_pd(t[4 * g + 3]);
+        r[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
+        r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
+    }
+    for (int k = 0; k < 4; ++k) {
+        const __m512 v0 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88), v1 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);
+        const __m512 v2 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+        const __m512 v3 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xDD);
+        _mm512_storeu_ps(d + k * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
+        _mm512_storeu_ps(d + (4 + k) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
+        _mm512_storeu_ps(d + (8 + k) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+        _mm512_storeu_ps(d + (12 + k) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+    }
+}
+constexpr bool HAVE_TRANSPOSE16 = true;
+#else
+inline void transpose16(const float*, int64_t, float*, int64_t) {}
+constexpr bool HAVE_TRANSPOSE16 = false;
+#endif
+
 // dst[c * ldd + r] = src[r * lds + (cols ? cols[c] : c)] for r < R, c < C, converted to TD;
-// dst[c * ldd + r] = 0 for R <= r < Rpad. Blocked 32 x 32 so both sides stay in L1.
+// dst[c * ldd + r] = 0 for R <= r < Rpad. Blocked 32 x 32 so both sides stay in L1; float32 without
+// cols moves whole 16 x 16 sub-blocks through registers.
 template <class TS, class TD>
 void transpose(const TS* src, int64_t R, int64_t lds, const int64_t* cols, int64_t C, TD* dst, int64_t ldd,
                int64_t Rpad, int nt) {
-    constexpr int64_t BS = 32;
+    constexpr int64_t BS = 32, SB = 16;
+    constexpr bool FLOATS = HAVE_TRANSPOSE16 && std::is_same<TS, float>::value && std::is_same<TD, float>::value;
     const int64_t nrb = ceil_div(Rpad, BS), nblocks = ceil_div(C, BS) * nrb;
 #pragma omp parallel for num_threads(nt) schedule(static) if (Rpad * C > 4 * PARALLEL_MIN_WORK)
     for (int64_t blk = 0; blk < nblocks; ++blk) {
         const int64_t c0 = (blk / nrb) * BS, r0 = (blk % nrb) * BS;
         const int64_t c1 = std::min(C, c0 + BS), r1 = std::min(Rpad, r0 + BS), rv = std::min(R, r1);
-        for (int64_t c = c0; c < c1; ++c) {
-            const TS* s = src + (cols ? cols[c] : c);
-            TD* d = dst + c * ldd;
-            for (int64_t r = r0; r < rv; ++r) d[r] = convert(s[r * lds], static_cast<TD*>(nullptr));
-            for (int64_t r = std::max(r0, rv); r < r1; ++r) d[r] = TD{};
-        }
+        for (int64_t cs = c0; cs < c1; cs += SB)
+            for (int64_t rs = r0; rs < r1; rs += SB) {
+                const int64_t ce = std::min(c1, cs + SB), re = std::min(r1, rs + SB), rve = std::min(rv, re);
+                if constexpr (FLOATS) {
+                    if (!cols && ce - cs == SB && rve - rs == SB) {
+                        transpose16(src + rs * lds + cs, lds, dst + cs * ldd + rs, ldd);
+                        continue;
+                    }
+                }
+                for (int64_t c = cs; c < ce; ++c) {
+                    const TS* s = src + (cols ? cols[c] : c);
+                    TD* d = dst + c * ldd;
+                    for (int64_t r = rs; r < rve; ++r) d[r] = convert(s[r * lds], static_cast<TD*>(nullptr));
+                    for (int64_t r = std::max(rs, rve); r < re; ++r) d[r] = TD{};
+                }
+            }
     }
 }
 

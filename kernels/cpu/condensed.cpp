@@ -201,7 +201,8 @@ struct Condensed {
     // y[:, rows[i]] for i in [i0, i1) (at most ROW_CHUNK rows) and lanes [c0, c0 + NV * W), from the lane
     // group's slice xg (nin, ld) of x transposed.
     // The rows' results are staged in `out` and then written batch row by batch row, so each
-    // batch row of y is touched once per chunk (one page, not one per row).
+    // batch row of y is touched once per chunk (one page, not one per row); float32 runs of 16 rows
+    // that fill 16 consecutive columns go through registers 16 x 16 at a time.
     template <int NV>
     void mm_rows(const A* xg, int64_t ld, int64_t c0, int64_t i0, int64_t i1, T* y) const {
         alignas(64) A out[ROW_CHUNK][NV * W];
@@ -218,9 +219,19 @@ struct Condensed {
             std::memcpy(out[i - i0], acc, sizeof acc);
         }
         const int64_t nb = std::min<int64_t>(NV * W, B - c0);
-        for (int64_t l = 0; l < nb; ++l) {
-            T* yb = y + (c0 + l) * nout;
-            for (int64_t i = i0; i < i1; ++i) yb[rows[i]] = from_acc<T>(out[i - i0][l]);
+        for (int64_t g = i0; g < i1; g += 16) {  // 16 rows at a time
+            const int64_t ge = std::min(i1, g + 16);
+            int64_t l0 = 0;
+            if constexpr (HAVE_TRANSPOSE16 && std::is_same<T, float>::value) {
+                bool run = ge - g == 16;  // the 16 rows fill 16 consecutive columns of y
+                for (int64_t i = g + 1; run && i < ge; ++i) run = rows[i] == rows[g] + (i - g);
+                for (; run && l0 + 16 <= nb; l0 += 16)
+                    transpose16(&out[g - i0][l0], NV * W, y + (c0 + l0) * nout + rows[g], nout);
+            }
+            for (int64_t l = l0; l < nb; ++l) {
+                T* yb = y + (c0 + l) * nout;
+                for (int64_t i = g; i < ge; ++i) yb[rows[i]] = from_acc<T>(out[i - i0][l]);
+            }
         }
     }
 
