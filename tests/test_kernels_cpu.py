@@ -157,10 +157,11 @@ def test_ablated_columns_are_zero_even_in_garbage_memory() -> None:
         torch.testing.assert_close(y[:, 2], x[:, 0] + x[:, 1])
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_results_do_not_depend_on_the_thread_count(threads: int) -> None:
+@pytest.mark.parametrize("batch", [37, 5])  # 5 rows: fewer blocks of rows than threads, which then share tiles
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_results_do_not_depend_on_the_thread_count(threads: int, batch: int) -> None:
     gen = torch.Generator().manual_seed(0)
-    x, w = torch.randn(37, 300, generator=gen, dtype=torch.float64), torch.randn(500, 300, generator=gen, dtype=torch.float64)
+    x, w = torch.randn(batch, 300, generator=gen, dtype=torch.float64), torch.randn(500, 300, generator=gen, dtype=torch.float64)
     dw, cw = DiagonalWeight.top_k(w, 0.8), CondensedWeight.top_k(w, 0.8)
     before = torch.get_num_threads()
     try:

@@ -22,8 +22,10 @@
 // x and of the values at those cyclic positions (zeros where the diagonal has
 // no entry). With dst_long, a tile only meets the diagonals whose offsets lie
 // in one cyclic window, found once per call by binary search over the sorted
-// offsets. Tiles run in chunks of output columns, each over all batch blocks,
-// so that the values a chunk reads stay in L2.
+// offsets. Each thread takes a contiguous share of the batch rows (and, with
+// more threads than blocks of rows, of the tiles), and runs its tiles in
+// chunks of output columns, each over all its rows, so that the values a
+// chunk reads stay in L2.
 //
 // The forward product takes an optional bias (null for none, and for the input gradient): it seeds the
 // accumulators, so y = x @ W.T + bias is one call.
@@ -357,22 +359,31 @@ int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int
     m.xside = xside.p;
 
     const auto blocks = row_blocks(B, dst_long ? LONG_ROWS : SHORT_ROWS);
-    const int64_t nblocks = int64_t(blocks.size()), nitems = nblocks * ntiles;
-    // Work items run chunk by chunk of C output tiles, each chunk over all batch blocks: the values a
-    // chunk reads (about K x C x TW) stay in L2 while its batch blocks pass.
+    const int64_t nblocks = int64_t(blocks.size());
+    // A chunk of C output tiles runs over all of a thread's batch blocks before the next chunk: the values
+    // it reads (about K x C x TW) stay in L2 meanwhile.
     const int64_t C = std::max<int64_t>(1, CHUNK_BYTES / (K * TW * int64_t(sizeof(T))));
     const int64_t work = B * K * D;
-#pragma omp parallel for num_threads(nt) schedule(static) if (work > PARALLEL_MIN_WORK)
-    for (int64_t item = 0; item < nitems; ++item) {
-        const int64_t c = item / (C * nblocks), cs = std::min(C, ntiles - c * C), r = item - c * C * nblocks;
-        const auto& blk = blocks[r / cs];
-        const int64_t t = c * C + r % cs;
-        switch (blk.second) {
-            case 8: m.template tile<8>(dst_long, blk.first, t); break;
-            case 4: m.template tile<4>(dst_long, blk.first, t); break;
-            case 2: m.template tile<2>(dst_long, blk.first, t); break;
-            default: m.template tile<1>(dst_long, blk.first, t); break;
-        }
+#pragma omp parallel num_threads(nt) if (work > PARALLEL_MIN_WORK)
+    {
+        // Rows first: the threads form ng = min(threads, blocks) groups, each with a contiguous share of the
+        // batch blocks (the rows that torch's row-parallel ops before and after give the same thread, so x
+        // and y stay in its caches); the threads of a group share out its tiles.
+        const int64_t p = omp_get_thread_num(), np = omp_get_num_threads(), ng = std::min(np, nblocks);
+        const int64_t g = p * ng / np, q0 = (g * np + ng - 1) / ng, q1 = ((g + 1) * np + ng - 1) / ng;
+        const int64_t b0 = g * nblocks / ng, b1 = (g + 1) * nblocks / ng;
+        const int64_t ta = (p - q0) * ntiles / (q1 - q0), tb = (p - q0 + 1) * ntiles / (q1 - q0);
+        for (int64_t c0 = ta; c0 < tb; c0 += C)
+            for (int64_t bi = b0; bi < b1; ++bi)
+                for (int64_t t = c0; t < std::min(tb, c0 + C); ++t) {
+                    const auto& blk = blocks[bi];
+                    switch (blk.second) {
+                        case 8: m.template tile<8>(dst_long, blk.first, t); break;
+                        case 4: m.template tile<4>(dst_long, blk.first, t); break;
+                        case 2: m.template tile<2>(dst_long, blk.first, t); break;
+                        default: m.template tile<1>(dst_long, blk.first, t); break;
+                    }
+                }
     }
     return OK;
 }
