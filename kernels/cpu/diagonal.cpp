@@ -60,19 +60,27 @@ inline std::vector<std::pair<int64_t, int>> row_blocks(int64_t B, int nb) {
     return blocks;
 }
 
-// Copy rows of src (width n) into dst (width ld >= n), converting to A; dst[b, p] for p >= n
-// comes from src column extra[p - n] (or 0 where that is -1).
+// v as type A: the storage type itself, or the accumulator type.
+template <class A, class T>
+inline A as(T v) {
+    if constexpr (std::is_same<T, A>::value)
+        return v;
+    else
+        return convert(v, static_cast<A*>(nullptr));
+}
+
+// Rows of dst (width n + extra.size()) from the B rows of src (row stride lds), as type A: dst[b, p] is
+// src[b, p] for p < n, then src[b, extra[p - n]] (0 where that is -1).
 template <class T, class A>
-void pad_rows(const T* src, int64_t B, int64_t n, A* dst, int64_t ld, const std::vector<int64_t>& extra, int nt) {
-#pragma omp parallel for num_threads(nt) schedule(static) if (B * ld > 4 * PARALLEL_MIN_WORK)
+void copy_rows(const T* src, int64_t B, int64_t lds, int64_t n, const std::vector<int64_t>& extra, A* dst, int nt) {
+    const int64_t m = int64_t(extra.size()), ld = n + m;
+    const int64_t* e = extra.data();
+#pragma omp parallel for num_threads(nt) schedule(static) if (B * ld > PARALLEL_MIN_WORK)
     for (int64_t b = 0; b < B; ++b) {
-        const T* s = src + b * n;
+        const T* s = src + b * lds;
         A* d = dst + b * ld;
-        for (int64_t p = 0; p < n; ++p) d[p] = convert(s[p], static_cast<A*>(nullptr));
-        for (int64_t p = n; p < ld; ++p) {
-            const int64_t c = extra[p - n];
-            d[p] = c >= 0 ? convert(s[c], static_cast<A*>(nullptr)) : A(0);
-        }
+        for (int64_t p = 0; p < n; ++p) d[p] = as<A>(s[p]);
+        for (int64_t i = 0; i < m; ++i) d[n + i] = e[i] >= 0 ? as<A>(s[e[i]]) : A{};
     }
 }
 
@@ -83,22 +91,6 @@ constexpr int TILE_VECTORS = 2;
 constexpr int LONG_ROWS = 8, SHORT_ROWS = 4;
 // Bytes of values per chunk of output tiles (see diag_mm): a share of L2.
 constexpr int64_t CHUNK_BYTES = 512 << 10;
-
-// dst[b, i] = src[b, cols[i]] as A (storage or accumulator type; 0 where cols[i] is -1), for B rows of src (row stride ld).
-template <class T, class A>
-void gather_cols(const T* src, int64_t B, int64_t ld, const std::vector<int64_t>& cols, A* dst, int nt) {
-    const int64_t n = int64_t(cols.size());
-#pragma omp parallel for num_threads(nt) schedule(static) if (B * n > PARALLEL_MIN_WORK)
-    for (int64_t b = 0; b < B; ++b)
-        for (int64_t i = 0; i < n; ++i) {
-            if (cols[i] < 0)
-                dst[b * n + i] = A{};
-            else if constexpr (std::is_same<T, A>::value)
-                dst[b * n + i] = src[b * ld + cols[i]];
-            else
-                dst[b * n + i] = convert(src[b * ld + cols[i]], static_cast<A*>(nullptr));
-        }
-}
 
 template <class T>
 struct DiagMM {
@@ -323,7 +315,7 @@ int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int
         for (int64_t i = 0; i < 2 * TW; ++i) side.push_back(cyc(D - TW + i, P, D));
         for (int64_t i = 0; i < 2 * TW; ++i) side.push_back(cyc(P - TW + i, P, D));
         vside.resize(K * 4 * TW);
-        gather_cols(v, K, D, side, vside.data(), nt);
+        copy_rows(v, K, D, 0, side, vside.data(), nt);
         m.order = order.data();
         m.soff = soff.data();
         m.vside = vside.data();
@@ -336,9 +328,10 @@ int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int
         for (int64_t i = 0; i < 2 * TW; ++i) side.push_back(((P - TW + i) % P + P) % P);
         const int64_t last = (D - 1) / TW * TW;
         if (last + TW > D) {
+            std::vector<int64_t> cols(TW);
+            for (int64_t i = 0; i < TW; ++i) cols[i] = last + i < D ? last + i : -1;
             vlast.resize(K * TW);
-            for (int64_t k = 0; k < K; ++k)
-                for (int64_t i = 0; i < TW; ++i) vlast[k * TW + i] = last + i < D ? v[k * D + last + i] : T{};
+            copy_rows(v, K, D, 0, cols, vlast.data(), nt);
         }
         m.vlast = vlast.data();
     }
@@ -352,10 +345,10 @@ int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int
     if constexpr (SAME) {
         m.xa = x;
     } else {
-        pad_rows(x, B, nsrc, xconv.p, nsrc, {}, nt);
+        copy_rows(x, B, nsrc, nsrc, {}, xconv.p, nt);
         m.xa = xconv.p;
     }
-    gather_cols(x, B, nsrc, side, xside.p, nt);
+    copy_rows(x, B, nsrc, 0, side, xside.p, nt);
     m.xside = xside.p;
 
     const auto blocks = row_blocks(B, dst_long ? LONG_ROWS : SHORT_ROWS);
@@ -437,10 +430,10 @@ int diag_values_grad(const T* dy, const T* x, const int64_t* off, T* dv, int64_t
     g.ldl = P + W;
     Scratch<A> se(B * g.lds), le(B * g.ldl);
     if (!se.ok() || !le.ok()) return NO_MEMORY;
-    pad_rows(s, B, D, se.p, g.lds, std::vector<int64_t>(g.lds - D, -1), nt);
+    copy_rows(s, B, D, D, std::vector<int64_t>(g.lds - D, -1), se.p, nt);
     std::vector<int64_t> wrap(W);
     for (int64_t i = 0; i < W; ++i) wrap[i] = i % P;
-    pad_rows(l, B, P, le.p, g.ldl, wrap, nt);
+    copy_rows(l, B, P, P, wrap, le.p, nt);
     g.se = se.p;
     g.le = le.p;
     g.off = off;
