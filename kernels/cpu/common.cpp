@@ -153,6 +153,13 @@ inline vf vload(const bf16* p) {
     return r;
 }
 
+// A vector of copies of a: a - 0 is a exactly (also for -0.0 and NaN), so the compiler emits one broadcast,
+// straight from memory when a is a load. (V{} + a would keep an addition: it turns -0.0 into +0.0.)
+template <class V, class A>
+inline V splat(A a) {
+    return a - V{};
+}
+
 // Store the first n lanes of v to p (storage type T).
 template <class T, class V>
 inline void vstore(T* p, const V& v, int n) {
@@ -291,35 +298,45 @@ inline void transpose16(const float*, int64_t, float*, int64_t) {}
 constexpr bool HAVE_TRANSPOSE16 = false;
 #endif
 
+// One rectangle of transpose(), on the calling thread: dst[c * ldd + r] = src[r * lds + (cols ? cols[c] : c)]
+// for r0 <= r < rv, c0 <= c < c1, converted to TD, and dst[c * ldd + r] = 0 for rv <= r < r1; in 16 x 16
+// blocks, the whole ones of float32 without cols through registers.
+template <class TS, class TD>
+void transpose_rect(const TS* src, int64_t lds, const int64_t* cols, TD* dst, int64_t ldd, int64_t r0, int64_t rv,
+                    int64_t r1, int64_t c0, int64_t c1) {
+    constexpr int64_t SB = 16;
+    constexpr bool FLOATS = HAVE_TRANSPOSE16 && std::is_same<TS, float>::value && std::is_same<TD, float>::value;
+    for (int64_t cs = c0; cs < c1; cs += SB)
+        for (int64_t rs = r0; rs < r1; rs += SB) {
+            const int64_t ce = std::min(c1, cs + SB), re = std::min(r1, rs + SB), rve = std::min(rv, re);
+            if constexpr (FLOATS) {
+                if (!cols && ce - cs == SB && rve - rs == SB) {
+                    transpose16(src + rs * lds + cs, lds, dst + cs * ldd + rs, ldd);
+                    continue;
+                }
+            }
+            for (int64_t c = cs; c < ce; ++c) {
+                const TS* s = src + (cols ? cols[c] : c);
+                TD* d = dst + c * ldd;
+                for (int64_t r = rs; r < rve; ++r) d[r] = convert(s[r * lds], static_cast<TD*>(nullptr));
+                for (int64_t r = std::max(rs, rve); r < re; ++r) d[r] = TD{};
+            }
+        }
+}
+
 // dst[c * ldd + r] = src[r * lds + (cols ? cols[c] : c)] for r < R, c < C, converted to TD;
-// dst[c * ldd + r] = 0 for R <= r < Rpad. Blocked 32 x 32 so both sides stay in L1; float32 without
-// cols moves whole 16 x 16 sub-blocks through registers.
+// dst[c * ldd + r] = 0 for R <= r < Rpad. Blocks of 32 x 32 (so both sides stay in L1) shared out over nt
+// threads.
 template <class TS, class TD>
 void transpose(const TS* src, int64_t R, int64_t lds, const int64_t* cols, int64_t C, TD* dst, int64_t ldd,
                int64_t Rpad, int nt) {
-    constexpr int64_t BS = 32, SB = 16;
-    constexpr bool FLOATS = HAVE_TRANSPOSE16 && std::is_same<TS, float>::value && std::is_same<TD, float>::value;
+    constexpr int64_t BS = 32;
     const int64_t nrb = ceil_div(Rpad, BS), nblocks = ceil_div(C, BS) * nrb;
 #pragma omp parallel for num_threads(nt) schedule(static) if (Rpad * C > 4 * PARALLEL_MIN_WORK)
     for (int64_t blk = 0; blk < nblocks; ++blk) {
         const int64_t c0 = (blk / nrb) * BS, r0 = (blk % nrb) * BS;
-        const int64_t c1 = std::min(C, c0 + BS), r1 = std::min(Rpad, r0 + BS), rv = std::min(R, r1);
-        for (int64_t cs = c0; cs < c1; cs += SB)
-            for (int64_t rs = r0; rs < r1; rs += SB) {
-                const int64_t ce = std::min(c1, cs + SB), re = std::min(r1, rs + SB), rve = std::min(rv, re);
-                if constexpr (FLOATS) {
-                    if (!cols && ce - cs == SB && rve - rs == SB) {
-                        transpose16(src + rs * lds + cs, lds, dst + cs * ldd + rs, ldd);
-                        continue;
-                    }
-                }
-                for (int64_t c = cs; c < ce; ++c) {
-                    const TS* s = src + (cols ? cols[c] : c);
-                    TD* d = dst + c * ldd;
-                    for (int64_t r = rs; r < rve; ++r) d[r] = convert(s[r * lds], static_cast<TD*>(nullptr));
-                    for (int64_t r = std::max(rs, rve); r < re; ++r) d[r] = TD{};
-                }
-            }
+        const int64_t r1 = std::min(Rpad, r0 + BS);
+        transpose_rect(src, lds, cols, dst, ldd, r0, std::min(R, r1), r1, c0, std::min(C, c0 + BS));
     }
 }
 

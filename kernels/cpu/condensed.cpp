@@ -208,11 +208,11 @@ struct Condensed {
         alignas(64) A out[ROW_CHUNK][NV * W];
         for (int64_t i = i0; i < i1; ++i) {
             V acc[NV];
-            for (int q = 0; q < NV; ++q) acc[q] = V{} + bias_of(i);
+            for (int q = 0; q < NV; ++q) acc[q] = splat<V>(bias_of(i));
             const T* vi = v + i * k;
             const I* ii = idx + i * k;
             for (int64_t j = 0; j < k; ++j) {
-                const V a = V{} + to_acc(vi[j]);
+                const V a = splat<V>(to_acc(vi[j]));
                 const A* p = xg + int64_t(ii[j]) * ld;
                 for (int q = 0; q < NV; ++q) acc[q] += a * vload(p + q * W);
             }

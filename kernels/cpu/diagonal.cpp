@@ -11,21 +11,27 @@
 // values stream once, prefetched ahead; each thread owns a contiguous share of
 // the diagonals and a private accumulator row, summed at the end.
 //
-// diag_mm, larger batches: the output is cut into tiles of TW = 2 SIMD vectors
-// x NB batch rows (NB = 8 when x is the short side, 4 when it is the long one,
-// so that NB rows of x stay in L1; remainders NB/2, ..., 1). A tile keeps its
-// accumulators in registers over all diagonals that touch it; each diagonal
-// costs two vector loads of values (reused NB times) and 2 NB loads of x, all
-// contiguous because a diagonal is contiguous along both sides. x is read in
-// place (float32, float64; half precision is converted once): only tiles that
-// cross the wrap point or the end of the short side read small side copies of
-// x and of the values at those cyclic positions (zeros where the diagonal has
-// no entry). With dst_long, a tile only meets the diagonals whose offsets lie
-// in one cyclic window, found once per call by binary search over the sorted
-// offsets. Each thread takes a contiguous share of the batch rows (and, with
-// more threads than blocks of rows, of the tiles), and runs its tiles in
-// chunks of output columns, each over all its rows, so that the values a
-// chunk reads stay in L2.
+// diag_mm, medium batches (diag_mm_tiles): the output is cut into tiles of TW = 2 SIMD vectors x NB batch
+// rows (NB = 8 when x is the short side, 4 when it is the long one, so that NB rows of x stay in L1;
+// remainders NB/2, ..., 1). A tile keeps its accumulators in registers over all diagonals that touch it;
+// each diagonal costs two vector loads of values (reused NB times) and 2 NB loads of x, all contiguous
+// because a diagonal is contiguous along both sides. x is read in place (float32, float64; half precision
+// is converted once): only tiles that cross the wrap point or the end of the short side read small side
+// copies of x and of the values at those cyclic positions (zeros where the diagonal has no entry). With
+// dst_long, a tile only meets the diagonals whose offsets lie in one cyclic window, found once per call by
+// binary search over the sorted offsets. Each thread takes a contiguous share of the batch rows (and, with
+// more threads than blocks of rows, of the tiles), and runs its tiles in chunks of output columns, each
+// over all its rows, so that the values a chunk reads stay in L2.
+//
+// diag_mm, large batches (diag_mm_lanes, at least LANES_MIN_VECTORS SIMD vectors of batch rows per
+// thread): batch-major, like a dense GEMM's packed panels. Each thread takes a contiguous share of the
+// batch rows in lane groups of 2-4 vectors, and transposes a group's rows of x into xT (source index,
+// lanes), so that source index u is one aligned run of lanes, padded cyclically at the ends. A register
+// block holds LANE_ROWS output indices x the group's lanes; each diagonal that touches it adds, per output
+// index, a broadcast value times the xT row its diagonal reads there: the block's rows read LANE_ROWS
+// consecutive xT rows, aligned, with no side copies. (The tiled kernel's x loads start at the offset of
+// each diagonal, so most of them straddle two cache lines.) Finished blocks are staged STAGE_ROWS output
+// indices at a time and written to y through the 16 x 16 register transpose.
 //
 // The forward product takes an optional bias (null for none, and for the input gradient): it seeds the
 // accumulators, so y = x @ W.T + bias is one call.
@@ -37,8 +43,10 @@
 
 namespace dst {
 
-// Batches up to this size take diag_mm_runs, larger ones the register-tiled kernel.
+// Batches up to this size take diag_mm_runs, larger ones the register-tiled kernel ...
 constexpr int64_t RUNS_MAX_BATCH = 2;
+// ... or, with at least this many SIMD vectors of batch rows per thread, the batch-major one.
+constexpr int64_t LANES_MIN_VECTORS = 2;
 
 // Position pos of the cyclic long axis, if it lies on the short side: pos mod P when < D, else -1.
 inline int64_t cyc(int64_t pos, int64_t P, int64_t D) {
@@ -58,6 +66,16 @@ inline std::vector<std::pair<int64_t, int>> row_blocks(int64_t B, int nb) {
             b += n;
         }
     return blocks;
+}
+
+// order (K,): the diagonals by ascending offset (stable); soff[i] = off[order[i]].
+inline void sort_offsets(const int64_t* off, int64_t K, std::vector<int64_t>& order, std::vector<int64_t>& soff) {
+    order.resize(K);
+    soff.resize(K);
+    for (int64_t k = 0; k < K; ++k) order[k] = k;
+    if (!std::is_sorted(off, off + K))
+        std::stable_sort(order.begin(), order.end(), [off](int64_t a, int64_t b) { return off[a] < off[b]; });
+    for (int64_t k = 0; k < K; ++k) soff[k] = off[order[k]];
 }
 
 // v as type A: the storage type itself, or the accumulator type.
@@ -284,17 +302,10 @@ int diag_mm_runs(const T* x, const int64_t* off, const T* v, const T* bias, T* y
 }
 
 template <class T>
-int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int64_t B, int64_t nsrc, int64_t ndst,
-            int64_t K, bool dst_long, int nt) {
+int diag_mm_tiles(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int64_t B, int64_t nsrc,
+                  int64_t ndst, int64_t K, bool dst_long, int nt) {
     using A = typename Acc<T>::A;
-    constexpr int W = lanes<T>();
     const int64_t P = std::max(nsrc, ndst), D = std::min(nsrc, ndst);
-    for (int64_t k = 0; k < K; ++k)
-        if (off[k] < 0 || off[k] >= P) return BAD_OFFSET;
-    if (B <= RUNS_MAX_BATCH) {
-        return diag_mm_runs(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
-    }
-
     DiagMM<T> m{};
     constexpr int TW = DiagMM<T>::TW;
     m.v = v;
@@ -305,13 +316,10 @@ int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int
     m.D = D;
     m.K = K;
     const int64_t ntiles = ceil_div(ndst, TW);
-    std::vector<int64_t> side, order(dst_long ? K : 0), soff(dst_long ? K : 0), wfirst, wcount;
+    std::vector<int64_t> side, order, soff, wfirst, wcount;
     std::vector<T> vside, vlast;
     if (dst_long) {  // x is the short side (width D)
-        for (int64_t k = 0; k < K; ++k) order[k] = k;
-        if (!std::is_sorted(off, off + K))
-            std::stable_sort(order.begin(), order.end(), [off](int64_t a, int64_t b) { return off[a] < off[b]; });
-        for (int64_t k = 0; k < K; ++k) soff[k] = off[order[k]];
+        sort_offsets(off, K, order, soff);
         for (int64_t i = 0; i < 2 * TW; ++i) side.push_back(cyc(D - TW + i, P, D));
         for (int64_t i = 0; i < 2 * TW; ++i) side.push_back(cyc(P - TW + i, P, D));
         vside.resize(K * 4 * TW);
@@ -379,6 +387,189 @@ int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int
                 }
     }
     return OK;
+}
+
+// Output indices per register block of the batch-major kernel, and SIMD vectors of lanes per group at most.
+constexpr int LANE_ROWS = 6, LANE_VECTORS = 4;
+// Bytes of xT rows per chunk of the batch-major kernel (about L1).
+constexpr int64_t LANE_CHUNK_BYTES = 48 << 10;
+// Finished output indices staged (a multiple of 16 and of LANE_ROWS) before their transposed write to y.
+constexpr int STAGE_ROWS = 48;
+
+template <class T>
+struct DiagLanes {
+    using A = typename Acc<T>::A;
+    using V = typename Acc<T>::V;
+    static constexpr int W = lanes<T>(), RM = LANE_ROWS;
+
+    const int64_t* soff;   // (K,) offsets sorted ascending
+    const T* const* vrow;  // (K,) the values of each sorted diagonal
+    const int64_t* below;  // (P + 1,) below[p]: how many offsets are < p
+    const A* bvec;         // (ndst,) bias, zeros without one
+    int64_t P, D, K, ndst;
+    bool dst_long;
+
+    // The sorted diagonals whose offsets lie in the cyclic interval [lo, lo + len): first and count.
+    void window(int64_t lo, int64_t len, int64_t& first, int64_t& count) const {
+        lo %= P;
+        if (lo < 0) lo += P;
+        first = below[lo];
+        const int64_t hi = lo + len;
+        if (len >= P)
+            count = K;
+        else
+            count = hi <= P ? below[hi] - below[lo] : (K - below[lo]) + below[hi - P];
+    }
+
+    // acc[i] += vp[i] * xT row i (NV vectors at xp + i NV W), i < R.
+    template <int R, int NV>
+    static void madd(V (&acc)[R][NV], const T* vp, const A* xp) {
+        for (int i = 0; i < R; ++i) {
+            const V b = splat<V>(to_acc(vp[i]));
+            for (int q = 0; q < NV; ++q) acc[i][q] += b * vload(xp + (i * NV + q) * W);
+        }
+    }
+
+    // Output indices [t, t + R) for the group's lanes: out = in (or the bias, in == null) + the products of the
+    // sorted diagonals [first, first + count) (cyclic), in and out (R, NV W). xt holds xT row u at u
+    // (dst_short, u in [0, P + RM - 1) cyclic) or short index j at j + RM - 1 (dst_long, j in
+    // [1 - RM, D + RM - 1) on the cyclic long axis, zero where that passes the short side).
+    template <int R, int NV>
+    void block(int64_t t, int64_t first, int64_t count, const A* xt, const A* in, A* out) const {
+        constexpr int64_t ld = NV * W;
+        V acc[R][NV];
+        for (int i = 0; i < R; ++i)
+            for (int q = 0; q < NV; ++q) acc[i][q] = in ? vload(in + i * ld + q * W) : splat<V>(bvec[t + i]);
+        for (int64_t n = 0, idx = first; n < count; ++n, ++idx) {
+            if (idx == K) idx = 0;
+            const int64_t s = soff[idx];
+            const T* vk = vrow[idx];
+            if (!dst_long) {  // output j = t + i reads u = j + s, values at j
+                int64_t u = t + s;
+                if (u >= P) u -= P;
+                madd<R, NV>(acc, vk + t, xt + u * ld);
+                continue;
+            }
+            int64_t j0 = t - s;  // output t + i reads short index j0 + i, values at j0 + i
+            if (j0 < 0) j0 += P;
+            if (j0 > P - RM) j0 -= P;
+            const A* xp = xt + (j0 + RM - 1) * ld;
+            if (j0 >= 0 && j0 + R <= D) {
+                madd<R, NV>(acc, vk + j0, xp);
+                continue;
+            }
+            for (int i = 0; i < R; ++i) {  // the block passes an end of the diagonal
+                int64_t j = j0 + i;
+                if (j < 0) j += P;
+                if (j >= P) j -= P;
+                if (j >= D) continue;
+                const V b = splat<V>(to_acc(vk[j]));
+                for (int q = 0; q < NV; ++q) acc[i][q] += b * vload(xp + (i * NV + q) * W);
+            }
+        }
+        for (int i = 0; i < R; ++i)
+            for (int q = 0; q < NV; ++q) std::memcpy(out + i * ld + q * W, &acc[i][q], sizeof(V));
+    }
+
+    template <int NV, int R = RM>
+    void block_of(int rows, int64_t t, int64_t first, int64_t count, const A* xt, const A* in, A* out) const {
+        if constexpr (R == 1)
+            block<1, NV>(t, first, count, xt, in, out);
+        else if (rows == R)
+            block<R, NV>(t, first, count, xt, in, out);
+        else
+            block_of<NV, R - 1>(rows, t, first, count, xt, in, out);
+    }
+
+    // All outputs of one lane group into y (nb, ndst), row-major, nb <= NV W batch rows. The diagonals go
+    // chunk by chunk of the xT rows they read (keys: u for dst_short, j + RM - 1 for dst_long, of a block's
+    // first output), so that the rows a chunk reads stay in L1; between chunks the partial sums wait in yt
+    // (ndst, NV W), and the last chunk's are staged and written to y.
+    template <int NV>
+    void group(const A* xt, A* yt, T* y, int64_t nb) const {
+        constexpr int64_t ld = NV * W;
+        alignas(64) A stage[STAGE_ROWS * ld];
+        const int64_t keys = dst_long ? std::min(P, D + RM - 1) : P;
+        const int64_t C = std::max<int64_t>(RM, LANE_CHUNK_BYTES / (ld * int64_t(sizeof(A))));
+        for (int64_t a = 0; a < keys; a += C) {
+            const int64_t len = std::min(C, keys - a);
+            const bool last = a + len == keys;
+            for (int64_t t0 = 0; t0 < ndst; t0 += STAGE_ROWS) {
+                const int64_t n = std::min<int64_t>(STAGE_ROWS, ndst - t0);
+                for (int64_t t = t0; t < t0 + n; t += RM) {
+                    int64_t first, count;  // the diagonals whose block at t reads this chunk's keys
+                    window(dst_long ? t + RM - a - len : a - t, len, first, count);
+                    block_of<NV>(int(std::min<int64_t>(RM, t0 + n - t)), t, first, count, xt,
+                                 a ? yt + t * ld : nullptr, last ? stage + (t - t0) * ld : yt + t * ld);
+                }
+                if (last) transpose_rect(stage, ld, nullptr, y + t0, ndst, 0, n, n, 0, nb);
+            }
+        }
+    }
+};
+
+template <class T>
+int diag_mm_lanes(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int64_t B, int64_t nsrc,
+                  int64_t ndst, int64_t K, bool dst_long, int nt) {
+    using A = typename Acc<T>::A;
+    constexpr int W = lanes<T>(), RM = LANE_ROWS;
+    const int64_t P = std::max(nsrc, ndst), D = std::min(nsrc, ndst);
+    std::vector<int64_t> order, soff, below(P + 1);
+    sort_offsets(off, K, order, soff);
+    std::vector<const T*> vrow(K);
+    for (int64_t k = 0; k < K; ++k) vrow[k] = v + order[k] * D;
+    for (int64_t p = 0, k = 0; p <= P; ++p) {
+        while (k < K && soff[k] < p) ++k;
+        below[p] = k;
+    }
+    std::vector<A> bvec(ndst, A(0));
+    for (int64_t t = 0; bias && t < ndst; ++t) bvec[t] = to_acc(bias[t]);
+    const DiagLanes<T> m{soff.data(), vrow.data(), below.data(), bvec.data(), P, D, K, ndst, dst_long};
+    // xT rows: u in [0, P + RM - 1) (dst_short), j in [1 - RM, D + RM - 1) (dst_long); see DiagLanes::block.
+    const int64_t xrows = dst_long ? D + 2 * (RM - 1) : P + RM - 1, lead = dst_long ? RM - 1 : 0;
+    const int64_t ldmax = LANE_VECTORS * W, nv = ceil_div(B, W), per_thread = (xrows + ndst) * ldmax;
+    Scratch<A> buf(int64_t(nt) * per_thread);
+    if (!buf.ok()) return NO_MEMORY;
+#pragma omp parallel num_threads(nt) if (B * K * D > PARALLEL_MIN_WORK)
+    {
+        const int64_t p = omp_get_thread_num(), np = omp_get_num_threads();
+        const int64_t v0 = nv * p / np, v1 = nv * (p + 1) / np, ngroups = ceil_div(v1 - v0, LANE_VECTORS);
+        A* xt = buf.p + p * per_thread;
+        A* yt = xt + xrows * ldmax;
+        for (int64_t g = 0; g < ngroups; ++g) {  // groups of 2-4 vectors: diag_mm gives each thread >= 2
+            const int64_t g0 = v0 + (v1 - v0) * g / ngroups, g1 = v0 + (v1 - v0) * (g + 1) / ngroups;
+            const int64_t ld = (g1 - g0) * W, b0 = g0 * W, nb = std::min(B, g1 * W) - b0;
+            transpose_rect(x + b0 * nsrc, nsrc, nullptr, xt + lead * ld, ld, 0, nb, ld, 0, nsrc);
+            for (int64_t r = 0; r < xrows; ++r) {  // the cyclic padding rows, copies of others or zeros
+                const int64_t j = r - lead;
+                if (j >= 0 && j < nsrc) continue;
+                const int64_t pos = ((j % P) + P) % P;
+                if (pos < nsrc)
+                    std::memcpy(xt + r * ld, xt + (pos + lead) * ld, ld * sizeof(A));
+                else
+                    std::memset(xt + r * ld, 0, ld * sizeof(A));
+            }
+            T* yg = y + b0 * ndst;
+            switch (g1 - g0) {
+                case 4: m.template group<4>(xt, yt, yg, nb); break;
+                case 3: m.template group<3>(xt, yt, yg, nb); break;
+                default: m.template group<2>(xt, yt, yg, nb); break;
+            }
+        }
+    }
+    return OK;
+}
+
+template <class T>
+int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int64_t B, int64_t nsrc, int64_t ndst,
+            int64_t K, bool dst_long, int nt) {
+    const int64_t P = std::max(nsrc, ndst);
+    for (int64_t k = 0; k < K; ++k)
+        if (off[k] < 0 || off[k] >= P) return BAD_OFFSET;
+    if (B <= RUNS_MAX_BATCH) return diag_mm_runs(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
+    if (ceil_div(B, lanes<T>()) >= LANES_MIN_VECTORS * nt)
+        return diag_mm_lanes(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
+    return diag_mm_tiles(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
 }
 
 template <class T>
