@@ -30,8 +30,12 @@
 // block holds LANE_ROWS output indices x the group's lanes; each diagonal that touches it adds, per output
 // index, a broadcast value times the xT row its diagonal reads there: the block's rows read LANE_ROWS
 // consecutive xT rows, aligned, with no side copies. (The tiled kernel's x loads start at the offset of
-// each diagonal, so most of them straddle two cache lines.) Finished blocks are staged STAGE_ROWS output
-// indices at a time and written to y through the 16 x 16 register transpose.
+// each diagonal, so most of them straddle two cache lines.) The diagonals go chunk by chunk of the xT rows
+// they read (LANE_CHUNK_BYTES, about L1), the partial sums waiting in a per-group buffer between chunks; a
+// block's diagonals in a chunk are runs of the sorted offsets, found in O(1) from a prefix count, and only
+// those whose end falls inside the block are checked row by row, in a loop of their own. The last chunk's
+// results are staged STAGE_ROWS output indices at a time and written to y through the 16 x 16 register
+// transpose.
 //
 // The forward product takes an optional bias (null for none, and for the input gradient): it seeds the
 // accumulators, so y = x @ W.T + bias is one call.
@@ -401,24 +405,29 @@ struct DiagLanes {
     using A = typename Acc<T>::A;
     using V = typename Acc<T>::V;
     static constexpr int W = lanes<T>(), RM = LANE_ROWS;
+    struct Diag {
+        int64_t s;   // offset
+        const T* v;  // its values (D,)
+    };
+    // A run [first, first + count) of the sorted diagonals, cyclic: diag holds them twice, so no run wraps.
+    struct Run {
+        const Diag* first;
+        int64_t count;
+    };
 
-    const int64_t* soff;   // (K,) offsets sorted ascending
-    const T* const* vrow;  // (K,) the values of each sorted diagonal
+    const Diag* diag;      // (2K,) the diagonals by ascending offset, then again
     const int64_t* below;  // (P + 1,) below[p]: how many offsets are < p
     const A* bvec;         // (ndst,) bias, zeros without one
     int64_t P, D, K, ndst;
-    bool dst_long;
 
-    // The sorted diagonals whose offsets lie in the cyclic interval [lo, lo + len): first and count.
-    void window(int64_t lo, int64_t len, int64_t& first, int64_t& count) const {
+    // The diagonals whose offsets lie in the cyclic interval [lo, lo + len).
+    Run window(int64_t lo, int64_t len) const {
         lo %= P;
         if (lo < 0) lo += P;
-        first = below[lo];
         const int64_t hi = lo + len;
-        if (len >= P)
-            count = K;
-        else
-            count = hi <= P ? below[hi] - below[lo] : (K - below[lo]) + below[hi - P];
+        if (len <= 0) return {diag, 0};
+        if (len >= P) return {diag + below[lo], K};
+        return {diag + below[lo], hi <= P ? below[hi] - below[lo] : (K - below[lo]) + below[hi - P]};
     }
 
     // acc[i] += vp[i] * xT row i (NV vectors at xp + i NV W), i < R.
@@ -431,79 +440,108 @@ struct DiagLanes {
     }
 
     // Output indices [t, t + R) for the group's lanes: out = in (or the bias, in == null) + the products of the
-    // sorted diagonals [first, first + count) (cyclic), in and out (R, NV W). xt holds xT row u at u
-    // (dst_short, u in [0, P + RM - 1) cyclic) or short index j at j + RM - 1 (dst_long, j in
-    // [1 - RM, D + RM - 1) on the cyclic long axis, zero where that passes the short side).
-    template <int R, int NV>
-    void block(int64_t t, int64_t first, int64_t count, const A* xt, const A* in, A* out) const {
+    // diagonals in `inner` and in `ends`; in and out are (R, NV W). xt holds xT row u at u (dst_short, u in
+    // [0, P + RM - 1), cyclic) or short index j at j + RM - 1 (dst_long, j in [1 - RM, D + RM - 1) on the
+    // cyclic long axis, zero where that passes the short side). dst_short: output t + i reads u = t + i + s,
+    // values at t + i. dst_long: it reads j = j0 + i, j0 = t - s (cyclic, in (-RM, D)), values at j; the
+    // `inner` diagonals have all R rows on the short side, the `ends` ones (a block that passes an end of
+    // the diagonal) are checked row by row.
+    template <bool LONG, int R, int NV>
+    void block(int64_t t, Run inner, const Run (&ends)[2], const A* xt, const A* in, A* out) const {
         constexpr int64_t ld = NV * W;
         V acc[R][NV];
         for (int i = 0; i < R; ++i)
             for (int q = 0; q < NV; ++q) acc[i][q] = in ? vload(in + i * ld + q * W) : splat<V>(bvec[t + i]);
-        for (int64_t n = 0, idx = first; n < count; ++n, ++idx) {
-            if (idx == K) idx = 0;
-            const int64_t s = soff[idx];
-            const T* vk = vrow[idx];
-            if (!dst_long) {  // output j = t + i reads u = j + s, values at j
-                int64_t u = t + s;
+        const Diag* const stop = inner.first + inner.count;
+        for (const Diag* d = inner.first; d != stop; ++d) {
+            if constexpr (LONG) {
+                int64_t j0 = t - d->s;
+                if (j0 < 0) j0 += P;
+                madd<R, NV>(acc, d->v + j0, xt + (j0 + RM - 1) * ld);
+            } else {
+                int64_t u = t + d->s;
                 if (u >= P) u -= P;
-                madd<R, NV>(acc, vk + t, xt + u * ld);
-                continue;
-            }
-            int64_t j0 = t - s;  // output t + i reads short index j0 + i, values at j0 + i
-            if (j0 < 0) j0 += P;
-            if (j0 > P - RM) j0 -= P;
-            const A* xp = xt + (j0 + RM - 1) * ld;
-            if (j0 >= 0 && j0 + R <= D) {
-                madd<R, NV>(acc, vk + j0, xp);
-                continue;
-            }
-            for (int i = 0; i < R; ++i) {  // the block passes an end of the diagonal
-                int64_t j = j0 + i;
-                if (j < 0) j += P;
-                if (j >= P) j -= P;
-                if (j >= D) continue;
-                const V b = splat<V>(to_acc(vk[j]));
-                for (int q = 0; q < NV; ++q) acc[i][q] += b * vload(xp + (i * NV + q) * W);
+                madd<R, NV>(acc, d->v + t, xt + u * ld);
             }
         }
+        for (const Run& e : ends)
+            for (const Diag* d = e.first; d != e.first + e.count; ++d) {
+                int64_t j0 = t - d->s;
+                if (j0 < 0) j0 += P;
+                if (j0 > P - RM) j0 -= P;
+                for (int i = 0; i < R; ++i) {
+                    int64_t j = j0 + i;
+                    if (j < 0) j += P;
+                    if (j >= P) j -= P;
+                    if (j >= D) continue;
+                    const V b = splat<V>(to_acc(d->v[j]));
+                    for (int q = 0; q < NV; ++q) acc[i][q] += b * vload(xt + ((j0 + i + RM - 1) * NV + q) * W);
+                }
+            }
         for (int i = 0; i < R; ++i)
             for (int q = 0; q < NV; ++q) std::memcpy(out + i * ld + q * W, &acc[i][q], sizeof(V));
     }
 
-    template <int NV, int R = RM>
-    void block_of(int rows, int64_t t, int64_t first, int64_t count, const A* xt, const A* in, A* out) const {
+    // The block of R rows at t over chunk [a, a + len) of the keys (see group).
+    template <bool LONG, int NV, int R>
+    void chunk_block(int64_t t, int64_t a, int64_t len, const A* xt, const A* in, A* out) const {
+        Run inner, ends[2] = {{diag, 0}, {diag, 0}};
+        if constexpr (LONG) {
+            // Keys k = j0 + RM - 1 in [k0, k1) are the offsets s in [t + RM - k1, t + RM - k0), cyclically; a
+            // block lies inside the diagonal for j0 in [0, D - R], i.e. keys [RM - 1, D - R + RM).
+            const auto keys = [&](int64_t k0, int64_t k1) {
+                k0 = std::max(k0, a);
+                k1 = std::min(k1, a + len);
+                return window(t + RM - k1, k1 - k0);
+            };
+            ends[0] = keys(0, RM - 1);
+            inner = keys(RM - 1, D - R + RM);
+            ends[1] = keys(std::max<int64_t>(RM - 1, D - R + RM), a + len);
+        } else {
+            inner = window(a - t, len);
+        }
+        block<LONG, R, NV>(t, inner, ends, xt, in, out);
+    }
+
+    template <bool LONG, int NV, int R = RM>
+    void block_of(int rows, int64_t t, int64_t a, int64_t len, const A* xt, const A* in, A* out) const {
         if constexpr (R == 1)
-            block<1, NV>(t, first, count, xt, in, out);
+            chunk_block<LONG, NV, 1>(t, a, len, xt, in, out);
         else if (rows == R)
-            block<R, NV>(t, first, count, xt, in, out);
+            chunk_block<LONG, NV, R>(t, a, len, xt, in, out);
         else
-            block_of<NV, R - 1>(rows, t, first, count, xt, in, out);
+            block_of<LONG, NV, R - 1>(rows, t, a, len, xt, in, out);
     }
 
     // All outputs of one lane group into y (nb, ndst), row-major, nb <= NV W batch rows. The diagonals go
-    // chunk by chunk of the xT rows they read (keys: u for dst_short, j + RM - 1 for dst_long, of a block's
-    // first output), so that the rows a chunk reads stay in L1; between chunks the partial sums wait in yt
-    // (ndst, NV W), and the last chunk's are staged and written to y.
-    template <int NV>
+    // chunk by chunk of the xT rows they read (keys: u for dst_short, j0 + RM - 1 for dst_long, of a
+    // block's first output), so that the rows a chunk reads stay in L1; between chunks the partial sums
+    // wait in yt (ndst, NV W), and the last chunk's are staged and written to y.
+    template <bool LONG, int NV>
     void group(const A* xt, A* yt, T* y, int64_t nb) const {
         constexpr int64_t ld = NV * W;
         alignas(64) A stage[STAGE_ROWS * ld];
-        const int64_t keys = dst_long ? std::min(P, D + RM - 1) : P;
+        const int64_t keys = LONG ? std::min(P, D + RM - 1) : P;
         const int64_t C = std::max<int64_t>(RM, LANE_CHUNK_BYTES / (ld * int64_t(sizeof(A))));
         for (int64_t a = 0; a < keys; a += C) {
             const int64_t len = std::min(C, keys - a);
             const bool last = a + len == keys;
             for (int64_t t0 = 0; t0 < ndst; t0 += STAGE_ROWS) {
                 const int64_t n = std::min<int64_t>(STAGE_ROWS, ndst - t0);
-                for (int64_t t = t0; t < t0 + n; t += RM) {
-                    int64_t first, count;  // the diagonals whose block at t reads this chunk's keys
-                    window(dst_long ? t + RM - a - len : a - t, len, first, count);
-                    block_of<NV>(int(std::min<int64_t>(RM, t0 + n - t)), t, first, count, xt,
-                                 a ? yt + t * ld : nullptr, last ? stage + (t - t0) * ld : yt + t * ld);
-                }
+                for (int64_t t = t0; t < t0 + n; t += RM)
+                    block_of<LONG, NV>(int(std::min<int64_t>(RM, t0 + n - t)), t, a, len, xt, a ? yt + t * ld : nullptr,
+                                       last ? stage + (t - t0) * ld : yt + t * ld);
                 if (last) transpose_rect(stage, ld, nullptr, y + t0, ndst, 0, n, n, 0, nb);
             }
+        }
+    }
+
+    template <bool LONG>
+    void run_group(int64_t nv, const A* xt, A* yt, T* y, int64_t nb) const {
+        switch (nv) {
+            case 4: group<LONG, 4>(xt, yt, y, nb); break;
+            case 3: group<LONG, 3>(xt, yt, y, nb); break;
+            default: group<LONG, 2>(xt, yt, y, nb); break;
         }
     }
 };
@@ -512,19 +550,20 @@ template <class T>
 int diag_mm_lanes(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int64_t B, int64_t nsrc,
                   int64_t ndst, int64_t K, bool dst_long, int nt) {
     using A = typename Acc<T>::A;
+    using M = DiagLanes<T>;
     constexpr int W = lanes<T>(), RM = LANE_ROWS;
     const int64_t P = std::max(nsrc, ndst), D = std::min(nsrc, ndst);
     std::vector<int64_t> order, soff, below(P + 1);
     sort_offsets(off, K, order, soff);
-    std::vector<const T*> vrow(K);
-    for (int64_t k = 0; k < K; ++k) vrow[k] = v + order[k] * D;
+    std::vector<typename M::Diag> diag(2 * K);
+    for (int64_t k = 0; k < 2 * K; ++k) diag[k] = {soff[k % K], v + order[k % K] * D};
     for (int64_t p = 0, k = 0; p <= P; ++p) {
         while (k < K && soff[k] < p) ++k;
         below[p] = k;
     }
     std::vector<A> bvec(ndst, A(0));
     for (int64_t t = 0; bias && t < ndst; ++t) bvec[t] = to_acc(bias[t]);
-    const DiagLanes<T> m{soff.data(), vrow.data(), below.data(), bvec.data(), P, D, K, ndst, dst_long};
+    const M m{diag.data(), below.data(), bvec.data(), P, D, K, ndst};
     // xT rows: u in [0, P + RM - 1) (dst_short), j in [1 - RM, D + RM - 1) (dst_long); see DiagLanes::block.
     const int64_t xrows = dst_long ? D + 2 * (RM - 1) : P + RM - 1, lead = dst_long ? RM - 1 : 0;
     const int64_t ldmax = LANE_VECTORS * W, nv = ceil_div(B, W), per_thread = (xrows + ndst) * ldmax;
@@ -549,12 +588,10 @@ int diag_mm_lanes(const T* x, const int64_t* off, const T* v, const T* bias, T* 
                 else
                     std::memset(xt + r * ld, 0, ld * sizeof(A));
             }
-            T* yg = y + b0 * ndst;
-            switch (g1 - g0) {
-                case 4: m.template group<4>(xt, yt, yg, nb); break;
-                case 3: m.template group<3>(xt, yt, yg, nb); break;
-                default: m.template group<2>(xt, yt, yg, nb); break;
-            }
+            if (dst_long)
+                m.template run_group<true>(g1 - g0, xt, yt, y + b0 * ndst, nb);
+            else
+                m.template run_group<false>(g1 - g0, xt, yt, y + b0 * ndst, nb);
         }
     }
     return OK;
