@@ -23,8 +23,8 @@
 // more threads than blocks of rows, of the tiles), and runs its tiles in chunks of output columns, each
 // over all its rows, so that the values a chunk reads stay in L2.
 //
-// diag_mm, large batches (diag_mm_lanes, at least LANES_MIN_VECTORS SIMD vectors of batch rows per
-// thread): batch-major, like a dense GEMM's packed panels. Each thread takes a contiguous share of the
+// diag_mm, large batches (diag_mm_lanes, float32 and float64 with at least LANES_MIN_VECTORS SIMD vectors
+// of batch rows per thread): batch-major, like a dense GEMM's packed panels. Each thread takes a contiguous share of the
 // batch rows in lane groups of 2-4 vectors, and transposes a group's rows of x into xT (source index,
 // lanes), so that source index u is one aligned run of lanes, padded cyclically at the ends. A register
 // block holds LANE_ROWS output indices x the group's lanes; each diagonal that touches it adds, per output
@@ -49,7 +49,9 @@ namespace dst {
 
 // Batches up to this size take diag_mm_runs, larger ones the register-tiled kernel ...
 constexpr int64_t RUNS_MAX_BATCH = 2;
-// ... or, with at least this many SIMD vectors of batch rows per thread, the batch-major one.
+// ... or, float32 and float64 with at least this many SIMD vectors of batch rows per thread, the batch-major
+// one (half precision would convert element by element in its transposes: float16 at batch 256 ran 15%
+// slower than the tiles, which convert a vector at a time).
 constexpr int64_t LANES_MIN_VECTORS = 2;
 
 // Position pos of the cyclic long axis, if it lies on the short side: pos mod P when < D, else -1.
@@ -604,8 +606,9 @@ int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int
     for (int64_t k = 0; k < K; ++k)
         if (off[k] < 0 || off[k] >= P) return BAD_OFFSET;
     if (B <= RUNS_MAX_BATCH) return diag_mm_runs(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
-    if (ceil_div(B, lanes<T>()) >= LANES_MIN_VECTORS * nt)
-        return diag_mm_lanes(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
+    if constexpr (std::is_same<T, typename Acc<T>::A>::value)
+        if (ceil_div(B, lanes<T>()) >= LANES_MIN_VECTORS * nt)
+            return diag_mm_lanes(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
     return diag_mm_tiles(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
 }
 
