@@ -17,6 +17,7 @@
 #include <cstring>
 #include <new>
 #include <omp.h>
+#include <optional>
 #include <type_traits>
 #include <vector>
 

@@ -18,8 +18,8 @@
 // because a diagonal is contiguous along both sides. x is read in place (float32, float64; half precision
 // is converted once): only tiles that cross the wrap point or the end of the short side read small side
 // copies of x and of the values at those cyclic positions (zeros where the diagonal has no entry). With
-// dst_long, a tile only meets the diagonals whose offsets lie in one cyclic window, found once per call by
-// binary search over the sorted offsets. Each thread takes a contiguous share of the batch rows (and, with
+// dst_long, a tile only meets the diagonals whose offsets lie in one cyclic window, found once per call
+// (SortedOffsets). Each thread takes a contiguous share of the batch rows (and, with
 // more threads than blocks of rows, of the tiles), and runs its tiles in chunks of output columns, each
 // over all its rows, so that the values a chunk reads stay in L2.
 //
@@ -32,7 +32,7 @@
 // consecutive xT rows, aligned, with no side copies. (The tiled kernel's x loads start at the offset of
 // each diagonal, so most of them straddle two cache lines.) The diagonals go chunk by chunk of the xT rows
 // they read (LANE_CHUNK_BYTES, about L1), the partial sums waiting in a per-group buffer between chunks; a
-// block's diagonals in a chunk are runs of the sorted offsets, found in O(1) from a prefix count, and only
+// block's diagonals in a chunk are runs of the sorted offsets (SortedOffsets, in O(1)), and only
 // those whose end falls inside the block are checked row by row, in a loop of their own. The last chunk's
 // results are staged STAGE_ROWS output indices at a time and written to y through the 16 x 16 register
 // transpose.
@@ -74,15 +74,39 @@ inline std::vector<std::pair<int64_t, int>> row_blocks(int64_t B, int nb) {
     return blocks;
 }
 
-// order (K,): the diagonals by ascending offset (stable); soff[i] = off[order[i]].
-inline void sort_offsets(const int64_t* off, int64_t K, std::vector<int64_t>& order, std::vector<int64_t>& soff) {
-    order.resize(K);
-    soff.resize(K);
-    for (int64_t k = 0; k < K; ++k) order[k] = k;
-    if (!std::is_sorted(off, off + K))
-        std::stable_sort(order.begin(), order.end(), [off](int64_t a, int64_t b) { return off[a] < off[b]; });
-    for (int64_t k = 0; k < K; ++k) soff[k] = off[order[k]];
-}
+// The K offsets (in [0, P)) sorted, with what finds the ones in a cyclic interval in O(1).
+struct SortedOffsets {
+    std::vector<int64_t> order;  // (K,) the diagonals by ascending offset (stable)
+    std::vector<int64_t> soff;   // (K,) soff[i] = off[order[i]]
+    std::vector<int64_t> below;  // (P + 1,) below[p]: how many offsets are < p
+    int64_t P, K;
+
+    SortedOffsets(const int64_t* off, int64_t K_, int64_t P_) : order(K_), soff(K_), below(P_ + 1), P(P_), K(K_) {
+        for (int64_t k = 0; k < K; ++k) order[k] = k;
+        if (!std::is_sorted(off, off + K))
+            std::stable_sort(order.begin(), order.end(), [off](int64_t a, int64_t b) { return off[a] < off[b]; });
+        for (int64_t k = 0; k < K; ++k) soff[k] = off[order[k]];
+        for (int64_t p = 0, k = 0; p <= P; ++p) {
+            while (k < K && soff[k] < p) ++k;
+            below[p] = k;
+        }
+    }
+
+    // The sorted offsets in the cyclic interval [lo, lo + len), len <= P: [first, first + count), wrapping at
+    // K (first may be K).
+    void interval(int64_t lo, int64_t len, int64_t& first, int64_t& count) const {
+        lo %= P;
+        if (lo < 0) lo += P;
+        const int64_t hi = lo + len;
+        first = below[lo];
+        if (len <= 0)
+            count = 0;
+        else if (len >= P)
+            count = K;
+        else
+            count = hi <= P ? below[hi] - below[lo] : (K - below[lo]) + below[hi - P];
+    }
+};
 
 // v as type A: the storage type itself, or the accumulator type.
 template <class A, class T>
@@ -137,23 +161,6 @@ struct DiagMM {
     const A* bvec;   // bias, zero-padded to whole tiles (zeros without a bias)
     T* y;
     int64_t ndst, P, D, K;
-
-    // dst_long: the sorted-offset range (first, count, cyclic) of diagonals touching the tile at t0.
-    void window(int64_t t0, int64_t& first, int64_t& count) const {
-        if (D + TW - 1 >= P) {
-            first = 0;
-            count = K;
-            return;
-        }
-        int64_t lo = t0 - D + 1;
-        if (lo < 0) lo += P;
-        const int64_t hi = lo + D + TW - 2;  // inclusive, may pass P
-        first = std::lower_bound(soff, soff + K, lo) - soff;
-        if (hi < P)
-            count = (std::lower_bound(soff, soff + K, hi + 1) - soff) - first;
-        else
-            count = (K - first) + (std::lower_bound(soff, soff + K, hi - P + 1) - soff);
-    }
 
     template <int NB>
     void init(V (&acc)[NB][NV], int64_t t0) const {
@@ -322,24 +329,26 @@ int diag_mm_tiles(const T* x, const int64_t* off, const T* v, const T* bias, T* 
     m.D = D;
     m.K = K;
     const int64_t ntiles = ceil_div(ndst, TW);
-    std::vector<int64_t> side, order, soff, wfirst, wcount;
+    std::vector<int64_t> side, wfirst, wcount;
     std::vector<T> vside, vlast;
+    std::optional<SortedOffsets> so;
     if (dst_long) {  // x is the short side (width D)
-        sort_offsets(off, K, order, soff);
+        so.emplace(off, K, P);
         for (int64_t i = 0; i < 2 * TW; ++i) side.push_back(cyc(D - TW + i, P, D));
         for (int64_t i = 0; i < 2 * TW; ++i) side.push_back(cyc(P - TW + i, P, D));
         vside.resize(K * 4 * TW);
         copy_rows(v, K, D, 0, side, vside.data(), nt);
-        m.order = order.data();
-        m.soff = soff.data();
+        m.order = so->order.data();
+        m.soff = so->soff.data();
         m.vside = vside.data();
         wfirst.resize(ntiles);
         wcount.resize(ntiles);
-        for (int64_t t = 0; t < ntiles; ++t) m.window(t * TW, wfirst[t], wcount[t]);
+        // the tile at t0 meets the diagonals with j0 = t0 - s in (-TW, D), cyclically
+        for (int64_t t = 0; t < ntiles; ++t) so->interval(t * TW - D + 1, std::min(P, D + TW - 1), wfirst[t], wcount[t]);
         m.wfirst = wfirst.data();
         m.wcount = wcount.data();
     } else {  // x is the long side (width P)
-        for (int64_t i = 0; i < 2 * TW; ++i) side.push_back(((P - TW + i) % P + P) % P);
+        for (int64_t i = 0; i < 2 * TW; ++i) side.push_back(cyc(P - TW + i, P, P));
         const int64_t last = (D - 1) / TW * TW;
         if (last + TW > D) {
             std::vector<int64_t> cols(TW);
@@ -417,19 +426,16 @@ struct DiagLanes {
         int64_t count;
     };
 
-    const Diag* diag;      // (2K,) the diagonals by ascending offset, then again
-    const int64_t* below;  // (P + 1,) below[p]: how many offsets are < p
-    const A* bvec;         // (ndst,) bias, zeros without one
-    int64_t P, D, K, ndst;
+    const Diag* diag;         // (2K,) the diagonals by ascending offset, then again
+    const SortedOffsets* so;  // their offsets
+    const A* bvec;            // (ndst,) bias, zeros without one
+    int64_t P, D, ndst;
 
     // The diagonals whose offsets lie in the cyclic interval [lo, lo + len).
     Run window(int64_t lo, int64_t len) const {
-        lo %= P;
-        if (lo < 0) lo += P;
-        const int64_t hi = lo + len;
-        if (len <= 0) return {diag, 0};
-        if (len >= P) return {diag + below[lo], K};
-        return {diag + below[lo], hi <= P ? below[hi] - below[lo] : (K - below[lo]) + below[hi - P]};
+        int64_t first, count;
+        so->interval(lo, len, first, count);
+        return {diag + first, count};
     }
 
     // acc[i] += vp[i] * xT row i (NV vectors at xp + i NV W), i < R.
@@ -555,17 +561,12 @@ int diag_mm_lanes(const T* x, const int64_t* off, const T* v, const T* bias, T* 
     using M = DiagLanes<T>;
     constexpr int W = lanes<T>(), RM = LANE_ROWS;
     const int64_t P = std::max(nsrc, ndst), D = std::min(nsrc, ndst);
-    std::vector<int64_t> order, soff, below(P + 1);
-    sort_offsets(off, K, order, soff);
+    const SortedOffsets so(off, K, P);
     std::vector<typename M::Diag> diag(2 * K);
-    for (int64_t k = 0; k < 2 * K; ++k) diag[k] = {soff[k % K], v + order[k % K] * D};
-    for (int64_t p = 0, k = 0; p <= P; ++p) {
-        while (k < K && soff[k] < p) ++k;
-        below[p] = k;
-    }
+    for (int64_t k = 0; k < 2 * K; ++k) diag[k] = {so.soff[k % K], v + so.order[k % K] * D};
     std::vector<A> bvec(ndst, A(0));
     for (int64_t t = 0; bias && t < ndst; ++t) bvec[t] = to_acc(bias[t]);
-    const M m{diag.data(), below.data(), bvec.data(), P, D, K, ndst};
+    const M m{diag.data(), &so, bvec.data(), P, D, ndst};
     // xT rows: u in [0, P + RM - 1) (dst_short), j in [1 - RM, D + RM - 1) (dst_long); see DiagLanes::block.
     const int64_t xrows = dst_long ? D + 2 * (RM - 1) : P + RM - 1, lead = dst_long ? RM - 1 : 0;
     const int64_t ldmax = LANE_VECTORS * W, nv = ceil_div(B, W), per_thread = (xrows + ndst) * ldmax;
@@ -584,8 +585,8 @@ int diag_mm_lanes(const T* x, const int64_t* off, const T* v, const T* bias, T* 
             for (int64_t r = 0; r < xrows; ++r) {  // the cyclic padding rows, copies of others or zeros
                 const int64_t j = r - lead;
                 if (j >= 0 && j < nsrc) continue;
-                const int64_t pos = ((j % P) + P) % P;
-                if (pos < nsrc)
+                const int64_t pos = cyc(j, P, nsrc);
+                if (pos >= 0)
                     std::memcpy(xt + r * ld, xt + (pos + lead) * ld, ld * sizeof(A));
                 else
                     std::memset(xt + r * ld, 0, ld * sizeof(A));
