@@ -7,6 +7,7 @@ they timed.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from typing import Protocol, runtime_checkable
 
@@ -112,8 +113,12 @@ class _KernelLinear(nn.Module):
     compiled CPU kernels, a call goes to a product bound to the layer's
     buffers (``kernels.cpu.BoundProduct``), rebound whenever a buffer is
     replaced (``.to()``, assignment); that drops the per-call checks of the
-    weights, ~5 us at batch 1, and more when the caches are cold. Everything
-    else goes through the ``torch.ops.dstbench`` operators.
+    weights, ~5 us at batch 1, and more when the caches are cold. The bound
+    path runs as little Python as it can: with cold caches every step costs
+    several times its warm time (measured on the 2-core CI machine, b16-fc1
+    at batch 1: ~7 us of ~105 us per cold call went to building a tuple of
+    the buffers and comparing it in a generator, and to the reshape helper).
+    Everything else goes through the ``torch.ops.dstbench`` operators.
     """
 
     _binder: str  # the name of the kernels.cpu function binding this layer's buffers
@@ -126,17 +131,14 @@ class _KernelLinear(nn.Module):
         self.requested_impl = impl
         self._bound: tuple[tuple, object] | None = None  # (the buffers bound, the BoundProduct)
 
-    def _bound_product(self, x: Tensor):
-        """The BoundProduct of the current buffers, or None where the compiled CPU kernels do not run x."""
-        buffers = tuple(self._buffers.values())
-        if self._bound is not None and all(a is b for a, b in zip(self._bound[0], buffers)):
-            return self._bound[1]
+    def _bind(self, x: Tensor):
+        """A new BoundProduct of the current buffers, or None where the compiled CPU kernels do not run x."""
         values = self._buffers["values"]
         if x.device.type != "cpu" or ops.select_impl(values.device, values.dtype, self.requested_impl) != "cpu":
             return None
         bound = getattr(ops.backend("cpu"), self._binder)(*self._weights(), self.in_features, self.out_features,
                                                           bias=self._buffers["bias"])
-        self._bound = (buffers, bound)
+        self._bound = (tuple(self._buffers.values()), bound)
         return bound
 
     def __getstate__(self) -> dict:
@@ -147,9 +149,13 @@ class _KernelLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if ops.direct(x):
-            bound = self._bound_product(x)
+            bound = self._bound
+            if bound is not None and all(map(operator.is_, bound[0], self._buffers.values())):
+                bound = bound[1]  # the buffers bound are still the layer's
+            else:
+                bound = self._bind(x)
             if bound is not None:
-                return ops.batched(bound, x, self.out_features)
+                return bound(x) if x.dim() == 2 else ops.batched(bound, x, self.out_features)
         return self._product(x)
 
     @property

@@ -314,6 +314,8 @@ class BoundProduct:
     its UserError.
     """
 
+    __slots__ = ("_fn", "_weights", "_fallback", "_pointers", "_sizes", "in_features", "out_features", "_dtype")
+
     def __init__(self, fn: ctypes._CFuncPtr | None, weights: tuple[Tensor | None, ...], sizes: tuple[int, ...],
                  in_features: int, out_features: int, dtype: torch.dtype, fallback) -> None:
         self._fn, self._weights, self._fallback = fn, weights, fallback
@@ -321,11 +323,12 @@ class BoundProduct:
         self._sizes, self.in_features, self.out_features, self._dtype = sizes, in_features, out_features, dtype
 
     def __call__(self, x: Tensor) -> Tensor:
-        if (self._fn is None or x.dtype is not self._dtype or x.dim() != 2 or x.shape[1] != self.in_features or not x.shape[0]
-                or not x.is_cpu or not x.is_contiguous()):
+        shape = x.shape  # read once: each query of x is a call into torch
+        if (x.dtype is not self._dtype or len(shape) != 2 or shape[1] != self.in_features or not shape[0]
+                or self._fn is None or not x.is_cpu or not x.is_contiguous()):
             return self._fallback(x)
-        y = torch.empty(x.shape[0], self.out_features, dtype=self._dtype)
-        status = self._fn(x.data_ptr(), *self._pointers, y.data_ptr(), x.shape[0], *self._sizes, torch.get_num_threads())
+        y = torch.empty(shape[0], self.out_features, dtype=self._dtype)
+        status = self._fn(x.data_ptr(), *self._pointers, y.data_ptr(), shape[0], *self._sizes, torch.get_num_threads())
         if status:
             _raise(status)
         return y
