@@ -180,6 +180,8 @@ def test_layers_rebind_when_buffers_change_and_fall_back_for_other_input() -> No
         with torch.no_grad():
             torch.testing.assert_close(layer(x), x @ dense.T + layer.bias)  # the bound product
             first = layer._bound[1]
+            layer(x)
+            assert layer._bound[1] is first  # unchanged buffers keep their binding
             layer.bias = torch.zeros(24)  # a replaced buffer is rebound
             torch.testing.assert_close(layer(x), x @ dense.T)
             assert layer._bound[1] is not first
