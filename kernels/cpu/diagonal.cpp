@@ -25,7 +25,7 @@
 //
 // diag_mm, large batches (diag_mm_lanes, float32 and float64 with at least LANES_MIN_VECTORS SIMD vectors
 // of batch rows per thread): batch-major, like a dense GEMM's packed panels. Each thread takes a contiguous share of the
-// batch rows in lane groups of 2-4 vectors, and transposes a group's rows of x into xT (source index,
+// batch rows in lane groups of 1-2 vectors, and transposes a group's rows of x into xT (source index,
 // lanes), so that source index u is one aligned run of lanes, padded cyclically at the ends. A register
 // block holds LANE_ROWS output indices x the group's lanes; each diagonal that touches it adds, per output
 // index, a broadcast value times the xT row its diagonal reads there: the block's rows read LANE_ROWS
@@ -95,8 +95,10 @@ struct SortedOffsets {
     // The sorted offsets in the cyclic interval [lo, lo + len), len <= P: [first, first + count), wrapping at
     // K (first may be K).
     void interval(int64_t lo, int64_t len, int64_t& first, int64_t& count) const {
-        lo %= P;
-        if (lo < 0) lo += P;
+        if (lo < 0 || lo >= P) {
+            lo %= P;
+            if (lo < 0) lo += P;
+        }
         const int64_t hi = lo + len;
         first = below[lo];
         if (len <= 0)
@@ -404,10 +406,15 @@ int diag_mm_tiles(const T* x, const int64_t* off, const T* v, const T* bias, T* 
     return OK;
 }
 
-// Output indices per register block of the batch-major kernel, and SIMD vectors of lanes per group at most.
-constexpr int LANE_ROWS = 6, LANE_VECTORS = 4;
-// Bytes of xT rows per chunk of the batch-major kernel (about L1).
-constexpr int64_t LANE_CHUNK_BYTES = 48 << 10;
+// Output indices per register block of the batch-major kernel, and SIMD vectors of lanes per group at most
+// (run_group handles 1 and 2). A block costs, per diagonal, LANE_ROWS broadcasts and LANE_ROWS x
+// LANE_VECTORS loads and FMAs; between chunks it loads and stores its LANE_ROWS x LANE_VECTORS accumulators.
+// Per FMA, two vectors of twelve rows move half the accumulators of four vectors of six, since a chunk of xT
+// rows of half the width covers twice the keys (b16-fc1, batch 256, 2 threads: 1.05 against 1.45 ms).
+constexpr int LANE_ROWS = 12, LANE_VECTORS = 2;
+// Bytes of xT rows per chunk of the batch-major kernel (two thirds of a 48 KiB L1, the rest for values and
+// accumulators).
+constexpr int64_t LANE_CHUNK_BYTES = 32 << 10;
 // Finished output indices staged (a multiple of 16 and of LANE_ROWS) before their transposed write to y.
 constexpr int STAGE_ROWS = 48;
 
@@ -481,8 +488,8 @@ struct DiagLanes {
                     int64_t j = j0 + i;
                     if (j < 0) j += P;
                     if (j >= P) j -= P;
-                    if (j >= D) continue;
-                    const V b = splat<V>(to_acc(d->v[j]));
+                    const bool on = j < D;  // a zero value past the end, without a branch: acc stays in registers
+                    const V b = splat<V>(on ? to_acc(d->v[on ? j : 0]) : A(0));
                     for (int q = 0; q < NV; ++q) acc[i][q] += b * vload(xt + ((j0 + i + RM - 1) * NV + q) * W);
                 }
             }
@@ -547,9 +554,8 @@ struct DiagLanes {
     template <bool LONG>
     void run_group(int64_t nv, const A* xt, A* yt, T* y, int64_t nb) const {
         switch (nv) {
-            case 4: group<LONG, 4>(xt, yt, y, nb); break;
-            case 3: group<LONG, 3>(xt, yt, y, nb); break;
-            default: group<LONG, 2>(xt, yt, y, nb); break;
+            case 2: group<LONG, 2>(xt, yt, y, nb); break;
+            default: group<LONG, 1>(xt, yt, y, nb); break;
         }
     }
 };
@@ -578,7 +584,7 @@ int diag_mm_lanes(const T* x, const int64_t* off, const T* v, const T* bias, T* 
         const int64_t v0 = nv * p / np, v1 = nv * (p + 1) / np, ngroups = ceil_div(v1 - v0, LANE_VECTORS);
         A* xt = buf.p + p * per_thread;
         A* yt = xt + xrows * ldmax;
-        for (int64_t g = 0; g < ngroups; ++g) {  // groups of 2-4 vectors: diag_mm gives each thread >= 2
+        for (int64_t g = 0; g < ngroups; ++g) {  // groups of 1-2 vectors: diag_mm gives each thread >= 2
             const int64_t g0 = v0 + (v1 - v0) * g / ngroups, g1 = v0 + (v1 - v0) * (g + 1) / ngroups;
             const int64_t ld = (g1 - g0) * W, b0 = g0 * W, nb = std::min(B, g1 * W) - b0;
             transpose_rect(x + b0 * nsrc, nsrc, nullptr, xt + lead * ld, ld, 0, nb, ld, 0, nsrc);
