@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -195,3 +197,55 @@ def test_layers_rebind_when_buffers_change_and_fall_back_for_other_input() -> No
             torch.testing.assert_close(layer(torch.empty(0, 16)), torch.empty(0, 24))
             layer.double()
             torch.testing.assert_close(layer(x.double()), 2 * x.double() @ dense.double().T, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not CPU_OK, reason="CPU kernels unavailable")
+def test_native_call_path_matches_the_python_path_and_reports_kernel_errors() -> None:
+    from dstbench.kernels.cpu import caller
+
+    if os.environ.get("DSTBENCH_NATIVE_CALLER") == "0":
+        pytest.skip("DSTBENCH_NATIVE_CALLER=0 switches the native call path off")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed build warns: here it fails the test with the build's error
+        assert caller.native() is not None
+    w, bias = torch.randn(40, 24, generator=gen(0)), torch.randn(40, generator=gen(1))
+    for x in (torch.randn(1, 24, generator=gen(2)), torch.randn(7, 24, generator=gen(3))):
+        for bound in (cpu.bind_diag_mm(*_diag_parts(w, bias)), cpu.bind_condensed_mm(*_condensed_parts(w, bias))):
+            assert bound._native is not None
+            y = bound(x)
+            bound._native = None  # the Python path on the same binding
+            torch.testing.assert_close(y, bound(x), rtol=0, atol=0)
+    values, indices, rows = torch.randn(40, 3), torch.full((40, 3), 30, dtype=torch.int16), torch.arange(40)
+    bound = cpu.bind_condensed_mm(values, indices, rows, 24, 40)  # indices past in_features: the kernel's check
+    with pytest.raises(UserError, match="condensed indices must lie in"):
+        bound(torch.randn(1, 24))
+
+
+def _diag_parts(w: torch.Tensor, bias: torch.Tensor) -> tuple:
+    d = DiagonalWeight.top_k(w, 0.5, bias)
+    return d.offsets, d.values, w.shape[1], w.shape[0], d.bias
+
+
+def _condensed_parts(w: torch.Tensor, bias: torch.Tensor) -> tuple:
+    c = CondensedWeight.top_k(w, 0.5, bias)
+    return c.values, c.indices, c.active_rows, w.shape[1], w.shape[0], c.bias
+
+
+@pytest.mark.skipif(not CPU_OK, reason="CPU kernels unavailable")
+def test_bound_products_keep_the_python_path_when_the_native_one_cannot_be_built(monkeypatch) -> None:
+    from torch.utils import cpp_extension
+
+    from dstbench.kernels.cpu import caller
+
+    def broken(**kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    monkeypatch.setattr(caller, "_state", {})
+    monkeypatch.delenv("DSTBENCH_NATIVE_CALLER", raising=False)
+    w, bias = torch.randn(40, 24, generator=gen(0)), torch.randn(40, generator=gen(1))
+    with pytest.warns(UserWarning, match="could not be built .Ninja is required"):
+        bound = cpu.bind_diag_mm(*_diag_parts(w, bias))
+    assert bound._native is None
+    x = torch.randn(3, 24, generator=gen(2))
+    torch.testing.assert_close(bound(x), x @ DiagonalWeight.top_k(w, 0.5, bias).to_dense().T + bias)

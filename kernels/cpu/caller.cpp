@@ -1,0 +1,52 @@
+// The call path of the bound forward products (kernels.cpu.BoundProduct) as one torch C++ function per format:
+// check x, allocate y with torch::empty, call the compiled kernel (an entry point of the ctypes library, passed
+// by address, with the weights' pointers and sizes bound in Python). With cold caches the Python version of
+// this path (torch.empty through the argument parser, ctypes' argument conversion) cost 15-50 us per call.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+namespace {
+
+using DiagFn = int (*)(const void*, const void*, const void*, const void*, void*, int64_t, int64_t, int64_t, int64_t,
+                       int, int);
+using CondensedFn = int (*)(const void*, const void*, const void*, const void*, const void*, void*, int64_t, int64_t,
+                            int64_t, int64_t, int64_t, int);
+
+const void* pointer(int64_t address) { return reinterpret_cast<const void*>(address); }
+
+// Whether the fast path takes x: (B > 0, in), contiguous, on the CPU, of the weights' dtype.
+bool accepts(const torch::Tensor& x, at::ScalarType dtype, int64_t in) {
+    return x.scalar_type() == dtype && x.dim() == 2 && x.size(1) == in && x.size(0) > 0 && x.device().is_cpu() &&
+           x.is_contiguous();
+}
+
+void check(int status) { TORCH_CHECK(status == 0, "dstbench kernel status ", status); }
+
+}  // namespace
+
+// y = x @ W.T (+ bias) for a diagonal weight; None when x needs the general path.
+torch::Tensor diag_mm(const torch::Tensor& x, int64_t fn, at::ScalarType dtype, int64_t offsets, int64_t values,
+                      int64_t bias, int64_t in, int64_t out, int64_t k, int64_t dst_long) {
+    if (!accepts(x, dtype, in)) return {};
+    torch::Tensor y = torch::empty({x.size(0), out}, x.options());
+    check(reinterpret_cast<DiagFn>(fn)(x.data_ptr(), pointer(offsets), pointer(values), pointer(bias), y.data_ptr(),
+                                       x.size(0), in, out, k, int(dst_long), at::get_num_threads()));
+    return y;
+}
+
+// y = x @ W.T (+ bias) for a constant fan-in weight; None when x needs the general path.
+torch::Tensor condensed_mm(const torch::Tensor& x, int64_t fn, at::ScalarType dtype, int64_t values, int64_t indices,
+                           int64_t rows, int64_t bias, int64_t in, int64_t out, int64_t n, int64_t k) {
+    if (!accepts(x, dtype, in)) return {};
+    torch::Tensor y = torch::empty({x.size(0), out}, x.options());
+    check(reinterpret_cast<CondensedFn>(fn)(x.data_ptr(), pointer(values), pointer(indices), pointer(rows),
+                                            pointer(bias), y.data_ptr(), x.size(0), in, out, n, k,
+                                            at::get_num_threads()));
+    return y;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.def("diag_mm", &diag_mm);
+    m.def("condensed_mm", &condensed_mm);
+}
