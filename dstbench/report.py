@@ -381,6 +381,7 @@ def build(paths: Sequence[str], out: Path, argv: Sequence[str] = ()) -> Report:
     """Load the runs and write the whole report into ``out``."""
     if len({Path(p).resolve() for p in paths}) < len(paths):
         raise UserError("a run folder is given twice; give each run once")
+    envinfo.commit()  # read (and cached) before any output is written: a report in a tracked folder is not a change
     runs = [load_run(p) for p in paths]
     labels = _labels(runs)
     frames = {name: frame_of(runs, name, labels) for name in registry.list_suites()}
