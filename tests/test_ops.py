@@ -249,3 +249,8 @@ def test_bound_products_keep_the_python_path_when_the_native_one_cannot_be_built
     assert bound._native is None
     x = torch.randn(3, 24, generator=gen(2))
     torch.testing.assert_close(bound(x), x @ DiagonalWeight.top_k(w, 0.5, bias).to_dense().T + bias)
+    monkeypatch.setattr(caller, "_state", {})
+    monkeypatch.setenv("DSTBENCH_NATIVE_CALLER", "0")  # switched off on purpose: no build, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cpu.bind_diag_mm(*_diag_parts(w, bias))._native is None

@@ -307,7 +307,10 @@ class BoundProduct:
     For inference-only layers, whose weights do not change shape: a call
     checks only x, allocates y and makes the one native call, with the
     weights' pointers read at binding time (the bound tensors are kept alive
-    here, and in-place updates of their values are seen). Any x the fast
+    here, and in-place updates of their values are seen). Where the C++ call
+    path is built (``caller.native()``), the check, the allocation and the
+    call are one call of its function ``native`` ("diag_mm" or
+    "condensed_mm"); elsewhere they run in Python. Any x the fast
     check does not accept (another dtype or device, not 2-D and contiguous,
     an empty batch), and every x when ``fn`` is None (empty weights), goes
     to ``fallback``, the general entry point, which handles it or raises

@@ -24,7 +24,7 @@ from dstbench.kernels.cpu import build
 
 SOURCE = Path(__file__).with_name("caller.cpp")
 _lock = threading.Lock()
-_state: dict[str, ModuleType | str | None] = {}
+_state: dict[str, ModuleType | None] = {}
 
 
 def native() -> ModuleType | None:
