@@ -409,8 +409,8 @@ int diag_mm_tiles(const T* x, const int64_t* off, const T* v, const T* bias, T* 
 // Output indices per register block of the batch-major kernel, and SIMD vectors of lanes per group at most
 // (run_group handles 1 and 2). A block costs, per diagonal, LANE_ROWS broadcasts and LANE_ROWS x
 // LANE_VECTORS loads and FMAs; between chunks it loads and stores its LANE_ROWS x LANE_VECTORS accumulators.
-// Per FMA, two vectors of twelve rows move half the accumulators of four vectors of six, since a chunk of xT
-// rows of half the width covers twice the keys (b16-fc1, batch 256, 2 threads: 1.05 against 1.45 ms).
+// Chosen by measurement (raw kernel, b16-fc1, batch 256, 2 threads): groups of 4 vectors x 6 rows with 48 KiB
+// chunks took 1.45 ms, 2 x 6 took 1.13 ms, 2 x 12 with 32 KiB chunks 1.05 ms (README, design).
 constexpr int LANE_ROWS = 12, LANE_VECTORS = 2;
 // Bytes of xT rows per chunk of the batch-major kernel (two thirds of a 48 KiB L1, the rest for values and
 // accumulators).
