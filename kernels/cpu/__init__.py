@@ -310,7 +310,8 @@ class BoundProduct:
     here, and in-place updates of their values are seen). Where the C++ call
     path is built (``caller.native()``), the check, the allocation and the
     call are one call of its function ``native`` ("diag_mm" or
-    "condensed_mm"); elsewhere they run in Python. Any x the fast
+    "condensed_mm"; a kernel error there sends x to ``fallback``, which
+    raises it); elsewhere they run in Python. Any x the fast
     check does not accept (another dtype or device, not 2-D and contiguous,
     an empty batch), and every x when ``fn`` is None (empty weights), goes
     to ``fallback``, the general entry point, which handles it or raises
@@ -332,13 +333,7 @@ class BoundProduct:
 
     def __call__(self, x: Tensor) -> Tensor:
         if self._native is not None:  # the C++ call path (kernels/cpu/caller.cpp): None for an x it does not take
-            try:
-                y = self._native(x, *self._native_args)
-            except RuntimeError as exc:
-                status = str(exc).partition("dstbench kernel status ")[2].split()
-                if not status:
-                    raise
-                _raise(int(status[0]))
+            y = self._native(x, *self._native_args)  # or for a kernel error, which the fallback raises
             return self._fallback(x) if y is None else y
         shape = x.shape  # read once: each query of x is a call into torch
         if (x.dtype is not self._dtype or len(shape) != 2 or shape[1] != self.in_features or not shape[0]

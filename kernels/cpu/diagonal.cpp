@@ -412,6 +412,7 @@ int diag_mm_tiles(const T* x, const int64_t* off, const T* v, const T* bias, T* 
 // Chosen by measurement (raw kernel, b16-fc1, batch 256, 2 threads): groups of 4 vectors x 6 rows with 48 KiB
 // chunks took 1.45 ms, 2 x 6 took 1.13 ms, 2 x 12 with 32 KiB chunks 1.05 ms (README, design).
 constexpr int LANE_ROWS = 12, LANE_VECTORS = 2;
+static_assert(LANE_VECTORS <= 2, "DiagLanes::run_group instantiates groups of 1 and 2 vectors");
 // Bytes of xT rows per chunk of the batch-major kernel (two thirds of a 48 KiB L1, the rest for values and
 // accumulators).
 constexpr int64_t LANE_CHUNK_BYTES = 32 << 10;
