@@ -415,9 +415,13 @@ constexpr int LANE_ROWS = 12, LANE_VECTORS = 2;
 static_assert(LANE_VECTORS <= 2, "DiagLanes::run_group instantiates groups of 1 and 2 vectors");
 // Bytes of xT rows per chunk of the batch-major kernel (two thirds of a 48 KiB L1, the rest for values and
 // accumulators).
-constexpr int64_t LANE_CHUNK_BYTES = 32 << 10;
+constexpr int64_t LANE_CHUNK_BYTES = 40 << 10;
 // Finished output indices staged (a multiple of 16 and of LANE_ROWS) before their transposed write to y.
 constexpr int STAGE_ROWS = 48;
+// Values ahead of a block's own (about 3 blocks) at which each diagonal's next values are prefetched: a chunk
+// walks ~K / 10 diagonals at once, more streams than the hardware prefetcher follows, so weights that are in
+// no cache (a model's layers one after another) would otherwise arrive one demand miss at a time.
+constexpr int64_t VALUE_PREFETCH = 32;
 
 template <class T>
 struct DiagLanes {
@@ -473,10 +477,12 @@ struct DiagLanes {
             if constexpr (LONG) {
                 int64_t j0 = t - d->s;
                 if (j0 < 0) j0 += P;
+                __builtin_prefetch(d->v + j0 + VALUE_PREFETCH);
                 madd<R, NV>(acc, d->v + j0, xt + (j0 + RM - 1) * ld);
             } else {
                 int64_t u = t + d->s;
                 if (u >= P) u -= P;
+                __builtin_prefetch(d->v + t + VALUE_PREFETCH);
                 madd<R, NV>(acc, d->v + t, xt + u * ld);
             }
         }
@@ -544,6 +550,10 @@ struct DiagLanes {
             const bool last = a + len == keys;
             for (int64_t t0 = 0; t0 < ndst; t0 += STAGE_ROWS) {
                 const int64_t n = std::min<int64_t>(STAGE_ROWS, ndst - t0);
+                if (last)  // the next stage's lines of y, for writing: in a model they are in no cache
+                    for (int64_t l = 0; l < nb; ++l)
+                        for (int64_t c = t0 + STAGE_ROWS; c < std::min<int64_t>(ndst, t0 + 2 * STAGE_ROWS); c += W)
+                            __builtin_prefetch(y + l * ndst + c, 1, 3);
                 for (int64_t t = t0; t < t0 + n; t += RM)
                     block_of<LONG, NV>(int(std::min<int64_t>(RM, t0 + n - t)), t, a, len, xt, a ? yt + t * ld : nullptr,
                                        last ? stage + (t - t0) * ld : yt + t * ld);
