@@ -25,7 +25,8 @@
 //
 // diag_mm, large batches (diag_mm_lanes, float32 and float64 with at least LANES_MIN_VECTORS SIMD vectors
 // of batch rows per thread): batch-major, like a dense GEMM's packed panels. Each thread takes a contiguous share of the
-// batch rows in lane groups of 1-2 vectors, and transposes a group's rows of x into xT (source index,
+// batch rows in lane groups of 1-2 vectors (the vectors left over after an even share are shared out by
+// output index), and transposes a group's rows of x into xT (source index,
 // lanes), so that source index u is one aligned run of lanes, padded cyclically at the ends. A register
 // block holds LANE_ROWS output indices x the group's lanes; each diagonal that touches it adds, per output
 // index, a broadcast value times the xT row its diagonal reads there: the block's rows read LANE_ROWS
@@ -540,7 +541,7 @@ struct DiagLanes {
     // block's first output), so that the rows a chunk reads stay in L1; between chunks the partial sums
     // wait in yt (ndst, NV W), and the last chunk's are staged and written to y.
     template <bool LONG, int NV>
-    void group(const A* xt, A* yt, T* y, int64_t nb) const {
+    void group(const A* xt, A* yt, T* y, int64_t nb, int64_t tlo, int64_t thi) const {
         constexpr int64_t ld = NV * W;
         alignas(64) A stage[STAGE_ROWS * ld];
         const int64_t keys = LONG ? std::min(P, D + RM - 1) : P;
@@ -548,11 +549,11 @@ struct DiagLanes {
         for (int64_t a = 0; a < keys; a += C) {
             const int64_t len = std::min(C, keys - a);
             const bool last = a + len == keys;
-            for (int64_t t0 = 0; t0 < ndst; t0 += STAGE_ROWS) {
-                const int64_t n = std::min<int64_t>(STAGE_ROWS, ndst - t0);
+            for (int64_t t0 = tlo; t0 < thi; t0 += STAGE_ROWS) {
+                const int64_t n = std::min<int64_t>(STAGE_ROWS, thi - t0);
                 if (last)  // the next stage's lines of y, for writing: in a model they are in no cache
                     for (int64_t l = 0; l < nb; ++l)
-                        for (int64_t c = t0 + STAGE_ROWS; c < std::min<int64_t>(ndst, t0 + 2 * STAGE_ROWS); c += W)
+                        for (int64_t c = t0 + STAGE_ROWS; c < std::min<int64_t>(thi, t0 + 2 * STAGE_ROWS); c += W)
                             __builtin_prefetch(y + l * ndst + c, 1, 3);
                 for (int64_t t = t0; t < t0 + n; t += RM)
                     block_of<LONG, NV>(int(std::min<int64_t>(RM, t0 + n - t)), t, a, len, xt, a ? yt + t * ld : nullptr,
@@ -563,10 +564,10 @@ struct DiagLanes {
     }
 
     template <bool LONG>
-    void run_group(int64_t nv, const A* xt, A* yt, T* y, int64_t nb) const {
+    void run_group(int64_t nv, const A* xt, A* yt, T* y, int64_t nb, int64_t tlo, int64_t thi) const {
         switch (nv) {
-            case 2: group<LONG, 2>(xt, yt, y, nb); break;
-            default: group<LONG, 1>(xt, yt, y, nb); break;
+            case 2: group<LONG, 2>(xt, yt, y, nb, tlo, thi); break;
+            default: group<LONG, 1>(xt, yt, y, nb, tlo, thi); break;
         }
     }
 };
@@ -591,12 +592,21 @@ int diag_mm_lanes(const T* x, const int64_t* off, const T* v, const T* bias, T* 
     if (!buf.ok()) return NO_MEMORY;
 #pragma omp parallel num_threads(nt) if (B * K * D > PARALLEL_MIN_WORK)
     {
-        const int64_t p = omp_get_thread_num(), np = omp_get_num_threads();
-        const int64_t v0 = nv * p / np, v1 = nv * (p + 1) / np, ngroups = ceil_div(v1 - v0, LANE_VECTORS);
+        // Each thread owns nv / np whole vectors of batch rows, in groups of 1-2 (diag_mm gives each thread
+        // >= 2); the nv % np vectors left over go in groups of their own whose output indices the threads share
+        // out (in STAGE_ROWS steps), so that an odd vector (batch 197: 13) does not fall to one thread alone.
+        const int64_t p = omp_get_thread_num(), np = omp_get_num_threads(), per = nv / np;
+        const int64_t v0 = per * p, v1 = v0 + per, own = ceil_div(per, LANE_VECTORS);
+        const int64_t tail = ceil_div(nv - per * np, LANE_VECTORS), stages = ceil_div(ndst, STAGE_ROWS);
         A* xt = buf.p + p * per_thread;
         A* yt = xt + xrows * ldmax;
-        for (int64_t g = 0; g < ngroups; ++g) {  // groups of 1-2 vectors: diag_mm gives each thread >= 2
-            const int64_t g0 = v0 + (v1 - v0) * g / ngroups, g1 = v0 + (v1 - v0) * (g + 1) / ngroups;
+        for (int64_t g = 0; g < own + tail; ++g) {
+            const bool mine = g < own;
+            const int64_t g0 = mine ? v0 + per * g / own : per * np + (nv - per * np) * (g - own) / tail;
+            const int64_t g1 = mine ? v0 + per * (g + 1) / own : per * np + (nv - per * np) * (g - own + 1) / tail;
+            const int64_t tlo = mine ? 0 : std::min(ndst, stages * p / np * STAGE_ROWS);
+            const int64_t thi = mine ? ndst : std::min(ndst, stages * (p + 1) / np * STAGE_ROWS);
+            if (tlo == thi) continue;
             const int64_t ld = (g1 - g0) * W, b0 = g0 * W, nb = std::min(B, g1 * W) - b0;
             transpose_rect(x + b0 * nsrc, nsrc, nullptr, xt + lead * ld, ld, 0, nb, ld, 0, nsrc);
             for (int64_t r = 0; r < xrows; ++r) {  // the cyclic padding rows, copies of others or zeros
@@ -609,9 +619,9 @@ int diag_mm_lanes(const T* x, const int64_t* off, const T* v, const T* bias, T* 
                     std::memset(xt + r * ld, 0, ld * sizeof(A));
             }
             if (dst_long)
-                m.template run_group<true>(g1 - g0, xt, yt, y + b0 * ndst, nb);
+                m.template run_group<true>(g1 - g0, xt, yt, y + b0 * ndst, nb, tlo, thi);
             else
-                m.template run_group<false>(g1 - g0, xt, yt, y + b0 * ndst, nb);
+                m.template run_group<false>(g1 - g0, xt, yt, y + b0 * ndst, nb, tlo, thi);
         }
     }
     return OK;
