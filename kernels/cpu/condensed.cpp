@@ -380,15 +380,22 @@ int condensed_mm(const T* x, const T* v, const I* idx, const int64_t* rows, cons
         const int64_t b0 = lg.begin(g) * W, width = lg.size(g) * W;
         transpose(x + b0 * nin, std::min(width, B - b0), nin, nullptr, nin, xg.p + nin * b0, width, width, nt);
     }
-    const int64_t nchunks = ceil_div(n, ROW_CHUNK), nitems = lg.ng * nchunks;
-#pragma omp parallel for num_threads(nt) schedule(static) if (work > PARALLEL_MIN_WORK)
-    for (int64_t item = 0; item < nitems; ++item) {
-        const int64_t g = item / nchunks, i0 = (item % nchunks) * ROW_CHUNK, i1 = std::min(n, i0 + ROW_CHUNK);
-        if (!claim_rows(idx, k, nin, i0, i1, &bad)) continue;
-        const int64_t b0 = lg.begin(g) * W;
-        dispatch_vectors(lg.size(g), [&](auto nv) {
-            c.template mm_rows<nv()>(xg.p + nin * b0, nv() * W, b0, i0, i1, y);
-        });
+    // Work items (group, chunk of rows), group by group; each thread takes those that start in its share of
+    // the vector-weighted total, so that groups of unequal widths (13 vectors: 3, 3, 3, 4) split evenly.
+    const int64_t nchunks = ceil_div(n, ROW_CHUNK), total = lg.nv * nchunks;
+#pragma omp parallel num_threads(nt) if (work > PARALLEL_MIN_WORK)
+    {
+        const int64_t p = omp_get_thread_num(), np = omp_get_num_threads();
+        const int64_t lo = total * p / np, hi = total * (p + 1) / np;
+        for (int64_t g = 0, start = 0; g < lg.ng; start += lg.size(g) * nchunks, ++g) {
+            const int64_t nv = lg.size(g), b0 = lg.begin(g) * W;
+            const int64_t c0 = std::max<int64_t>(0, ceil_div(lo - start, nv)), c1 = std::min(nchunks, ceil_div(hi - start, nv));
+            for (int64_t chunk = c0; chunk < c1; ++chunk) {
+                const int64_t i0 = chunk * ROW_CHUNK, i1 = std::min(n, i0 + ROW_CHUNK);
+                if (!claim_rows(idx, k, nin, i0, i1, &bad)) continue;
+                dispatch_vectors(nv, [&](auto v) { c.template mm_rows<v()>(xg.p + nin * b0, v() * W, b0, i0, i1, y); });
+            }
+        }
     }
     return bad ? BAD_INDEX : OK;
 }
