@@ -410,12 +410,12 @@ int diag_mm_tiles(const T* x, const int64_t* off, const T* v, const T* bias, T* 
 // Output indices per register block of the batch-major kernel, and SIMD vectors of lanes per group at most
 // (run_group handles 1 and 2). A block costs, per diagonal, LANE_ROWS broadcasts and LANE_ROWS x
 // LANE_VECTORS loads and FMAs; between chunks it loads and stores its LANE_ROWS x LANE_VECTORS accumulators.
-// Chosen by measurement (raw kernel, b16-fc1, batch 256, 2 threads): groups of 4 vectors x 6 rows with 48 KiB
-// chunks took 1.45 ms, 2 x 6 took 1.13 ms, 2 x 12 with 32 KiB chunks 1.05 ms (README, design).
+// Chosen by measurement (raw kernel, b16-fc1, batch 256, 2 threads): 2 vectors x 12 rows beat 2 x 6 and the
+// earlier 4 x 6 with 48 KiB chunks (1.12 against 1.33 ms; README, design).
 constexpr int LANE_ROWS = 12, LANE_VECTORS = 2;
 static_assert(LANE_VECTORS <= 2, "DiagLanes::run_group instantiates groups of 1 and 2 vectors");
 // Bytes of xT rows per chunk of the batch-major kernel (most of a 48 KiB L1, the rest for values and
-// accumulators; 40 KiB ran 3-8% faster than 32 on every ViT shape measured, batch 197 and 256).
+// accumulators; 32 KiB times the same, within 3%, on the ViT shapes at batch 197 and 256).
 constexpr int64_t LANE_CHUNK_BYTES = 40 << 10;
 // Finished output indices staged (a multiple of 16 and of LANE_ROWS) before their transposed write to y.
 constexpr int STAGE_ROWS = 48;
