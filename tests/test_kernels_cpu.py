@@ -70,10 +70,10 @@ DIAG_CASES = [  # out, in, batch, K
     # float32 tiles are 32 lanes: the long side within one tile of the short one, partial second vectors
     (45, 40, 11, 45), (40, 45, 6, 20), (97, 33, 12, 60), (33, 97, 5, 90), (48, 48, 8, 7),
     # float32 and float64 take the batch-major kernel (two or more SIMD vectors of batch rows per thread; half
-    # precision the tiles): ragged lanes, lane groups of one vector, vectors left over whose outputs the threads share (97 rows: 3 vectors per
-    # thread and a seventh),
-    # partial blocks of 12 outputs, blocks that pass the ends of a diagonal, sides shorter than a block (and
-    # between one and two blocks), padding rows that wrap
+    # precision the tiles): ragged lanes, lane groups of one vector, vectors left over whose outputs the
+    # threads share (97 rows: 3 vectors per thread and a seventh), partial blocks of 12 outputs, blocks that
+    # pass the ends of a diagonal, sides shorter than a block (and between one and two blocks), padding rows
+    # that wrap
     (45, 40, 97, 45), (40, 45, 130, 20), (70, 70, 70, 12), (5, 3, 70, 5), (3, 5, 66, 1), (1, 1, 64, 1),
     (7, 1, 80, 3), (1, 7, 80, 7), (20, 9, 70, 15), (9, 20, 97, 20), (3072, 768, 70, 31), (768, 3072, 70, 31),
     (300, 50, 129, 150),

@@ -389,7 +389,8 @@ int condensed_mm(const T* x, const T* v, const I* idx, const int64_t* rows, cons
         const int64_t lo = total * p / np, hi = total * (p + 1) / np;
         for (int64_t g = 0, start = 0; g < lg.ng; start += lg.size(g) * nchunks, ++g) {
             const int64_t nv = lg.size(g), b0 = lg.begin(g) * W;
-            const int64_t c0 = std::max<int64_t>(0, ceil_div(lo - start, nv)), c1 = std::min(nchunks, ceil_div(hi - start, nv));
+            const int64_t c0 = std::max<int64_t>(0, ceil_div(lo - start, nv));
+            const int64_t c1 = std::min(nchunks, ceil_div(hi - start, nv));
             for (int64_t chunk = c0; chunk < c1; ++chunk) {
                 const int64_t i0 = chunk * ROW_CHUNK, i1 = std::min(n, i0 + ROW_CHUNK);
                 if (!claim_rows(idx, k, nin, i0, i1, &bad)) continue;

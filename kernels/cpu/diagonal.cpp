@@ -475,17 +475,21 @@ struct DiagLanes {
             for (int q = 0; q < NV; ++q) acc[i][q] = in ? vload(in + i * ld + q * W) : splat<V>(bvec[t + i]);
         const Diag* const stop = inner.first + inner.count;
         for (const Diag* d = inner.first; d != stop; ++d) {
+            const T* vp;  // the block's values of this diagonal, and the xT rows they multiply
+            const A* xp;
             if constexpr (LONG) {
                 int64_t j0 = t - d->s;
                 if (j0 < 0) j0 += P;
-                __builtin_prefetch(d->v + j0 + VALUE_PREFETCH);
-                madd<R, NV>(acc, d->v + j0, xt + (j0 + RM - 1) * ld);
+                vp = d->v + j0;
+                xp = xt + (j0 + RM - 1) * ld;
             } else {
                 int64_t u = t + d->s;
                 if (u >= P) u -= P;
-                __builtin_prefetch(d->v + t + VALUE_PREFETCH);
-                madd<R, NV>(acc, d->v + t, xt + u * ld);
+                vp = d->v + t;
+                xp = xt + u * ld;
             }
+            __builtin_prefetch(vp + VALUE_PREFETCH);
+            madd<R, NV>(acc, vp, xp);
         }
         for (const Run& e : ends)
             for (const Diag* d = e.first; d != e.first + e.count; ++d) {
@@ -595,17 +599,20 @@ int diag_mm_lanes(const T* x, const int64_t* off, const T* v, const T* bias, T* 
         // Each thread owns nv / np whole vectors of batch rows, in groups of 1-2 (diag_mm gives each thread
         // >= 2); the nv % np vectors left over go in groups of their own whose output indices the threads share
         // out (in STAGE_ROWS steps), so that an odd vector (batch 197: 13) does not fall to one thread alone.
-        const int64_t p = omp_get_thread_num(), np = omp_get_num_threads(), per = nv / np;
-        const int64_t v0 = per * p, v1 = v0 + per, own = ceil_div(per, LANE_VECTORS);
-        const int64_t tail = ceil_div(nv - per * np, LANE_VECTORS), stages = ceil_div(ndst, STAGE_ROWS);
+        const int64_t p = omp_get_thread_num(), np = omp_get_num_threads(), per = nv / np, left = nv - per * np;
+        const int64_t own = ceil_div(per, LANE_VECTORS), tail = ceil_div(left, LANE_VECTORS);
+        const int64_t stages = ceil_div(ndst, STAGE_ROWS);  // this thread's share of a left-over group's outputs:
+        const int64_t share_lo = std::min(ndst, stages * p / np * STAGE_ROWS);
+        const int64_t share_hi = std::min(ndst, stages * (p + 1) / np * STAGE_ROWS);
         A* xt = buf.p + p * per_thread;
         A* yt = xt + xrows * ldmax;
         for (int64_t g = 0; g < own + tail; ++g) {
+            // group gi of n splitting `span` vectors from `first`: its own, or the left-over ones
             const bool mine = g < own;
-            const int64_t g0 = mine ? v0 + per * g / own : per * np + (nv - per * np) * (g - own) / tail;
-            const int64_t g1 = mine ? v0 + per * (g + 1) / own : per * np + (nv - per * np) * (g - own + 1) / tail;
-            const int64_t tlo = mine ? 0 : std::min(ndst, stages * p / np * STAGE_ROWS);
-            const int64_t thi = mine ? ndst : std::min(ndst, stages * (p + 1) / np * STAGE_ROWS);
+            const int64_t first = mine ? per * p : per * np, span = mine ? per : left;
+            const int64_t gi = mine ? g : g - own, n = mine ? own : tail;
+            const int64_t g0 = first + span * gi / n, g1 = first + span * (gi + 1) / n;
+            const int64_t tlo = mine ? 0 : share_lo, thi = mine ? ndst : share_hi;
             if (tlo == thi) continue;
             const int64_t ld = (g1 - g0) * W, b0 = g0 * W, nb = std::min(B, g1 * W) - b0;
             transpose_rect(x + b0 * nsrc, nsrc, nullptr, xt + lead * ld, ld, 0, nb, ld, 0, nsrc);
