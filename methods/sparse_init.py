@@ -27,7 +27,7 @@ def grad_flow_init_(weight: Tensor, mask: Tensor, generator: torch.Generator) ->
         generator: CPU generator of the draw (the same on every rank).
     """
     rows = weight.shape[0]
-    fan_in = mask.reshape(rows, -1).sum(dim=1).to(torch.float64)
+    fan_in = mask.reshape(rows, -1).sum(dim=1).to("cpu", torch.float64)  # the draw is on the CPU generator
     std = torch.where(fan_in > 0, 2.0 / fan_in.clamp(min=1), torch.zeros_like(fan_in))
     draw = torch.randn(weight.shape, generator=generator, dtype=torch.float64)
     draw *= std.view(rows, *([1] * (weight.dim() - 1)))
