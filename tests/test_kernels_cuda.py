@@ -18,12 +18,18 @@ import torch.nn.functional as F
 
 pytest.importorskip("cupy", reason="CuPy is not installed: pip install dstbench[cuda13] (or [cuda12])")
 
+from dstbench import cuda_graphs  # noqa: E402
+from dstbench.cli import main  # noqa: E402
 from dstbench.errors import UserError  # noqa: E402
 from dstbench.kernels import cuda as cuda_backend  # noqa: E402
 from dstbench.kernels import ops, reference  # noqa: E402
+from dstbench.kernels.cuda import launches  # noqa: E402
 from dstbench.kernels.formats import CondensedWeight, DiagonalWeight  # noqa: E402
 from dstbench.kernels.layers import CondensedLinear, DiagonalLinear  # noqa: E402
-from dstbench.registry import list_methods, make_method  # noqa: E402
+from dstbench.methods import options  # noqa: E402
+from dstbench.registry import list_methods, make_method, method_class  # noqa: E402
+from dstbench.runs import load_run  # noqa: E402
+from dstbench.suites.inference import build_layer  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -48,10 +54,14 @@ def _nan_filled_allocator():
 
 
 def assert_close(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor, dtype: torch.dtype) -> None:
-    """|got - want| <= 8 * eps(dtype) * (the same sum over |terms|); want and bound in float64."""
+    """|got - want| <= 8 * eps(dtype) * (the same sum over |terms|) + the spacing of dtype's subnormals.
+
+    The absolute term covers a result that rounds into float16's subnormal range (below 6.1e-5), where the
+    rounding error is absolute (up to 2**-25), not relative. want and bound are float64.
+    """
     assert got.shape == want.shape and got.dtype == dtype and got.device == want.device
     err = (got.double() - want).abs()
-    limit = 8 * EPS[dtype] * bound + 1e-300
+    limit = 8 * EPS[dtype] * bound + torch.finfo(dtype).smallest_normal * EPS[dtype]
     assert bool((err <= limit).all()), f"max error {err.max().item():.3g}, limit {limit.max().item():.3g}"
 
 
@@ -198,12 +208,22 @@ def test_refuses_unsupported_input() -> None:
 
 @pytest.mark.small
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_small_shapes_every_kernel(dtype: torch.dtype) -> None:
+def test_small_shapes_every_kernel(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every kernel and code path once on small shapes: the set run under compute-sanitizer."""
-    for out_f, in_f, batch in [(40, 24, 3), (24, 40, 20), (32, 32, 17)]:  # diag_fwd_small and diag_fwd_tiled
+    for out_f, in_f, batch in [(40, 24, 3), (24, 40, 20), (32, 32, 17)]:  # diag_fwd_small, diag_fwd_staged
         check_diagonal(*diag_data(out_f, in_f, batch, 9, dtype, seed=out_f), out_f, in_f, dtype)
-    for out_f, in_f, batch in [(20, 30, 1), (30, 20, 21), (6, 30000, 3)]:  # staged x, B = 1, unstaged xT
+    for out_f, in_f, batch in [(40, 9000, 20)]:  # no staged tile fits: diag_fwd_tiled
+        check_diagonal(*diag_data(out_f, in_f, batch, 9, dtype, seed=out_f), out_f, in_f, dtype)
+    for out_f, in_f, batch in [(20, 30, 1), (30, 20, 21), (6, 30000, 3), (6, 30000, 20)]:
+        # B = 1 with x staged, condensed_fwd_batched, unstaged xT, no batched tile fits
         check_condensed(*condensed_data(out_f, in_f, batch, 5, 3, torch.int16, dtype, seed=in_f), out_f, in_f, dtype)
+    diag_tiles, condensed_tiles = launches.DIAG_STAGED_TILES, launches.CONDENSED_BATCHED_TILES
+    for tile in diag_tiles:  # each batch tile of the staged and batched kernels
+        monkeypatch.setattr(launches, "DIAG_STAGED_TILES", (tile,))
+        check_diagonal(*diag_data(24, 40, 37, 9, dtype, seed=tile), 24, 40, dtype)
+        if tile in condensed_tiles:
+            monkeypatch.setattr(launches, "CONDENSED_BATCHED_TILES", (tile,))
+            check_condensed(*condensed_data(30, 20, 37, 5, 3, torch.int16, dtype, seed=tile), 30, 20, dtype)
 
 
 @pytest.mark.parametrize("batch", [1, 40])
@@ -231,7 +251,7 @@ def test_refuses_bad_pattern_with_one_line() -> None:
     indices = torch.tensor([[0, 1], [2, 3]], dtype=torch.int16, device=DEV)
     with pytest.raises(UserError, match="row 3 appears twice"):
         cuda_backend.condensed_mm(x, torch.ones(2, 2, device=DEV), indices, torch.tensor([3, 3], device=DEV), 4)
-    with pytest.raises(UserError, match=r"indices must lie in \[0, 8\), found 9"):
+    with pytest.raises(UserError, match=r"indices must lie in \[0, 8\), found 8"):
         cuda_backend.condensed_mm(x, torch.ones(2, 2, device=DEV), indices + 8, torch.tensor([0, 1], device=DEV), 4)
 
 
@@ -273,7 +293,8 @@ def test_training_steps_on_cuda(name: str) -> None:
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 48),
                                     torch.nn.ReLU(), torch.nn.Linear(48, 10)).to(DEV)
-        method = make_method(name, sparsity=0.9, total_steps=4, delta_t=1, impl=impl)
+        wanted = {"sparsity": 0.9, "total_steps": 4, "delta_t": 1, "impl": impl}
+        method = make_method(name, **options.accepted(method_class(name), wanted))
         model = method.prepare(model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         gen = torch.Generator().manual_seed(1)
@@ -288,3 +309,31 @@ def test_training_steps_on_cuda(name: str) -> None:
             losses[impl].append(loss.item())
         assert all(torch.isfinite(p).all() for p in model.parameters())
     torch.testing.assert_close(losses["cuda"], losses["reference"], rtol=1e-4, atol=1e-5)
+
+
+def test_graph_replay_of_every_inference_format() -> None:
+    """cuda_graphs.captured: the replay of each format's layer (dense, CSR, condensed, diagonal) writes the eager
+    output for new input values."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 130).to(DEV)
+    x = torch.randn(40, 96, device=DEV)
+    for name in ("dense", "rigl", "srigl", "dynadiag"):
+        layer = build_layer(name, linear, 0.9, "cuda")
+        with torch.inference_mode():
+            out: list[torch.Tensor] = []
+            replay = cuda_graphs.captured(lambda layer=layer: out.append(layer(x)) or out[-1], torch.device(DEV), name)
+            x.normal_()
+            replay()
+            torch.cuda.synchronize()
+            torch.testing.assert_close(out[-1], layer(x), msg=name)
+
+
+def test_inference_suite_times_eager_and_graph_rows(tmp_path) -> None:
+    out = tmp_path / "run"
+    assert main(["run", "--suite", "inference", "--device", "cuda", "--cases", "64x96", "--sparsity", "0.9",
+                 "--batch", "1,33", "--rounds", "2", "--min-time", "0.001", "--no-e2e", "--l2", "warm",
+                 "--launch", "eager,graph", "--methods", "srigl,dynadiag", "--out", str(out)]) == 0
+    rows = load_run(out).rows
+    assert {(r["launch"], r["method"]) for r in rows} == {(launch, m) for launch in ("eager", "graph")
+                                                          for m in ("dense", "rigl", "srigl", "dynadiag")}
+    assert all(r["p50_s"] > 0 for r in rows)
