@@ -174,14 +174,92 @@ def test_condensed_low_precision(dtype: torch.dtype, batch: int) -> None:
                  reference.condensed_values_grad(dy64.abs(), x64.abs(), indices, rows), dtype)
 
 
-def test_kernel_choice_by_batch() -> None:
-    """The cases above reach both forward kernels: small below DIAG_TILED_MIN_BATCH, tiled from it on."""
+def test_kernel_choice_by_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cases above reach the forward kernels: small below DIAG_TILED_MIN_BATCH, staged from it on, and tiled
+    where even the smallest staged tile does not fit in shared memory."""
     chosen: list[str] = []
     x, offsets, values, _ = diag_data(8, 8, launches.DIAG_TILED_MIN_BATCH, 3, torch.float32)
     launches.diag_mm(x[:-1], offsets, values, 8, lambda launch: chosen.append(launch.kernel))
     launches.diag_mm(x, offsets, values, 8, lambda launch: chosen.append(launch.kernel))
-    assert chosen == ["diag_fwd_small", "diag_fwd_tiled"]
+    monkeypatch.setattr(launches, "staged_shared_limit", lambda device: 4 * 8 * 4 - 1)
+    launches.diag_mm(x, offsets, values, 8, lambda launch: chosen.append(launch.kernel))
+    assert chosen == ["diag_fwd_small", "diag_fwd_staged4", "diag_fwd_tiled"]
     assert min(c[2] for c in DIAG_CASES) < launches.DIAG_TILED_MIN_BATCH <= max(c[2] for c in DIAG_CASES)
+
+
+def test_staged_tiles_for_vit_shapes() -> None:
+    """On 132 SMs with 96 KiB: the largest batch tile that still gives two blocks per SM, else the smallest."""
+    def diag_tile(n_out: int, n_in: int, batch: int) -> int | None:
+        return launches.staged_batch_tile(launches.DIAG_STAGED_TILES, lambda t: -(-n_out // 128), batch, n_in, 4,
+                                          132, 96 * 1024)
+
+    assert diag_tile(3072, 768, 197) == 16  # 24 column blocks x 13 batch tiles
+    assert diag_tile(2304, 768, 256) == 16  # 18 x 16
+    assert diag_tile(768, 3072, 197) == 4  # only 4 and 8 fit; neither gives 264 blocks
+    assert diag_tile(768, 30_000, 197) is None
+    rows = launches.condensed_rows_per_pass
+    tile = launches.staged_batch_tile(launches.CONDENSED_BATCHED_TILES, lambda t: -(-3072 // rows(t)), 256, 768, 4,
+                                      132, 96 * 1024)
+    assert (tile, rows(tile)) == (32, 64)  # 48 row blocks x 8 batch tiles
+
+
+def recorder(kernels: list[str]) -> launches.Runner:
+    """A runner that runs each launch in the emulator and records its kernel."""
+    def recording(launch: launches.Launch) -> None:
+        kernels.append(launch.kernel)
+        run(launch)
+
+    return recording
+
+
+@pytest.mark.parametrize("tile", launches.DIAG_STAGED_TILES)
+def test_staged_diagonal_every_tile(monkeypatch: pytest.MonkeyPatch, tile: int) -> None:
+    """diag_fwd_staged{tile}: tall, wide and square, unsorted offsets, a ragged last batch tile, bias, transpose."""
+    monkeypatch.setattr(launches, "DIAG_STAGED_TILES", (tile,))
+    dt = torch.float64
+    for out_f, in_f, batch, k, sort in [(150, 40, 37, 30, True), (40, 150, 20, 150, False), (70, 70, 33, 70, False)]:
+        x, offsets, values, dy = diag_data(out_f, in_f, batch, k, dt, sort=sort, seed=11)
+        bias = padded(torch.randn(out_f, dtype=dt))
+        kernels: list[str] = []
+        assert_close(launches.diag_mm(x, offsets, values, out_f, recorder(kernels), bias=bias),
+                     reference.diag_mm(x, offsets, values, out_f) + bias,
+                     reference.diag_mm(x.abs(), offsets, values.abs(), out_f) + bias.abs(), dt)
+        dense = DiagonalWeight(offsets, values.clone(), out_f, in_f).to_dense()
+        assert_close(launches.diag_mm(dy, offsets, values, in_f, recorder(kernels), transpose=True), dy @ dense,
+                     dy.abs() @ dense.abs(), dt)
+        assert kernels == [f"diag_fwd_staged{tile}"] * 2
+
+
+@pytest.mark.parametrize("tile", launches.CONDENSED_BATCHED_TILES)
+def test_batched_condensed_every_tile(monkeypatch: pytest.MonkeyPatch, tile: int) -> None:
+    """condensed_fwd_batched{tile}: ablated rows, each index dtype, widths not a multiple of 4, a ragged last
+    batch tile, bias, and more active rows than one block's pass."""
+    monkeypatch.setattr(launches, "CONDENSED_BATCHED_TILES", (tile,))
+    dt = torch.float64
+    for out_f, in_f, batch, k, ablate, index_dtype in [(50, 41, 37, 7, 3, torch.int16), (300, 150, 20, 13, 0,
+                                                        torch.int32), (20, 30, 16, 30, 4, torch.int64)]:
+        x, values, indices, rows, _ = condensed_data(out_f, in_f, batch, k, ablate, index_dtype, dt, seed=12)
+        bias = padded(torch.randn(out_f, dtype=dt))
+        kernels: list[str] = []
+        assert_close(launches.condensed_mm(x, values, indices, rows, out_f, recorder(kernels), bias=bias),
+                     reference.condensed_mm(x, values, indices, rows, out_f) + bias,
+                     reference.condensed_mm(x.abs(), values.abs(), indices, rows, out_f) + bias.abs(), dt)
+        assert kernels == [f"condensed_fwd_batched{tile}"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_batched_kernels_low_precision(dtype: torch.dtype) -> None:
+    """The staged diagonal and batched condensed kernels keep half-precision x in shared memory as is."""
+    x, offsets, values, _ = diag_data(90, 60, 40, 20, dtype, seed=13)
+    kernels: list[str] = []
+    assert_close(launches.diag_mm(x, offsets, values, 90, recorder(kernels)),
+                 reference.diag_mm(x.double(), offsets, values.double(), 90),
+                 reference.diag_mm(x.double().abs(), offsets, values.double().abs(), 90), dtype)
+    x, values, indices, rows, _ = condensed_data(24, 64, 40, 16, 3, torch.int16, dtype, seed=13)
+    assert_close(launches.condensed_mm(x, values, indices, rows, 24, recorder(kernels)),
+                 reference.condensed_mm(x.double(), values.double(), indices, rows, 24),
+                 reference.condensed_mm(x.double().abs(), values.double().abs(), indices, rows, 24), dtype)
+    assert kernels[0].startswith("diag_fwd_staged") and kernels[1].startswith("condensed_fwd_batched")
 
 
 def test_public_functions_refuse_cpu_tensors() -> None:

@@ -17,6 +17,18 @@
 //                          stage = 0 (n_in too large for shared memory) x is xT (n_in, B) in
 //                          global memory and gathers go through L1. The slices of the entries
 //                          are summed with warp shuffles. bias (n_out,) is added when not null.
+//   condensed_fwd_batched* B >= 16, when BT * n_in scalars fit in shared memory (BT = 8, 16 or 32 batch
+//                          rows, chosen by the launch; one extern "C" kernel per BT). grid
+//                          (ceil(n_active / rows_per_block), min(ceil(B / BT), 65535)), block
+//                          32 * COND_WARPS. The block stages x[b0:b0 + BT, :] transposed, element
+//                          (c, bb) at xs[c * BT + (bb ^ (c & 3))]: a warp's staging store covers 4
+//                          columns x 8 rows 4 apart, 32 distinct banks. A warp then works on
+//                          256 / BT active rows at once, BT / 8 lanes per row (a group g), each lane
+//                          owning 8 batch rows q + BT/8 * u; every entry is one broadcast value
+//                          and index load and 8 shared loads for 8 FMAs. A lane visits its rows in
+//                          the order u' = (u + g) & 7, so at BT = 32 the 8 groups of a warp read 8
+//                          different 4-bank quads (the XOR only permutes banks inside a quad):
+//                          no bank conflict whatever the gathered columns are.
 //   condensed_values_grad  grid (ceil(n_active / COND_WARPS)). Warp w owns active row i and
 //                          takes its entries 32 / bt at a time; the bt batch lanes of an entry
 //                          read consecutive elements of xT (n_in, B) and dyT (n_out, B), so each
@@ -94,6 +106,77 @@ extern "C" __global__ void condensed_fwd(const scalar_t* __restrict__ x, const s
         }
     }
 }
+
+// condensed_fwd_batched with BT batch rows per block (see the header).
+template <int BT>
+__device__ __forceinline__ void condensed_fwd_batched(const scalar_t* __restrict__ x,
+                                                      const scalar_t* __restrict__ values,
+                                                      const index_t* __restrict__ indices,
+                                                      const long long* __restrict__ active_rows,
+                                                      const scalar_t* __restrict__ bias, scalar_t* __restrict__ y,
+                                                      int batch, int n_in, int n_out, int n_active, int fan_in,
+                                                      int rows_per_block) {
+    static_assert(BT == 8 || BT == 16 || BT == 32, "8 batch rows per lane, at most one warp per row group");
+    constexpr int LANES = BT / 8;        // lanes per active row
+    constexpr int GROUPS = 32 / LANES;   // active rows per warp
+    DST_DYNAMIC_SHARED(smem);
+    scalar_t* xs = reinterpret_cast<scalar_t*>(smem);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / LANES, q = lane % LANES;
+    const int row_begin = blockIdx.x * rows_per_block;
+    const int row_end = min(n_active, row_begin + rows_per_block);
+    const int n_in4 = (n_in + 3) & ~3;
+
+    for (int b0 = blockIdx.y * BT; b0 < batch; b0 += gridDim.y * BT) {
+        __syncthreads();  // the previous batch tile is no longer read
+        for (int e = threadIdx.x; e < n_in4 * BT; e += 32 * COND_WARPS) {
+            const int m = e & 3, h = (e >> 2) & 7, rest = e >> 5;
+            const int c = (rest / LANES) * 4 + m, bb = rest % LANES + LANES * h;
+            if (c < n_in) {
+                const int b = b0 + bb;
+                if (b < batch)
+                    xs[c * BT + (bb ^ m)] = x[(long long)b * n_in + c];
+                else
+                    dst::store(&xs[c * BT + (bb ^ m)], acc_t(0));
+            }
+        }
+        __syncthreads();
+
+        for (int i = row_begin + warp * GROUPS + g; i < row_end; i += COND_WARPS * GROUPS) {
+            acc_t acc[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) acc[u] = 0;
+            const long long base = (long long)i * fan_in;
+            for (int t = 0; t < fan_in; ++t) {
+                const int c = (int)indices[base + t];
+                const acc_t v = dst::to_acc(values[base + t]);
+                const scalar_t* col = xs + c * BT;
+                const int m = c & 3;
+#pragma unroll
+                for (int u = 0; u < 8; ++u) acc[u] += v * dst::to_acc(col[(q + LANES * ((u + g) & 7)) ^ m]);
+            }
+            const long long row = active_rows[i];
+            const acc_t b_row = bias ? dst::to_acc(bias[row]) : acc_t(0);
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                const int b = b0 + q + LANES * ((u + g) & 7);
+                if (b < batch) dst::store(&y[(long long)b * n_out + row], acc[u] + b_row);
+            }
+        }
+    }
+}
+
+#define COND_BATCHED_ARGS                                                                                    \
+    const scalar_t *__restrict__ x, const scalar_t *__restrict__ values, const index_t *__restrict__ indices, \
+        const long long *__restrict__ active_rows, const scalar_t *__restrict__ bias, scalar_t *__restrict__ y, \
+        int batch, int n_in, int n_out, int n_active, int fan_in, int rows_per_block
+#define COND_BATCHED_CALL(BT) \
+    condensed_fwd_batched<BT>(x, values, indices, active_rows, bias, y, batch, n_in, n_out, n_active, fan_in, \
+                              rows_per_block)
+
+extern "C" __global__ void condensed_fwd_batched8(COND_BATCHED_ARGS) { COND_BATCHED_CALL(8); }
+extern "C" __global__ void condensed_fwd_batched16(COND_BATCHED_ARGS) { COND_BATCHED_CALL(16); }
+extern "C" __global__ void condensed_fwd_batched32(COND_BATCHED_ARGS) { COND_BATCHED_CALL(32); }
 
 extern "C" __global__ void condensed_values_grad(const scalar_t* __restrict__ dyt, const scalar_t* __restrict__ xt,
                                                  const index_t* __restrict__ indices,

@@ -30,7 +30,15 @@ diag_fwd_small (B < 16)     256 threads per block over 8, 16 or 32 output
                             meet in shared memory. Loads along each diagonal
                             are coalesced: values[k, j] and x[b, col] are
                             contiguous.
-diag_fwd_tiled (B >= 16)    block = 64 output columns x 16 batch rows (4 per
+diag_fwd_staged{4,8,16,32}  B >= 16: the block stages BT whole batch rows of
+                            x (BT * in scalars, up to 96 KiB; the largest BT
+                            that still gives 2 blocks per SM) in shared
+                            memory; a thread owns one of 128 output columns
+                            and all BT rows, walking every diagonal: one
+                            coalesced value load and BT conflict-free shared
+                            loads for BT FMAs. Any offset order.
+diag_fwd_tiled (B >= 16)    when no staged tile fits (in > 6K in float32):
+                            block = 64 output columns x 16 batch rows (4 per
                             thread); offsets walked window by window (64
                             offsets each, empty windows skipped), each window
                             staging the x columns its diagonals read (16 x
@@ -41,7 +49,14 @@ diag_values_grad            SDDMM on the diagonals: thread = entry j of 4
                             diagonals, 8 batch slices per block reduced in
                             shared memory; the width-D operand is loaded once
                             for the 4 diagonals.
-condensed_fwd               warp per active row; lanes = (batch row, slice of
+condensed_fwd_batched{8,16,32}
+                            B >= 16: x tile (BT rows) staged transposed in
+                            shared memory, xs[c * BT + (b ^ (c & 3))]; a warp
+                            takes 256 / BT active rows, BT / 8 lanes per row,
+                            8 batch rows per lane, visited in a rotated order
+                            so that at BT = 32 the rows' gathers hit distinct
+                            banks whatever their columns.
+condensed_fwd               B < 16 (or no batched tile fits): warp per active row; lanes = (batch row, slice of
                             the k entries), slices summed with shuffles. x for
                             up to 32 batch rows staged in shared memory as
                             xs[col][b] when it fits in 48 KiB, else read from a

@@ -31,9 +31,12 @@ from dstbench.errors import UserError
 from dstbench.kernels.cuda.pattern_cache import PatternCache
 from dstbench.kernels.cuda.sources import TILES
 
-DIAG_TILED_MIN_BATCH = 16  # from this batch size on, diag_fwd_tiled replaces diag_fwd_small
+DIAG_TILED_MIN_BATCH = 16  # from this batch size on, a batched kernel replaces diag_fwd_small
 SHARED_BYTES = 48 * 1024  # dynamic shared memory any sm_80+ block gets without an opt-in
+STAGED_SHARED_BYTES = 96 * 1024  # the most a staged x tile takes (two blocks per SM on an H100/H200), with an opt-in
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y
+DIAG_STAGED_TILES = (4, 8, 16, 32)  # batch tiles of the diag_fwd_staged{tile} kernels
+CONDENSED_BATCHED_TILES = (8, 16, 32)  # batch tiles of the condensed_fwd_batched{tile} kernels
 DEFAULT_SMS = 132  # streaming multiprocessors assumed off a GPU (an H100/H200)
 
 
@@ -90,6 +93,32 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+@lru_cache(maxsize=16)
+def staged_shared_limit(device: torch.device) -> int:
+    """Bytes of dynamic shared memory a staged x tile may take: STAGED_SHARED_BYTES, or less if the device's
+    opt-in maximum per block is smaller (SHARED_BYTES where torch does not report it); STAGED_SHARED_BYTES off
+    a GPU (the host emulator)."""
+    if device.type != "cuda":
+        return STAGED_SHARED_BYTES
+    optin = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", SHARED_BYTES)
+    return min(STAGED_SHARED_BYTES, max(optin, SHARED_BYTES))
+
+
+def staged_batch_tile(tiles: tuple[int, ...], row_blocks: Callable[[int], int], batch: int, n_in: int,
+                      itemsize: int, sms: int, limit: int) -> int | None:
+    """Batch rows per block of a staged kernel (an x tile of ``tile * n_in`` scalars in shared memory).
+
+    The largest of ``tiles`` (ascending) whose tile fits ``limit`` bytes and still gives ``row_blocks(tile) *
+    ceil(B / tile) >= 2 * sms`` blocks; where none gives that many, the smallest that fits (most blocks). None when even
+    that does not fit: the caller falls back to a kernel that does not stage all of x.
+    """
+    fitting = [t for t in tiles if t * n_in * itemsize <= limit]
+    if not fitting:
+        return None
+    busy = [t for t in fitting if row_blocks(t) * _cdiv(batch, t) >= 2 * sms]
+    return busy[-1] if busy else fitting[0]
+
+
 def diag_small_cols(out_features: int, batch: int, sms: int) -> int:
     """Output columns per diag_fwd_small block: 32, 16 or 8, the widest that still gives two blocks per SM.
 
@@ -125,6 +154,14 @@ def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, runne
         grid = (_cdiv(out_features, cols), _cdiv(batch, TILES["DIAG_SMALL_BATCH"]), 1)
         args = (x, offsets, values, bias, y, *sizes, np.int32(cols))
         runner(Launch("diagonal", "diag_fwd_small", x.dtype, None, grid, (TILES["DIAG_SMALL_THREADS"], 1, 1), args))
+        return y
+    threads = TILES["DIAG_STAGED_THREADS"]
+    tile = staged_batch_tile(DIAG_STAGED_TILES, lambda t: _cdiv(out_features, threads), batch, n_in,
+                             x.element_size(), sm_count(x.device), staged_shared_limit(x.device))
+    if tile is not None:
+        grid = (_cdiv(out_features, threads), _grid_y(_cdiv(batch, tile)), 1)
+        runner(Launch("diagonal", f"diag_fwd_staged{tile}", x.dtype, None, grid, (threads, 1, 1),
+                      (x, offsets, values, bias, y, *sizes), tile * n_in * x.element_size()))
     else:
         tile_batch = TILES["DIAG_TILE_GROUPS"] * TILES["DIAG_TILE_RB"]
         grid = (_cdiv(out_features, TILES["DIAG_TILE_ROWS"]), _grid_y(_cdiv(batch, tile_batch)), 1)
@@ -168,6 +205,11 @@ def condensed_rows_per_block(n_active: int, fan_in: int, n_in: int) -> int:
     return min(warps * per_warp, warps * _cdiv(n_active, warps))
 
 
+def condensed_rows_per_pass(tile: int) -> int:
+    """Active rows a condensed_fwd_batched{tile} block works on at once: 256 / tile per warp (8 batch rows a lane)."""
+    return TILES["COND_WARPS"] * 256 // tile
+
+
 def _transposed(t: Tensor) -> Tensor:
     """(B, n) -> its transpose (n, B), contiguous; a (1, n) tensor already is one."""
     return t if t.shape[0] == 1 else t.t().contiguous()
@@ -189,6 +231,17 @@ def condensed_mm(x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor
         y = bias.expand(batch, out_features).contiguous()
     if batch == 0 or n_active == 0:
         return y
+    if batch >= DIAG_TILED_MIN_BATCH:
+        tile = staged_batch_tile(CONDENSED_BATCHED_TILES, lambda t: _cdiv(n_active, condensed_rows_per_pass(t)),
+                                 batch, n_in, x.element_size(), sm_count(x.device), staged_shared_limit(x.device))
+        if tile is not None:
+            rows = condensed_rows_per_pass(tile)
+            grid = (_cdiv(n_active, rows), _grid_y(_cdiv(batch, tile)), 1)
+            args = (x, values, indices, active_rows, bias, y, _i32(batch), _i32(n_in), _i32(out_features),
+                    _i32(n_active), _i32(fan_in), _i32(rows))
+            runner(Launch("condensed", f"condensed_fwd_batched{tile}", x.dtype, indices.dtype, grid,
+                          (32 * TILES["COND_WARPS"], 1, 1), args, tile * n_in * x.element_size()))
+            return y
     tile, stage = condensed_batch_tile(batch, n_in, x.element_size())
     source = x if stage else _transposed(x)
     rows = condensed_rows_per_block(n_active, fan_in, n_in)

@@ -16,6 +16,9 @@
   DLPack capsule per call), None as a null pointer. float16/bfloat16 need no
   CuPy dtype: the kernel reads the bits as ``__half``/``__nv_bfloat16``.
   Outputs are allocated by torch.
+* Shared memory: a launch asking for more than 48 KiB of dynamic shared
+  memory first raises the kernel's limit
+  (``CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES``, once per kernel).
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from types import ModuleType
 
 import torch
 
-from dstbench.kernels.cuda.launches import Launch
+from dstbench.kernels.cuda.launches import SHARED_BYTES, Launch
 from dstbench.kernels.cuda.sources import cuda_include_dir, defines, source_text
 
 _functions: dict[tuple, object] = {}
 _streams: dict[tuple[int, int], object] = {}
+_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8  # CUfunction_attribute CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+_allowed: dict[int, int] = {}  # id of a kernel function -> dynamic shared bytes it may take (above SHARED_BYTES)
 
 
 @lru_cache(maxsize=1)
@@ -74,9 +79,19 @@ def _stream(index: int):
     return stream
 
 
+def _allow_shared(fn, nbytes: int) -> None:
+    """Let ``fn`` take ``nbytes`` of dynamic shared memory (beyond the 48 KiB every block gets), once per size."""
+    if nbytes <= _allowed.get(id(fn), SHARED_BYTES):
+        return
+    _import_cupy()[0].cuda.driver.funcSetAttribute(fn.ptr, _MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes)
+    _allowed[id(fn)] = nbytes
+
+
 def _launch(launch: Launch, index: int) -> None:
     args = tuple(a.data_ptr() if isinstance(a, torch.Tensor) else (0 if a is None else a) for a in launch.args)
-    _function(launch, index)(launch.grid, launch.block, args, shared_mem=launch.shared_bytes, stream=_stream(index))
+    fn = _function(launch, index)
+    _allow_shared(fn, launch.shared_bytes)
+    fn(launch.grid, launch.block, args, shared_mem=launch.shared_bytes, stream=_stream(index))
 
 
 def run(launch: Launch) -> None:

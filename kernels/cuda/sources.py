@@ -47,6 +47,8 @@ TILES = {
     "DIAG_TILE_GROUPS": 4,
     "DIAG_TILE_RB": 4,
     "DIAG_SPAN": 64,
+    # diag_fwd_staged*: threads (output columns) per block
+    "DIAG_STAGED_THREADS": 128,
     # diag_values_grad: block (DIAG_GRAD_COLS, DIAG_GRAD_SPLIT_B), DIAG_GRAD_DIAGS diagonals per block
     "DIAG_GRAD_COLS": 32,
     "DIAG_GRAD_SPLIT_B": 8,

@@ -28,6 +28,16 @@
 //                     x columns its diagonals read (DIAG_WINDOW per batch row) in shared memory,
 //                     so nearby diagonals share loads. Staging wraps the column once per window
 //                     and then by subtraction, with no division per element.
+//   diag_fwd_staged*  B >= 16, when the x tile fits in shared memory (the launch picks the tile:
+//                     BT = 4, 8, 16 or 32 batch rows, one extern "C" kernel per BT, so the
+//                     accumulators stay in registers). block DIAG_STAGED_THREADS (1-D), grid
+//                     (ceil(n_out / DIAG_STAGED_THREADS), min(ceil(B / BT), 65535)), dynamic shared
+//                     memory BT * n_in scalars. The block copies x[b0:b0 + BT, :] into shared memory
+//                     with coalesced loads (row-major, as in x); then thread t owns output column
+//                     r = blockIdx.x * DIAG_STAGED_THREADS + t and all BT rows, and walks every
+//                     diagonal: one value load (consecutive threads read consecutive values[k, j])
+//                     and BT shared loads (consecutive threads read consecutive columns: no bank
+//                     conflict) for BT FMAs. Any offset order; no window bookkeeping.
 //   diag_values_grad  block (DIAG_GRAD_COLS, DIAG_GRAD_SPLIT_B), grid (ceil(D / DIAG_GRAD_COLS),
 //                     min(ceil(n_diag / DIAG_GRAD_DIAGS), 65535)). Thread (tx, ty) owns entry j of
 //                     DIAG_GRAD_DIAGS diagonals over the batch rows ty, ty + DIAG_GRAD_SPLIT_B, ...
@@ -184,6 +194,58 @@ extern "C" __global__ void diag_fwd_tiled(const scalar_t* __restrict__ x, const 
         }
     }
 }
+
+// diag_fwd_staged with BT batch rows per block (see the header).
+template <int BT>
+__device__ __forceinline__ void diag_fwd_staged(const scalar_t* __restrict__ x, const long long* __restrict__ offsets,
+                                                const scalar_t* __restrict__ values,
+                                                const scalar_t* __restrict__ bias, scalar_t* __restrict__ y,
+                                                int batch, int n_out, int n_in, int n_diag, int tall) {
+    DST_DYNAMIC_SHARED(smem);
+    scalar_t* xs = reinterpret_cast<scalar_t*>(smem);  // xs[bb * n_in + c] = x[b0 + bb, c]
+    const int r = blockIdx.x * DIAG_STAGED_THREADS + threadIdx.x;
+    const int d = min(n_out, n_in);
+    const acc_t b_r = r < n_out ? bias_of(bias, r) : acc_t(0);
+
+    for (int b0 = blockIdx.y * BT; b0 < batch; b0 += gridDim.y * BT) {
+        const int staged = min(BT, batch - b0) * n_in;  // rows past the batch are zero
+        __syncthreads();  // the previous batch tile is no longer read
+        for (int q = threadIdx.x; q < BT * n_in; q += DIAG_STAGED_THREADS) {
+            if (q < staged)
+                xs[q] = x[(long long)b0 * n_in + q];
+            else
+                dst::store(&xs[q], acc_t(0));
+        }
+        __syncthreads();
+
+        acc_t acc[BT];
+#pragma unroll
+        for (int bb = 0; bb < BT; ++bb) acc[bb] = b_r;
+        if (r < n_out) {
+            for (int k = 0; k < n_diag; ++k) {
+                int c, j;
+                if (!diag_entry(r, (int)offsets[k], n_out, n_in, tall, &c, &j)) continue;
+                const acc_t v = dst::to_acc(values[(long long)k * d + j]);
+#pragma unroll
+                for (int bb = 0; bb < BT; ++bb) acc[bb] += v * dst::to_acc(xs[bb * n_in + c]);
+            }
+        }
+#pragma unroll
+        for (int bb = 0; bb < BT; ++bb)
+            if (r < n_out && b0 + bb < batch) dst::store(&y[(long long)(b0 + bb) * n_out + r], acc[bb]);
+    }
+}
+
+#define DIAG_STAGED_ARGS                                                                                          \
+    const scalar_t *__restrict__ x, const long long *__restrict__ offsets, const scalar_t *__restrict__ values, \
+        const scalar_t *__restrict__ bias, scalar_t *__restrict__ y, int batch, int n_out, int n_in, int n_diag,   \
+        int tall
+#define DIAG_STAGED_CALL(BT) diag_fwd_staged<BT>(x, offsets, values, bias, y, batch, n_out, n_in, n_diag, tall)
+
+extern "C" __global__ void diag_fwd_staged4(DIAG_STAGED_ARGS) { DIAG_STAGED_CALL(4); }
+extern "C" __global__ void diag_fwd_staged8(DIAG_STAGED_ARGS) { DIAG_STAGED_CALL(8); }
+extern "C" __global__ void diag_fwd_staged16(DIAG_STAGED_ARGS) { DIAG_STAGED_CALL(16); }
+extern "C" __global__ void diag_fwd_staged32(DIAG_STAGED_ARGS) { DIAG_STAGED_CALL(32); }
 
 // dvalues[k, j] = sum_b f[b, j] * g[b, (j + offsets[k]) % P], where f is the operand of
 // width D and g the one of width P: f = x, g = dy when tall; f = dy, g = x when wide.
