@@ -82,6 +82,7 @@ class SuiteSpec:
         key: row fields naming a case group (besides the method).
         setup: row fields that must be equal in both runs for a case to be comparable.
         ratios: speedup column -> its ``Ratio``.
+        defaults: the value of a key field in rows recorded before the suite wrote that field.
 
     The method every speedup is ultimately relative to, whose own rows are not compared, is the suite's baseline
     (its first ``Suite.references``).
@@ -90,6 +91,7 @@ class SuiteSpec:
     key: tuple[str, ...]
     setup: tuple[str, ...]
     ratios: dict[str, Ratio]
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 def suite_spec(suite: str, path: Path) -> SuiteSpec:
@@ -181,7 +183,7 @@ def parse_alpha(text: str) -> float:
 
 
 def _key(spec: SuiteSpec, row: dict[str, Any]) -> tuple:
-    return tuple(row.get(name) for name in spec.key)
+    return tuple(row.get(name, spec.defaults.get(name)) for name in spec.key)
 
 
 Groups = dict[tuple, dict[str, list[dict[str, Any]]]]

@@ -66,7 +66,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dstbench import bandwidth, records, registry, stats, threadpools, timing
+from dstbench import bandwidth, cuda_graphs, records, registry, stats, threadpools, timing
 from dstbench import report as reporting
 from dstbench.compare import Ratio, SuiteSpec
 from dstbench.errors import UserError
@@ -110,6 +110,8 @@ DEFAULTS = {
     "l2": ",".join(timing.L2_MODES),
 }
 QUICK = {"cases": "b16-fc1", "sparsity": "0.9", "batch": "1,256", "rounds": 7, "min_time": 0.05, "l2": "warm"}
+#: how each call is issued (``--launch``): from Python one by one, or as the replay of a CUDA graph captured once
+LAUNCH_MODES = ("eager", "graph")
 #: rounds of the end-to-end case in --quick (a ViT-B/16 forward takes ~0.3 s on 2 cores)
 QUICK_E2E_ROUNDS = 6
 _SHAPE = re.compile(r"^(\d+)x(\d+)$")
@@ -132,6 +134,7 @@ class Group:
     device: str
     threads: int
     l2: str
+    launch: str = "eager"
 
     @property
     def e2e(self) -> bool:
@@ -144,8 +147,9 @@ class Group:
     @property
     def group_id(self) -> str:
         shape = "e2e" if self.e2e else f"{self.in_features}x{self.out_features}"
+        launch = "" if self.launch == "eager" else f"/{self.launch}"  # eager ids predate --launch
         return (f"{self.case}/{shape}/s{self.sparsity:g}/b{self.batch}/{self.dtype}/{self.device}"
-                f"/t{self.threads}/l2-{self.l2}")
+                f"/t{self.threads}/l2-{self.l2}{launch}")
 
     def case_id(self, name: str) -> str:
         """The id of the row ``name`` (a method, or a dense implementation of ``dense_baselines.NAMES``)."""
@@ -161,7 +165,8 @@ class Config:
     given in --methods (empty when it was not given). ``dense`` are the
     dense implementations timed in every layer group (``dense_baselines``),
     torch's default first. ``l2`` are the cache modes of the layer and stack
-    groups.
+    groups. ``launch`` are the launch modes (``LAUNCH_MODES``) every group is
+    timed in.
     """
 
     methods: list[str]
@@ -171,6 +176,7 @@ class Config:
     sparsities: list[float]
     batches: list[int]
     l2: list[str]
+    launch: list[str]
     e2e: bool
     rounds: int
     e2e_rounds: int
@@ -190,14 +196,16 @@ class Config:
         A stack case is timed at batch 1 only (one token).
         """
         out = [
-            Group(case, fin, fout, s, b, self.dtype, self.device, self.threads, l2)
+            Group(case, fin, fout, s, b, self.dtype, self.device, self.threads, l2, launch)
             for case, (fin, fout) in self.cases.items()
             for b in ([1] if case in STACK_CASES else self.batches)
             for s in self.sparsities
             for l2 in self.l2
+            for launch in self.launch
         ]
         if self.e2e:
-            out += [Group(E2E_CASE, None, None, s, 1, self.dtype, self.device, self.threads, "warm") for s in self.sparsities]
+            out += [Group(E2E_CASE, None, None, s, 1, self.dtype, self.device, self.threads, "warm", launch)
+                    for s in self.sparsities for launch in self.launch]
         return out
 
     def rounds_of(self, group: Group) -> int:
@@ -231,6 +239,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                      "the caches are emptied, on the CPU by reading a buffer 1.5x the last-level cache, "
                                      "and a twin of the layer is run, so that only the layer's own data is cold) "
                                      "(default warm,cold; --quick on the CPU: warm)")
+    parser.add_argument("--launch", help="comma-separated launch modes (CUDA): eager (every call issued from Python, "
+                                         "its launch overhead included) and graph (each row's call captured once in a "
+                                         "CUDA graph and replayed: the device's time alone, dense and CSR alike) "
+                                         "(default eager,graph on CUDA; eager on the CPU)")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end ViT-B/16 case")
     parser.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -286,6 +298,17 @@ def parse_l2(text: str) -> list[str]:
     return modes
 
 
+def parse_launch(text: str, device: torch.device) -> list[str]:
+    """'eager,graph' -> ['eager', 'graph']; UserError for an unknown or missing mode, or graph off CUDA."""
+    modes = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
+    unknown = [m for m in modes if m not in LAUNCH_MODES]
+    if unknown or not modes:
+        raise UserError(f"--launch takes a comma-separated list of {', '.join(LAUNCH_MODES)}, got {text!r}")
+    if "graph" in modes and device.type != "cuda":
+        raise UserError("--launch graph replays CUDA graphs; use it with --device cuda")
+    return modes
+
+
 def make_method(label: str, **options: Any) -> SparsityMethod:
     """The method of a --methods spec label (``srigl:ablation=false``) with the suite's ``options`` added."""
     spec, = parse_methods(label)
@@ -302,6 +325,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     device = base.resolve_device(args.device)
     # CUDA times both modes by default, --quick too (its flush costs little)
     l2 = parse_l2(args.l2 if args.l2 is not None else DEFAULTS["l2"] if device.type == "cuda" else _preset(args, "l2"))
+    launch = parse_launch(args.launch or (",".join(LAUNCH_MODES) if device.type == "cuda" else "eager"), device)
     if not sparsities:
         raise UserError("--sparsity is empty; give for example --sparsity 0.9")
     if not batches:
@@ -321,7 +345,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     e2e_rounds = rounds if args.rounds is not None or not args.quick else QUICK_E2E_ROUNDS
     return Config(
         methods=methods, named=named, dense=dense_baselines.candidates(device.type, dtype), cases=cases,
-        sparsities=sparsities, batches=batches, l2=l2, e2e=not args.no_e2e,
+        sparsities=sparsities, batches=batches, l2=l2, launch=launch, e2e=not args.no_e2e,
         rounds=rounds, e2e_rounds=e2e_rounds, min_time=float(min_time), threads=threads, device=device.type,
         dtype=args.dtype, impl=args.impl, seed=args.seed, quick=args.quick,
         out=str(args.out or records.default_out(NAME)), notes=[],
@@ -495,6 +519,9 @@ def measure_group(group: Group, workloads: Workloads, names: list[str], config: 
     modules = workloads.modules(group, names)
     x = workloads.input(group)
     fns = {name: (lambda m=module: m(x)) for name, module in modules.items()}
+    if group.launch == "graph":
+        with torch.inference_mode():
+            fns = {name: cuda_graphs.captured(fn, torch.device(config.device), name) for name, fn in fns.items()}
     primers = None
     if group.l2 == "cold" and group.device == "cpu":  # an L2 flush on CUDA leaves the host's code warm: no twins
         primers = {name: (lambda m=twin: m(x)) for name, twin in workloads.twins(group, names).items()}
@@ -542,6 +569,7 @@ def _row(group: Group, name: str, modules: dict[str, nn.Module], samples: dict[s
         "device": group.device,
         "threads": group.threads,
         "l2": group.l2,
+        "launch": group.launch,
         "nnz": _nnz_of(module),
         "n": len(own.samples_s),
         "n_inner": own.n_inner,
@@ -573,6 +601,8 @@ def summary_table(rows: list[dict[str, Any]], device: str) -> str:
     ]
     if device == "cuda" or len({r["l2"] for r in rows}) > 1:
         columns.append(Column("l2", "l2"))
+    if len({r.get("launch", "eager") for r in rows}) > 1:
+        columns.append(Column("launch", lambda r: r.get("launch", "eager")))
     columns += [
         Column("impl", "impl"),
         Column("n", "n", ">"),
@@ -639,9 +669,14 @@ def _run(args: argparse.Namespace) -> int:
         total_blocks = sum(len(config.names(g)) * config.rounds_of(g) for g in pending)
         with tqdm(total=total_blocks, unit="block", file=sys.stderr, desc=NAME) as bar:
             for group in pending:
-                bar.set_postfix_str(f"{group.case} s={group.sparsity:g} b={group.batch} l2={group.l2}")
-                rows = measure_group(group, workloads, config.names(group), config, on_block=lambda: bar.update(1),
-                                     probe=probe_bw)
+                bar.set_postfix_str(f"{group.case} s={group.sparsity:g} b={group.batch} l2={group.l2} {group.launch}")
+                try:
+                    rows = measure_group(group, workloads, config.names(group), config,
+                                         on_block=lambda: bar.update(1), probe=probe_bw)
+                except cuda_graphs.CaptureError as exc:  # the other groups still run; the note says which is missing
+                    config.notes.append(f"{group.group_id} not timed: {exc}")
+                    bar.update(len(config.names(group)) * config.rounds_of(group))
+                    continue
                 store.append_many(row for row in rows if row["case_id"] not in store.done)
         store.finish()
     wanted = {g.case_id(name): None for g in groups for name in config.names(g)}
@@ -658,7 +693,8 @@ SUITE = register_suite(NAME)(base.Suite(
     NAME, "inference latency and speedups", add_arguments, run,
     required=("method", "impl", "case", "sparsity", "batch", "p50_s", "samples_s", "speedup_vs_dense"),
     compare=SuiteSpec(
-        key=("case", "sparsity", "batch", "dtype", "device", "l2"),
+        key=("case", "sparsity", "batch", "dtype", "device", "l2", "launch"),
+        defaults={"launch": "eager"},
         setup=("in_features", "out_features", "threads"),
         ratios={**base.dense_ratios(DENSE), "speedup_vs_csr": Ratio(CSR, None, "vs CSR")}),
     report=reporting.inference_section,

@@ -136,6 +136,21 @@ def test_a_noisy_case_is_never_a_regression_and_says_to_rerun(tmp_path: Path, ca
     assert f"0 regressed, 0 improved, {noisy} noisy" in out.splitlines()[0] and "| noisy | b16-fc1" in out
 
 
+def test_rows_recorded_before_the_launch_field_compare_as_eager(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A baseline without the inference rows' "launch" field still pairs with eager rows, not with graph ones."""
+    old = syn.inference_rows(seed=1, cases=ONE_CASE)
+    for row in old:
+        row.pop("launch", None)
+    eager = [{**row, "launch": "eager"} for row in syn.inference_rows(seed=2, cases=ONE_CASE)]
+    base, new = run_pair(tmp_path, old, eager)
+    code, data = compare_json(capsys, str(base), str(new))
+    assert code == 0 and set(statuses(data).values()) == {"unchanged"}
+    graph = [{**row, "launch": "graph"} for row in syn.inference_rows(seed=2, cases=ONE_CASE)]
+    base, new = run_pair(tmp_path / "g", old, graph)
+    code, data = compare_json(capsys, str(base), str(new))
+    assert code == 0 and "unchanged" not in set(statuses(data).values())
+
+
 def test_changed_impl_and_missing_cases_are_not_comparable(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     base_rows = syn.inference_rows(seed=1)
     new_rows = [r for r in syn.inference_rows(seed=2, impls={"srigl": "reference"}) if r["case"] != "b16-proj"]

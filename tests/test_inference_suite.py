@@ -20,6 +20,7 @@ from torchvision.models import VisionTransformer
 
 from dstbench import bandwidth, records, registry, timing
 from dstbench.cli import main
+from dstbench.errors import UserError
 from dstbench.kernels import ops
 from dstbench.kernels.formats import CondensedWeight, DiagonalWeight
 from dstbench.kernels.layers import CondensedLinear, CSRLinear, DenseLinear, DiagonalLinear
@@ -31,7 +32,8 @@ COLUMNS = {"suite", "method", "impl", "case", "in_features", "out_features", "sp
            "threads", "n", "p50_s", "p90_s", "p99_s", "speedup_vs_dense", "speedup_vs_csr", "case_id", "n_inner",
            "samples_s", "l2", "nnz", "speedup_vs_dense_lo", "speedup_vs_dense_hi", "speedup_vs_csr_lo",
            "speedup_vs_csr_hi", "speedup_vs_torch_dense", "speedup_vs_torch_dense_lo", "speedup_vs_torch_dense_hi",
-           "dense_impl", "torch_dense_impl", "dense_impls", "bytes", "gbps", "ceiling_gbps", "limit_frac", "bw_probe"}
+           "dense_impl", "torch_dense_impl", "dense_impls", "bytes", "gbps", "ceiling_gbps", "limit_frac", "bw_probe",
+           "launch"}
 
 #: the methods a run times by default: the dense and CSR baselines first, then every other registered method
 TIMED = list(dict.fromkeys(["dense", "rigl", *registry.list_methods()]))
@@ -253,6 +255,21 @@ def test_case_names_and_shapes() -> None:
     assert list(inference.parse_cases("h14")) == ["h14-qkv", "h14-proj", "h14-fc1", "h14-fc2"]
     assert inference.parse_cases("h14")["h14-fc1"] == (1280, 5120) and inference.parse_cases("h14-qkv") == {
         "h14-qkv": (1280, 3840)}
+
+
+def test_launch_modes_and_their_group_ids() -> None:
+    """Eager groups keep the ids they always had; graph groups (CUDA only) get their own, end to end too."""
+    assert inference.resolve_config(_parse("--quick", "--threads", "1")).launch == ["eager"]
+    with pytest.raises(UserError, match="--launch graph replays CUDA graphs; use it with --device cuda"):
+        inference.resolve_config(_parse("--quick", "--launch", "graph", "--threads", "1"))
+    with pytest.raises(UserError, match="--launch takes a comma-separated list of eager, graph"):
+        inference.parse_launch("eager,replay", torch.device("cuda"))
+    config = inference.resolve_config(_parse("--quick", "--threads", "1"))
+    config.launch = inference.parse_launch("eager,graph", torch.device("cuda"))
+    ids = [g.group_id for g in config.groups()]
+    assert ids[:2] == ["b16-fc1/768x3072/s0.9/b1/float32/cpu/t1/l2-warm",
+                       "b16-fc1/768x3072/s0.9/b1/float32/cpu/t1/l2-warm/graph"]
+    assert ids[-1] == "vit_b16/e2e/s0.9/b1/float32/cpu/t1/l2-warm/graph" and len(set(ids)) == len(ids) == 6
 
 
 @pytest.mark.parametrize("text", ["hot", "", "warm,flushed"])
