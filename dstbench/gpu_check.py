@@ -7,21 +7,28 @@ On the GPU machine (torch with CUDA and CuPy already installed)::
 
 Steps, each a subprocess with its own time budget (a step that runs past it
 is stopped, recorded as ``timeout``, and the check goes on); the budgets add
-up to ``TOTAL_BUDGET_S`` (7.5 minutes):
+up to ``TOTAL_BUDGET_S`` (8 minutes); ``--steps a,b`` runs only those:
 
 1. ``gpu-tests``: ``pytest -m gpu``, every CUDA kernel against the reference,
    forward and backward, in float32/float16/bfloat16 (and float64) on edge
-   shapes, CUDA-graph capture, and training steps of every registered method
-   on CUDA. torch's cached GPU memory is filled with NaN before each test.
+   shapes and at each batch tile, CUDA-graph capture and replay, the
+   inference suite in both launch modes, and training steps of every
+   registered method on CUDA. torch's cached GPU memory is filled with NaN
+   before each test.
 2. ``sanitizer-memcheck`` and ``sanitizer-racecheck``: the small-shape GPU
    tests (``-m "gpu and small"``) under ``compute-sanitizer``; memcheck with
    torch's caching allocator off, so every tensor has exact bounds. A machine
    that refuses the tool (not installed, "Device not supported") is recorded
    as ``refused`` and the check goes on.
 3. ``inference-layers``: the inference suite on the ViT-B/16 linear shapes at
-   90% sparsity, batch 1, 197 and 256, both L2 modes (warm and flushed).
-4. ``inference-e2e``: torchvision's ViT-B/16 end to end at batch 1, 90%.
+   90% sparsity, batch 1, 197 and 256, both L2 modes (warm and flushed) and
+   both launch modes (eager, and CUDA-graph replay).
+4. ``inference-e2e``: torchvision's ViT-B/16 end to end at batch 1, 90%, both
+   launch modes.
 5. ``training``: the training suite on CUDA (MLP and small ViT, 90%).
+
+The suites time dense, RigL's CSR (the baselines) and SRigL and DynaDiag;
+static and SET run the same CSR layers as RigL and are left out for time.
 
 ``--out DIR`` receives the suites' run folders (``inference-layers/``,
 ``inference-e2e/``, ``training/``) and four files: ``summary.md``,
@@ -51,6 +58,8 @@ from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: the steps run here, on its tests/
 SMALL_TESTS = "gpu and small"
+#: the suites' methods besides their baselines (dense, and RigL's CSR; static and SET run the same CSR layers)
+METHODS = ("--methods", "srigl,dynadiag")
 #: the headline figures of the papers at 90% sparsity on ViT-B/16 (issue 12): (what, method, column, target)
 TARGETS = (
     ("DynaDiag end to end, batch 1, vs CSR", "dynadiag", "speedup_vs_csr", 3.13),
@@ -59,8 +68,11 @@ TARGETS = (
     ("SRigL condensed layer, batch 256, vs CSR", "srigl", "speedup_vs_csr", 10.0),
     ("DynaDiag training step vs RigL", "dynadiag", "speedup_vs_rigl", 1.59),
 )
-_SANITIZER_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) error")
-_PYTEST_SUMMARY = re.compile(r"^=+ (.+ in [\d.]+s.*?) =+$", re.MULTILINE)
+#: memcheck ends with "ERROR SUMMARY: N errors", racecheck with "RACECHECK SUMMARY: H hazards displayed (N errors, ..."
+_SANITIZER_SUMMARY = re.compile(r"(?:ERROR SUMMARY: |RACECHECK SUMMARY: \d+ hazards? displayed \()(\d+) error")
+#: pytest's last line, framed by "=" or (with -q and no failure) bare
+_PYTEST_SUMMARY = re.compile(r"^=* ?(\d+ (?:passed|failed|errors?|skipped|deselected)\b.* in [\d.]+s.*?)(?: =+)?$",
+                             re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,7 @@ def plan(out: Path, python: str = sys.executable) -> list[Step]:
     pytest = (python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests")
 
     def sanitizer(tool: str, env: dict[str, str]) -> Step:
-        return Step(f"sanitizer-{tool}", ("compute-sanitizer", "--tool", tool, *pytest, "-m", SMALL_TESTS), 40,
+        return Step(f"sanitizer-{tool}", ("compute-sanitizer", "--tool", tool, *pytest, "-m", SMALL_TESTS), 45,
                     env, sanitizer=True)
 
     def suite(name: str, suite_name: str, budget_s: int, *options: str) -> Step:
@@ -113,13 +125,15 @@ def plan(out: Path, python: str = sys.executable) -> list[Step]:
         return Step(name, argv, budget_s)
 
     return [
-        Step("gpu-tests", (*pytest, "-m", "gpu", f"--junitxml={out / 'gpu-tests.xml'}"), 110),
+        Step("gpu-tests", (*pytest, "-m", "gpu", f"--junitxml={out / 'gpu-tests.xml'}"), 100),
         sanitizer("memcheck", {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}),
         sanitizer("racecheck", {}),
-        suite("inference-layers", "inference", 120, "--cases", "b16-qkv,b16-proj,b16-fc1,b16-fc2",
-              "--batch", "1,197,256", "--no-e2e", "--rounds", "8", "--min-time", "0.05"),
-        suite("inference-e2e", "inference", 55, "--cases", "", "--batch", "1", "--rounds", "8", "--min-time", "0.1"),
-        suite("training", "training", 85, "--batch-size", "64", "--rounds", "5", "--min-time", "0.2", "--dense", "eager"),
+        suite("inference-layers", "inference", 150, "--cases", "b16-qkv,b16-proj,b16-fc1,b16-fc2",
+              "--batch", "1,197,256", "--no-e2e", *METHODS, "--rounds", "5", "--min-time", "0.03"),
+        suite("inference-e2e", "inference", 55, "--cases", "", "--batch", "1", *METHODS, "--rounds", "6",
+              "--min-time", "0.1"),
+        suite("training", "training", 80, "--batch-size", "64", *METHODS, "--rounds", "5", "--min-time", "0.2",
+              "--dense", "eager"),
     ]
 
 
@@ -237,13 +251,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dstbench.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="folder for the run folders and the summary")
     parser.add_argument("--dry-run", action="store_true", help="print the steps and their budgets, run nothing")
+    parser.add_argument("--steps", help="comma-separated step names to run (default: all, in order)")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     steps = plan(out)
+    if args.steps is not None:
+        names = [name.strip() for name in args.steps.split(",") if name.strip()]
+        unknown = [name for name in names if name not in {step.name for step in steps}]
+        if unknown or not names:
+            print(f"dstbench gpu_check: --steps takes names among {', '.join(step.name for step in steps)}, "
+                  f"got {args.steps!r}", file=sys.stderr)
+            return 2
+        steps = [step for step in steps if step.name in names]
     if args.dry_run:
         for i, step in enumerate(steps, 1):
             print(f"[{i}/{len(steps)}] {step.name} (budget {step.budget_s} s): {step.command}")
-        print(f"total budget {TOTAL_BUDGET_S} s")
+        print(f"total budget {sum(step.budget_s for step in steps)} s")
         return 0
     reason = no_gpu_reason()
     if reason:
