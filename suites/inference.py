@@ -520,8 +520,8 @@ def measure_group(group: Group, workloads: Workloads, names: list[str], config: 
     x = workloads.input(group)
     fns = {name: (lambda m=module: m(x)) for name, module in modules.items()}
     if group.launch == "graph":
-        with torch.inference_mode():
-            fns = {name: cuda_graphs.captured(fn, torch.device(config.device), name) for name, fn in fns.items()}
+        fns = _captured(group, fns, config)
+        names = [name for name in names if name in fns]
     primers = None
     if group.l2 == "cold" and group.device == "cpu":  # an L2 flush on CUDA leaves the host's code warm: no twins
         primers = {name: (lambda m=twin: m(x)) for name, twin in workloads.twins(group, names).items()}
@@ -535,6 +535,25 @@ def measure_group(group: Group, workloads: Workloads, names: list[str], config: 
     fastest = min(dense, key=lambda name: statistics.median(samples[name].samples_s))
     return [{**_row(group, name, modules, samples, dense, fastest), **_traffic(group, modules[name], samples[name], probe)}
             for name in names]
+
+
+def _captured(group: Group, fns: dict[str, Callable[[], object]], config: Config) -> dict[str, Callable[[], None]]:
+    """Each of ``fns`` captured in a CUDA graph (``cuda_graphs.captured``); a sparse row that cannot be captured
+    is left out with a note (its group's other rows are still timed).
+
+    Raises:
+        cuda_graphs.CaptureError: when a dense row cannot be captured: the group has no reference then.
+    """
+    out = {}
+    with torch.inference_mode():
+        for name, fn in fns.items():
+            try:
+                out[name] = cuda_graphs.captured(fn, torch.device(config.device), name)
+            except cuda_graphs.CaptureError as exc:
+                if name in dense_baselines.NAMES:
+                    raise
+                config.notes.append(f"{group.case_id(name)} not timed: {exc}")
+    return out
 
 
 def _traffic(group: Group, module: nn.Module, own: timing.Samples, probe: bandwidth.Bandwidth | None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import VisionTransformer
 
-from dstbench import bandwidth, records, registry, timing
+from dstbench import bandwidth, cuda_graphs, records, registry, timing
 from dstbench.cli import main
 from dstbench.errors import UserError
 from dstbench.kernels import ops
@@ -270,6 +270,30 @@ def test_launch_modes_and_their_group_ids() -> None:
     assert ids[:2] == ["b16-fc1/768x3072/s0.9/b1/float32/cpu/t1/l2-warm",
                        "b16-fc1/768x3072/s0.9/b1/float32/cpu/t1/l2-warm/graph"]
     assert ids[-1] == "vit_b16/e2e/s0.9/b1/float32/cpu/t1/l2-warm/graph" and len(set(ids)) == len(ids) == 6
+
+
+@pytest.mark.parametrize("failing, timed", [("rigl", ["srigl", "dynadiag"]), ("dense", [])])
+def test_a_row_that_cannot_be_captured_is_left_out_with_a_note(failing: str, timed: list[str], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """Graph mode (faked on the CPU): a sparse row that cannot be captured drops out of its group, which is timed
+    without it; a dense one drops the group, whose reference it is. Either way the run goes on and says so."""
+    monkeypatch.setattr(inference, "parse_launch", lambda text, device: ["graph"])
+
+    def fake_capture(fn, device, name):
+        if name == failing:
+            raise cuda_graphs.CaptureError(f"{name} cannot be captured in a CUDA graph (stand-in)")
+        return fn
+
+    monkeypatch.setattr(cuda_graphs, "captured", fake_capture)
+    assert run(tmp_path / "r", "--methods", "srigl,dynadiag") == 0
+    rows = records.load(tmp_path / "r") if timed else None
+    out = capsys.readouterr().out
+    assert f"{failing} cannot be captured in a CUDA graph (stand-in)" in out and "not timed" in out
+    if timed:
+        timed_names = names(rows)
+        assert "rigl" not in timed_names and timed_names[0] == "dense" and timed_names[-2:] == timed
+        assert set(rows["launch"]) == {"graph"} and rows["speedup_vs_csr"].isna().all()
 
 
 @pytest.mark.parametrize("text", ["hot", "", "warm,flushed"])
