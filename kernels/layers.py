@@ -110,10 +110,12 @@ class _KernelLinear(nn.Module):
     """What the layers run by a dstbench kernel share: shape, values, bias, the kernel choice.
 
     In eager mode with nothing to differentiate (``ops.direct``), on the
-    compiled CPU kernels, a call goes to a product bound to the layer's
-    buffers (``kernels.cpu.BoundProduct``), rebound whenever a buffer is
+    compiled CPU kernels or the CUDA kernels, a call goes to a product bound
+    to the layer's buffers (``kernels.cpu.BoundProduct``,
+    ``kernels.cuda.bound.BoundProduct``), rebound whenever a buffer is
     replaced (``.to()``, assignment); that drops the per-call checks of the
-    weights, ~5 us at batch 1, and more when the caches are cold. The bound
+    weights, ~5 us at batch 1 on the CPU, and more when the caches are cold
+    (on CUDA it also replays each batch size's planned launch). The bound
     path runs as little Python as it can (one identity check of the bound
     buffers; for 2-D x, the bound product without ``ops.batched`` around
     it), because with cold caches every Python step costs several times its
@@ -121,7 +123,7 @@ class _KernelLinear(nn.Module):
     operators.
     """
 
-    _binder: str  # the name of the kernels.cpu function binding this layer's buffers
+    _binder: str  # the name of the kernels.cpu / kernels.cuda function binding this layer's buffers
 
     def __init__(self, out_features: int, in_features: int, values: Tensor, bias: Tensor | None, impl: str) -> None:
         super().__init__()
@@ -132,12 +134,15 @@ class _KernelLinear(nn.Module):
         self._bound: tuple[tuple, object] | None = None  # (the buffers bound, the BoundProduct)
 
     def _bind(self, x: Tensor):
-        """A new BoundProduct of the current buffers, or None where the compiled CPU kernels do not run x."""
+        """A new bound product of the current buffers (``kernels.cpu.BoundProduct`` on the CPU,
+        ``kernels.cuda.bound.BoundProduct`` on CUDA), or None where neither the compiled CPU kernels nor the
+        CUDA kernels run x."""
         values = self._buffers["values"]
-        if x.device.type != "cpu" or ops.select_impl(values.device, values.dtype, self.requested_impl) != "cpu":
+        impl = ops.select_impl(values.device, values.dtype, self.requested_impl)
+        if x.device.type != values.device.type or impl not in ("cpu", "cuda") or impl != x.device.type:
             return None
-        bound = getattr(ops.backend("cpu"), self._binder)(*self._weights(), self.in_features, self.out_features,
-                                                          bias=self._buffers["bias"])
+        bound = getattr(ops.backend(impl), self._binder)(*self._weights(), self.in_features, self.out_features,
+                                                         bias=self._buffers["bias"])
         self._bound = (tuple(self._buffers.values()), bound)
         return bound
 

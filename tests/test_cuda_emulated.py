@@ -9,6 +9,8 @@ tensor's end poisons the result.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ import cuda_emulator
 from dstbench.errors import UserError
 from dstbench.kernels import cuda as cuda_backend
 from dstbench.kernels import reference
-from dstbench.kernels.cuda import launches
+from dstbench.kernels.cuda import launches, loader
 from dstbench.kernels.formats import CondensedWeight, DiagonalWeight
 
 pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None, reason="no g++ to build the host emulator")
@@ -384,3 +386,80 @@ def test_sizes_beyond_32_bits_raise() -> None:
     """A size that overflows the kernels' 32-bit arguments raises a clear UserError."""
     with pytest.raises(UserError, match="32-bit"):
         launches._i32(2**31)
+
+
+class EmulatedPrepared:
+    """loader.Prepared for the emulator: replays the recorded launch with x's and y's positions refilled."""
+
+    replays = 0
+
+    def __init__(self, launch: launches.Launch, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.launch, self.x, self.y = launch, [a is x for a in launch.args], [a is y for a in launch.args]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        EmulatedPrepared.replays += 1
+        args = tuple(x if is_x else y if is_y else a for a, is_x, is_y in zip(self.launch.args, self.x, self.y))
+        run(dataclasses.replace(self.launch, args=args))
+
+
+@pytest.fixture
+def emulated_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kernels.cuda's bound products on CPU tensors, launching through the emulator."""
+    monkeypatch.setattr(cuda_backend, "_unavailable_reason", lambda device, dtype: None)
+    monkeypatch.setattr(loader, "run", run)
+    monkeypatch.setattr(loader, "Prepared", EmulatedPrepared)
+    EmulatedPrepared.replays = 0
+
+
+def test_bound_products_plan_once_and_replay(emulated_loader: None) -> None:
+    """A bound product records each batch size's launch on the first call and replays it with new x and y after;
+    the replay matches the reference, and an in-place change of a buffer is checked and bound again."""
+    dt = torch.float64
+    x, offsets, values, _ = diag_data(150, 40, 20, 30, dt, seed=14)
+    bias = torch.randn(150, dtype=dt)
+    bound = cuda_backend.bind_diag_mm(offsets, values, 40, 150, bias=bias)
+    for _ in range(2):
+        x = torch.randn(20, 40, dtype=dt)
+        assert_close(bound(x), reference.diag_mm(x, offsets, values, 150) + bias,
+                     reference.diag_mm(x.abs(), offsets, values.abs(), 150) + bias.abs(), dt)
+    assert EmulatedPrepared.replays == 1
+    values.mul_(-2.0)  # in place: the version moves, the next call rebinds (and plans again)
+    assert_close(bound(x), reference.diag_mm(x, offsets, values, 150) + bias,
+                 reference.diag_mm(x.abs(), offsets, values.abs(), 150) + bias.abs(), dt)
+    offsets[0] = 150  # now out of range: checked again, refused in one line
+    with pytest.raises(UserError, match=r"diagonal offsets must lie in \[0, 150\), found 150"):
+        bound(x)
+
+    x, values, indices, rows, _ = condensed_data(50, 41, 37, 7, 3, torch.int16, dt, seed=14)
+    bound = cuda_backend.bind_condensed_mm(values, indices, rows, 41, 50, bias=bias[:50])
+    for _ in range(2):
+        x = torch.randn(37, 41, dtype=dt)
+        assert_close(bound(x), reference.condensed_mm(x, values, indices, rows, 50) + bias[:50],
+                     reference.condensed_mm(x.abs(), values.abs(), indices, rows, 50) + bias[:50].abs(), dt)
+    assert EmulatedPrepared.replays == 2
+
+
+def test_bound_product_without_a_replayable_launch(emulated_loader: None) -> None:
+    """Inputs too wide to stage read a transposed copy of x: launched through launches on every call, unchecked."""
+    dt = torch.float64
+    x, values, indices, rows, _ = condensed_data(7, 7000, 3, 69, 2, torch.int32, dt, seed=15)
+    bound = cuda_backend.bind_condensed_mm(values, indices, rows, 7000, 7)
+    for _ in range(2):
+        x = torch.randn(3, 7000, dtype=dt)
+        assert_close(bound(x), reference.condensed_mm(x, values, indices, rows, 7),
+                     reference.condensed_mm(x.abs(), values.abs(), indices, rows, 7), dt)
+    assert EmulatedPrepared.replays == 0
+
+
+def test_bound_product_sends_other_inputs_to_the_checked_path(emulated_loader: None) -> None:
+    dt = torch.float64
+    _, offsets, values, _ = diag_data(30, 20, 4, 5, dt, seed=16)
+    bound = cuda_backend.bind_diag_mm(offsets, values, 20, 30)
+    with pytest.raises(UserError, match="mixed inputs"):
+        bound(torch.randn(4, 20, dtype=torch.float32))
+    with pytest.raises(UserError, match="2-D tensors"):
+        bound(torch.randn(20, dtype=dt))
+    x = torch.randn(20, 4, dtype=dt).t()  # not contiguous: the checked path makes it so
+    assert_close(bound(x), reference.diag_mm(x, offsets, values, 30),
+                 reference.diag_mm(x.abs(), offsets, values.abs(), 30), dt)
+    assert EmulatedPrepared.replays == 0

@@ -17,7 +17,9 @@ attribute reads only); the pattern (offsets in [0, P); condensed indices in
 since it needs a host sync, and cached per pattern tensor and version
 (``pattern_cache``). A bad pattern raises a one-line ``UserError`` before any
 kernel runs. Forward calls take an optional ``bias`` (out,), added inside the
-kernel.
+kernel. ``bind_diag_mm`` / ``bind_condensed_mm`` check a layer's buffers once
+and return a product that replays each batch size's planned launch
+(``bound``): the inference layers' eager path.
 
 Kernels and launch geometry (sources in ``kernels/diagonal/diagonal.cu`` and
 ``kernels/condensed/condensed.cu``; tile sizes in ``sources.TILES``):
@@ -86,10 +88,13 @@ from torch import Tensor
 from dstbench.errors import UserError
 from dstbench.kernels.arguments import check_bias
 from dstbench.kernels.cuda import launches, loader
+from dstbench.kernels.cuda.bound import Binding, BoundProduct
 from dstbench.kernels.cuda.pattern_cache import PatternCache
 from dstbench.kernels.cuda.sources import INDEX_TYPES, SCALAR_TYPES
 
 __all__ = [
+    "bind_condensed_mm",
+    "bind_diag_mm",
     "condensed_input_grad",
     "condensed_mm",
     "condensed_values_grad",
@@ -190,6 +195,21 @@ def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, trans
     return launches.diag_mm(x.contiguous(), offsets, values.contiguous(), out_features, loader.run, transpose, bias)
 
 
+def bind_diag_mm(offsets: Tensor, values: Tensor, in_features: int, out_features: int,
+                 bias: Tensor | None = None) -> BoundProduct:
+    """``diag_mm(x, offsets, values, out_features, bias=bias)`` bound to these weights (``bound.BoundProduct``)."""
+
+    def bind() -> Binding:
+        _check_floats(values)
+        ids = _check_diag(offsets, values, out_features, in_features)
+        vals, b = values.contiguous(), check_bias(bias, values, out_features)
+        return Binding(lambda x, runner: launches.diag_mm(x, ids, vals, out_features, runner, bias=b),
+                       lambda x, batch: torch.empty(batch, out_features, dtype=x.dtype, device=x.device),
+                       lambda x: diag_mm(x, ids, vals, out_features, bias=b), (ids, vals, b))
+
+    return BoundProduct(bind, (offsets, values, bias), in_features, out_features)
+
+
 def diag_values_grad(dy: Tensor, x: Tensor, offsets: Tensor) -> Tensor:
     """dV[k, j] = sum_b dy[b, row(k, j)] * x[b, col(k, j)]; dy (B, out), x (B, in) -> (K, D)."""
     _check_floats(dy, x)
@@ -230,6 +250,23 @@ def condensed_mm(x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor
     indices, rows = _condensed_pattern(indices, active_rows, tuple(values.shape), x.shape[1], out_features)
     bias = check_bias(bias, x, out_features)
     return launches.condensed_mm(x.contiguous(), values.contiguous(), indices, rows, out_features, loader.run, bias)
+
+
+def bind_condensed_mm(values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int, out_features: int,
+                      bias: Tensor | None = None) -> BoundProduct:
+    """``condensed_mm(x, values, indices, active_rows, out_features, bias=bias)`` bound to these weights."""
+
+    def bind() -> Binding:
+        _check_floats(values)
+        _on_device(indices, values)
+        idx, rows = _condensed_pattern(indices, active_rows, tuple(values.shape), in_features, out_features)
+        vals, b = values.contiguous(), check_bias(bias, values, out_features)
+        n_active = vals.shape[0]
+        return Binding(lambda x, runner: launches.condensed_mm(x, vals, idx, rows, out_features, runner, bias=b),
+                       lambda x, batch: launches.condensed_output(x, batch, n_active, out_features, b),
+                       lambda x: condensed_mm(x, vals, idx, rows, out_features, bias=b), (vals, idx, rows, b))
+
+    return BoundProduct(bind, (values, indices, active_rows, bias), in_features, out_features)
 
 
 def condensed_values_grad(dy: Tensor, x: Tensor, indices: Tensor, active_rows: Tensor) -> Tensor:

@@ -215,6 +215,16 @@ def _transposed(t: Tensor) -> Tensor:
     return t if t.shape[0] == 1 else t.t().contiguous()
 
 
+def condensed_output(x: Tensor, batch: int, n_active: int, out_features: int, bias: Tensor | None) -> Tensor:
+    """The output condensed_mm's kernel writes into: uninitialised when every column is an active row, else the
+    columns of ablated rows hold the bias (0 without one); (batch, out_features), x's dtype and device."""
+    if n_active == out_features and batch > 0:
+        return torch.empty(batch, out_features, dtype=x.dtype, device=x.device)  # every element is written
+    if bias is None:
+        return torch.zeros(batch, out_features, dtype=x.dtype, device=x.device)
+    return bias.expand(batch, out_features).contiguous()
+
+
 def condensed_mm(x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, out_features: int,
                  runner: Runner, bias: Tensor | None = None) -> Tensor:
     """y[b, active_rows[i]] = sum_j values[i, j] * x[b, indices[i, j]] (+ bias); (B, out_features).
@@ -223,12 +233,7 @@ def condensed_mm(x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor
     """
     batch, n_in = x.shape
     n_active, fan_in = values.shape
-    if n_active == out_features and batch > 0:
-        y = torch.empty(batch, out_features, dtype=x.dtype, device=x.device)  # every element is written
-    elif bias is None:
-        y = torch.zeros(batch, out_features, dtype=x.dtype, device=x.device)
-    else:
-        y = bias.expand(batch, out_features).contiguous()
+    y = condensed_output(x, batch, n_active, out_features, bias)
     if batch == 0 or n_active == 0:
         return y
     if batch >= DIAG_TILED_MIN_BATCH:

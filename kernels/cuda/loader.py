@@ -94,6 +94,43 @@ def _launch(launch: Launch, index: int) -> None:
     fn(launch.grid, launch.block, args, shared_mem=launch.shared_bytes, stream=_stream(index))
 
 
+class Prepared:
+    """``launch`` ready to replay on new x and y tensors of its shapes: its kernel function, shared-memory limit
+    and every other argument resolved once; a call fills in x's and y's pointers and launches on torch's current
+    stream (as ``run``).
+
+    Args:
+        launch: a launch made for ``x`` and ``y``; its other tensor arguments must outlive this object.
+        x, y: the tensors whose positions in ``launch.args`` later calls fill.
+    """
+
+    __slots__ = ("_launch", "_fn", "_index", "_args", "_x", "_y")
+
+    def __init__(self, launch: Launch, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._launch, self._index = launch, launch.args[0].device.index
+        self._x = tuple(i for i, a in enumerate(launch.args) if a is x)
+        self._y = tuple(i for i, a in enumerate(launch.args) if a is y)
+        self._args = [a.data_ptr() if isinstance(a, torch.Tensor) else (0 if a is None else a) for a in launch.args]
+        cupy = _import_cupy()[0]
+        with cupy.cuda.Device(self._index):
+            self._fn = _function(launch, self._index)
+            _allow_shared(self._fn, launch.shared_bytes)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        args = self._args
+        for i in self._x:
+            args[i] = x.data_ptr()
+        for i in self._y:
+            args[i] = y.data_ptr()
+        launch, index = self._launch, self._index
+        cupy = _import_cupy()[0]
+        if cupy.cuda.runtime.getDevice() == index:
+            self._fn(launch.grid, launch.block, tuple(args), shared_mem=launch.shared_bytes, stream=_stream(index))
+        else:
+            with cupy.cuda.Device(index):
+                self._fn(launch.grid, launch.block, tuple(args), shared_mem=launch.shared_bytes, stream=_stream(index))
+
+
 def run(launch: Launch) -> None:
     """Launch on the GPU that holds the launch's tensors, on torch's current stream there."""
     cupy = _import_cupy()[0]
