@@ -75,18 +75,50 @@ def _check_target(out: Path, suite: str) -> None:
         records.check_folder(out, suite)
 
 
-def update(out: Path, suite_args: Sequence[str], suite: str = DEFAULT_SUITE) -> Run:
-    """Regenerate the baseline at ``out``: run ``suite`` into a sibling folder, then swap it in."""
+def recorded_suite_args(run: Run) -> list[str]:
+    """The suite options a finished run was started with (its argv after ``run``, less --suite and --out).
+
+    Raises:
+        UserError: for a run that did not finish or has no recorded command line.
+    """
+    if not run.meta.get("finished_at"):
+        raise UserError(f"{run.path} did not finish; resume it to the end before it can be a baseline")
+    argv = list(run.env.get("argv") or [])
+    if "run" not in argv:
+        raise UserError(f"{run.path} does not record the command that made it; make the baseline with "
+                        "'dstbench baseline update' instead")
+    args, rest = [], argv[argv.index("run") + 1:]
+    while rest:
+        arg = rest.pop(0)
+        if arg in ("--suite", "--out"):
+            rest = rest[1:]
+        elif not arg.startswith(("--suite=", "--out=")):
+            args.append(arg)
+    return args
+
+
+def update(out: Path, suite_args: Sequence[str], suite: str = DEFAULT_SUITE, source: Path | None = None) -> Run:
+    """Regenerate the baseline at ``out``: run ``suite`` into a sibling folder (or copy the finished run folder
+    ``source`` there, recording the options it was run with), then swap it in."""
     out = Path(out)
-    suite = check_suite(suite)
-    suite_args = _check_suite_args(suite_args)
+    if source is not None:
+        if suite_args:
+            raise UserError(f"--from {source} takes the suite options that run recorded; drop {' '.join(suite_args)}")
+        adopted = load_run(source)
+        suite, suite_args = check_suite(adopted.suite), recorded_suite_args(adopted)
+    else:
+        suite = check_suite(suite)
+        suite_args = _check_suite_args(suite_args)
     _check_target(out, suite)
     out.parent.mkdir(parents=True, exist_ok=True)
     fresh = out.with_name(f".{out.name}.new-{os.getpid()}")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     shutil.rmtree(fresh, ignore_errors=True)
     try:
-        run_suite(suite, suite_args, fresh)
+        if source is not None:
+            shutil.copytree(source, fresh, ignore=shutil.ignore_patterns(records.LOCK_FILE))
+        else:
+            run_suite(suite, suite_args, fresh)
         info = {"suite": suite, "suite_args": suite_args}
         records.atomic_write_text(fresh / INFO_FILE, json.dumps(info, indent=2) + "\n")
         if out.exists():
@@ -181,6 +213,10 @@ def main(argv: Sequence[str]) -> int:
     up.add_argument("--out", type=Path, default=DEFAULT_DIR, help=f"the baseline folder (default {DEFAULT_DIR})")
     up.add_argument("--suite", default=DEFAULT_SUITE,
                     help=f"the suite whose speedups the baseline tracks (default {DEFAULT_SUITE})")
+    up.add_argument("--from", dest="source", type=Path,
+                    help="make a finished run folder the baseline instead of running the suite (its recorded options "
+                         "are the ones check reruns): for runs made where this command cannot rerun them, a GPU "
+                         "check's suite folders say")
     chk = sub.add_parser("check", help="rerun the baseline's suite options and compare with it (CI)",
                          description="Run the baseline's suite with its options and compare the speedups; "
                                      "exit 1 on a regression.")
@@ -192,6 +228,6 @@ def main(argv: Sequence[str]) -> int:
         if rest:
             raise UserError(f"dstbench baseline check takes no suite options (it reuses the baseline's): {' '.join(rest)}")
         return check(args)
-    run = update(args.out, rest, args.suite)
+    run = update(args.out, rest, args.suite, args.source)
     print(f"baseline {args.out} updated: {len(run.rows)} rows measured on {machine_class(run)!r}")
     return 0

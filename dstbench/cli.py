@@ -10,6 +10,7 @@ import sys
 import warnings
 from typing import Sequence
 
+from dstbench import env as envinfo
 from dstbench import registry
 from dstbench.errors import OneLineParser, UserError
 
@@ -34,7 +35,8 @@ def cmd_run(argv: Sequence[str]) -> int:
         raise UserError(f"dstbench run needs --suite NAME, one of: {', '.join(registry.list_suites())}")
     parser = _run_parser(known.suite)
     args = parser.parse_args(argv)
-    return registry.get_suite(args.suite).run(args)
+    with envinfo.running(["run", *argv]):
+        return registry.get_suite(args.suite).run(args)
 
 
 def cmd_list(argv: Sequence[str]) -> int:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -57,6 +58,23 @@ def commit() -> dict[str, Any]:
     return {"git_sha": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None}
 
 
+#: the ``dstbench`` command being run in this process (set by the CLI around a suite run), else None
+_command: list[str] | None = None
+
+
+@contextlib.contextmanager
+def running(command: Sequence[str]) -> Iterator[None]:
+    """Record ``command`` (``dstbench``'s arguments, such as ``["run", "--suite", ...]``) as the argv of the runs
+    made inside: a suite run in-process (``dstbench baseline``, tests) then records its own command line, not the
+    process's."""
+    global _command
+    previous, _command = _command, list(command)
+    try:
+        yield
+    finally:
+        _command = previous
+
+
 def capture(threads: int | None = None) -> dict[str, Any]:
     """A JSON-ready description of this machine, software and commit."""
     return {
@@ -72,7 +90,7 @@ def capture(threads: int | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "hostname": platform.node(),
         "threads": threads if threads is not None else torch.get_num_threads(),
-        "argv": sys.argv,
+        "argv": sys.argv if _command is None else [sys.argv[0], *_command],
     }
 
 

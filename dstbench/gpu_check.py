@@ -231,6 +231,8 @@ def summary_markdown(results: Sequence[Result], entries: Sequence[dict[str, Any]
                      f"{'yes' if e['met'] else 'no'} |")
     if not entries:
         lines.append("| (no suite rows recorded) | | | | |")
+    lines += ["", "Keep the layer rows as the GPU baseline (once their step passed): `dstbench baseline update --out "
+              "results/baselines/gpu-h200 --from DIR/inference-layers`, DIR being this folder."]
     return "\n".join(lines) + "\n"
 
 

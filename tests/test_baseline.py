@@ -183,3 +183,37 @@ def test_the_baseline_tracks_the_suite_it_was_made_of(tmp_path: Path, capsys: py
         _SUITES.pop("toy")
     assert runs == [True, True]
     assert "### dstbench compare (toy)" in capsys.readouterr().out
+
+
+def test_update_from_a_finished_run_adopts_its_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """--from makes a run made elsewhere (a GPU check's suite folder, say) the baseline, with the options it ran
+    with; check then reruns those and finds nothing changed."""
+    monkeypatch.setattr(timing, "interleaved", fake_interleaved({}))
+    run = tmp_path / "gpu-check" / "inference-layers"
+    assert main(["run", "--suite", "inference", *TINY, "--out", str(run)]) == 0
+    (run / "writer.lock").write_text("left by a killed writer\n")
+    out = tmp_path / "baselines" / "gpu"
+    assert main(["baseline", "update", "--out", str(out), "--from", str(run)]) == 0
+    assert json.loads((out / "baseline.json").read_text()) == {"suite": "inference", "suite_args": TINY}
+    assert (out / "rows.jsonl").read_text() == (run / "rows.jsonl").read_text() and not (out / "writer.lock").exists()
+    capsys.readouterr()
+    assert main(["baseline", "check", "--baseline", str(out), "--out", str(tmp_path / "check")]) == 0
+    assert "0 regressed" in capsys.readouterr().out
+
+
+def test_update_from_refuses_an_unfinished_run_and_extra_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(timing, "interleaved", fake_interleaved({}))
+    run = tmp_path / "run"
+    assert main(["run", "--suite", "inference", *TINY, "--out", str(run)]) == 0
+    out = tmp_path / "base"
+    assert main(["baseline", "update", "--out", str(out), "--from", str(run), "--batch", "4"]) == 2
+    assert "takes the suite options that run recorded; drop --batch 4" in capsys.readouterr().err
+    meta = json.loads((run / "run.json").read_text())
+    meta["finished_at"] = None
+    (run / "run.json").write_text(json.dumps(meta))
+    assert main(["baseline", "update", "--out", str(out), "--from", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did not finish; resume it to the end" in err
+    assert not out.exists()
