@@ -335,7 +335,8 @@ def _compare_case(spec: SuiteSpec, metric: str, key: tuple, method: str, label: 
 
 
 def _varying(spec: SuiteSpec, runs: Sequence[Run]) -> set[str]:
-    return {name for name in spec.key if len({row.get(name) for run in runs for row in run.rows}) > 1}
+    keys = [_key(spec, row) for run in runs for row in run.rows]
+    return {name for i, name in enumerate(spec.key) if len({key[i] for key in keys}) > 1}
 
 
 def _describe(run: Run) -> dict[str, Any]:

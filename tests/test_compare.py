@@ -145,6 +145,7 @@ def test_rows_recorded_before_the_launch_field_compare_as_eager(tmp_path: Path, 
     base, new = run_pair(tmp_path, old, eager)
     code, data = compare_json(capsys, str(base), str(new))
     assert code == 0 and set(statuses(data).values()) == {"unchanged"}
+    assert not any("launch" in c["case"] for c in data["comparisons"])  # the same in both: not in the labels
     graph = [{**row, "launch": "graph"} for row in syn.inference_rows(seed=2, cases=ONE_CASE)]
     base, new = run_pair(tmp_path / "g", old, graph)
     code, data = compare_json(capsys, str(base), str(new))
