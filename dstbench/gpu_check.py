@@ -213,6 +213,8 @@ def headline(out: Path) -> list[dict[str, Any]]:
             where = row.get("model") or row.get("case")
             if row.get("l2"):
                 where = f"{where} l2={row['l2']}"
+            if row.get("launch"):
+                where = f"{where} {row['launch']}"
             entries.append({"what": what, "where": where, "target": target, "measured": row[column],
                             "lo": row.get(f"{column}_lo"), "hi": row.get(f"{column}_hi"),
                             "met": row[column] >= target})

@@ -89,8 +89,8 @@ def test_runs_steps_within_budget_and_writes_at_most_8_files(tmp_path: Path, mon
     monkeypatch.setattr(gpu_check, "plan", lambda out: steps)
     monkeypatch.setattr(gpu_check, "no_gpu_reason", lambda: None)
     (tmp_path / "inference-e2e").mkdir()
-    rows = [{"method": "dynadiag", "e2e": True, "case": "vit_b16", "l2": "warm", "speedup_vs_csr": 3.5,
-             "speedup_vs_csr_lo": 3.2, "speedup_vs_csr_hi": 3.9, "speedup_vs_dense": 1.2}]
+    rows = [{"method": "dynadiag", "e2e": True, "case": "vit_b16", "l2": "warm", "launch": "graph",
+             "speedup_vs_csr": 3.5, "speedup_vs_csr_lo": 3.2, "speedup_vs_csr_hi": 3.9, "speedup_vs_dense": 1.2}]
     (tmp_path / "inference-e2e" / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     assert gpu_check.main(["--out", str(tmp_path)]) == 1  # the timeout fails the check
@@ -101,7 +101,7 @@ def test_runs_steps_within_budget_and_writes_at_most_8_files(tmp_path: Path, mon
     assert summary["steps"][0]["detail"] == "2 passed in 0.1s"
     met = {(h["what"], h["met"]) for h in summary["headline"]}
     assert met == {("DynaDiag end to end, batch 1, vs CSR", True), ("DynaDiag end to end, batch 1, vs dense", False)}
-    assert "| 3.13x | 3.50x [3.20, 3.90] | yes |" in (tmp_path / "summary.md").read_text()
+    assert "| vit_b16 l2=warm graph | 3.13x | 3.50x [3.20, 3.90] | yes |" in (tmp_path / "summary.md").read_text()
     files = [p for p in tmp_path.iterdir() if p.is_file()]
     assert sorted(p.name for p in files) == ["check.log", "summary.json", "summary.md"] and len(files) <= 8
     assert "===== slow:" in (tmp_path / "check.log").read_text()
