@@ -166,23 +166,27 @@ def inference_section(report: Report, frame: pd.DataFrame, references: Sequence[
         "were emptied and a twin of the layer was run (neither timed), so that only the layer's own data was cold; "
         "the others are warm, each call finding the layer's data where the last one left it. "
         "The bandwidth figures hold each call's bytes (stored tensors, input and output) over its median latency "
-        "against the read bandwidth measured in the same run.")
-    frame = frame.assign(l2=frame["l2"].fillna("warm") if "l2" in frame else "warm")
+        "against the read bandwidth measured in the same run. On CUDA, figures and tables marked graph replayed each "
+        "call from a CUDA graph captured once (the device's time alone); the others launched every call from Python.")
+    frame = frame.assign(l2=frame["l2"].fillna("warm") if "l2" in frame else "warm",
+                         launch=frame["launch"].fillna("eager") if "launch" in frame else "eager")
     for machine, rows in frame.groupby("machine", sort=False):
         prefix = f"{slug(machine)}-" if several else ""
         section.blocks.append(f"### {machine}")
-        for (case, l2), case_rows in rows.groupby(["case", "l2"], sort=False):
-            title = _with_machine(_case_title(case_rows, case) + _caches(l2), machine, several)
-            stem = f"{prefix}{slug(case)}{_suffix(l2)}"
+        for (case, l2, launch), case_rows in rows.groupby(["case", "l2", "launch"], sort=False):
+            title = _with_machine(_case_title(case_rows, case) + _caches(l2) + _launched(launch), machine, several)
+            stem = f"{prefix}{slug(case)}{_suffix(l2)}{_launch_suffix(launch)}"
             report.figure(section, plots.speedup_figure(case_rows, title, baseline), f"speedup-{stem}",
                           f"Speedup over dense, {title}", case_rows)
             for batch, batch_rows in case_rows.groupby("batch", sort=True):
                 report.figure(section, plots.latency_figure(batch_rows, f"{title}, batch {batch}", baseline),
                               f"latency-{stem}-b{batch}", f"Latency per call, {title}, batch {batch}", batch_rows)
-        roofline_section(report, section, rows, machine, several)
-    for l2, rows in frame.groupby("l2", sort=False):
-        report.table(section, tables.speedup_pivot(rows, several, baseline), f"inference-speedup{_suffix(l2)}", rows)
-        report.table(section, tables.inference_table(rows, several), f"inference{_suffix(l2)}", rows, inline=False)
+        for launch, launch_rows in rows.groupby("launch", sort=False):
+            roofline_section(report, section, launch_rows, machine, several, launch)
+    for (l2, launch), rows in frame.groupby(["l2", "launch"], sort=False):
+        suffix = f"{_suffix(l2)}{_launch_suffix(launch)}"
+        report.table(section, tables.speedup_pivot(rows, several, baseline), f"inference-speedup{suffix}", rows)
+        report.table(section, tables.inference_table(rows, several), f"inference{suffix}", rows, inline=False)
 
 
 def _caches(l2: str) -> str:
@@ -195,17 +199,28 @@ def _suffix(l2: str) -> str:
     return "" if l2 == "warm" else f"-{slug(l2)}"
 
 
-def roofline_section(report: Report, section: Section, frame: pd.DataFrame, machine: str, several: bool) -> None:
-    """Achieved bandwidth against bytes per call, one figure per batch, of the rows of one machine that record it
-    (the layer and stack cases of runs that measured bytes; nothing for older runs)."""
+def _launched(launch: str) -> str:
+    """The title part of a launch mode: nothing for eager (every CPU run), ', CUDA-graph replay' for graph."""
+    return "" if launch == "eager" else ", CUDA-graph replay"
+
+
+def _launch_suffix(launch: str) -> str:
+    """The file-name part of a launch mode: nothing for eager, '-graph' for graph."""
+    return "" if launch == "eager" else f"-{slug(launch)}"
+
+
+def roofline_section(report: Report, section: Section, frame: pd.DataFrame, machine: str, several: bool,
+                     launch: str = "eager") -> None:
+    """Achieved bandwidth against bytes per call, one figure per batch, of the rows of one machine and launch mode
+    that record it (the layer and stack cases of runs that measured bytes; nothing for older runs)."""
     if "gbps" not in frame:
         return
     rows = frame[frame["gbps"].notna() & frame["bytes"].notna()]
     prefix = f"{slug(machine)}-" if several else ""
     for batch, batch_rows in rows.groupby("batch", sort=True):
-        title = _with_machine(f"batch {batch}", machine, several)
+        title = _with_machine(f"batch {batch}{_launched(launch)}", machine, several)
         report.figure(section, plots.roofline_figure(batch_rows, f"Bandwidth per call, {title}"),
-                      f"roofline-{prefix}b{batch}",
+                      f"roofline-{prefix}b{batch}{_launch_suffix(launch)}",
                       f"Achieved bandwidth (bytes a call moves / median latency) against bytes per call, {title}: "
                       "every layer and stack case and sparsity; the grey line is the read bandwidth the run measured "
                       "at each working set (warm) or beyond the last-level cache (cold), which limit_frac divides by",

@@ -87,6 +87,24 @@ def test_runs_from_two_machines_are_labelled_by_machine(runs: dict[str, Path], t
     assert "### NVIDIA H100 80GB HBM3" in index and "fedcba9876" in index
 
 
+def test_eager_and_graph_launches_get_their_own_figures_and_tables(tmp_path: Path) -> None:
+    """A GPU run timed in both launch modes: no figure or table mixes a graph row with an eager one."""
+    rows = [{**row, "device": "cuda", "impl": "cuda", "launch": launch}
+            for launch in ("eager", "graph")
+            for row in syn.inference_rows(cases=ONE_CASE, sparsities=(0.9,), batches=(1,), seed=6)]
+    for row in rows:
+        if row["launch"] == "graph":
+            row["case_id"] += "/graph"
+    run = syn.write_run(tmp_path / "gpu", "inference", rows, gpu_name="NVIDIA H200")
+    out = tmp_path / "report"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert {"speedup-b16-fc1", "speedup-b16-fc1-graph", "latency-b16-fc1-b1", "latency-b16-fc1-graph-b1"} <= stems(
+        out / "figures")
+    for stem in ("inference-speedup", "inference-speedup-graph", "inference", "inference-graph"):
+        assert (out / "tables" / f"{stem}.md").exists(), stem
+    assert "Speedup over dense, b16-fc1 (768→3072), CUDA-graph replay" in (out / "index.md").read_text()
+
+
 def test_rerun_replaces_an_earlier_report(runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "again"
     assert main(["report", str(runs["inference"]), str(runs["accuracy"]), "--out", str(out)]) == 0
