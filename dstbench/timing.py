@@ -29,9 +29,9 @@ Two cache modes (the ``l2`` of the records), timed the same way:
   that back (and wakes the thread pools), so that the call pays for its own
   data coming from memory, page walks included, as a layer of a model whose
   weights exceed the caches does, and not for a cold interpreter. An
-  eviction costs far more than a call (~0.1 s for a 720 MB buffer), so a CPU
-  cold block is calibrated on its wall time, evictions included: it lasts
-  ``min_time`` like a warm block, and holds fewer calls.
+  eviction costs far more than a call (~0.1 s for a 720 MB buffer), so a cold
+  block (CPU or CUDA) is calibrated on its wall time, evictions included: it
+  lasts ``min_time`` like a warm block, and holds fewer calls.
 """
 
 from __future__ import annotations
@@ -177,26 +177,37 @@ def evictor(device: torch.device) -> Evictor:
     return Evictor(device)
 
 
-def cuda_cold_block_timer(fn: Callable[[], object], threads: int, device: torch.device) -> BlockTimer:
-    """A function ``n -> seconds``: the summed CUDA-event time of n calls, each after an L2 flush.
+class CUDAColdBlockTimer:
+    """``n -> seconds``: the summed CUDA-event time of n calls, each after an L2 flush (zeroing a buffer of twice
+    the L2 size), which is not part of the time.
 
-    The flush (zeroing a buffer of twice the L2 size) is not part of the time.
+    ``wall(n)`` runs the same block and returns its wall time, flushes included; ``interleaved`` calibrates the
+    calls per block on it, as for a CPU cold block: a flush takes longer than a small call, so a block calibrated
+    on the calls' time alone would run for many times ``min_time``.
     """
-    evict = evictor(device)
 
-    def block(n: int) -> float:
+    def __init__(self, fn: Callable[[], object], threads: int, device: torch.device) -> None:
+        self.fn, self.threads, self.device = fn, threads, device
+        self.evict = evictor(device)
+        self.last_wall_s = 0.0
+
+    def __call__(self, n: int) -> float:
+        begin = time.perf_counter()
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-        with set_torch_threads(threads):
+        with set_torch_threads(self.threads):
             for start, end in zip(starts, ends):
-                evict()
+                self.evict()
                 start.record()
-                fn()
+                self.fn()
                 end.record()
-            torch.cuda.synchronize(device)
+            torch.cuda.synchronize(self.device)
+        self.last_wall_s = time.perf_counter() - begin
         return sum(s.elapsed_time(e) for s, e in zip(starts, ends)) / 1e3
 
-    return block
+    def wall(self, n: int) -> float:
+        self(n)
+        return self.last_wall_s
 
 
 class CPUColdBlockTimer:
@@ -242,7 +253,7 @@ def block_timer(fn: Callable[[], object], threads: int, device: torch.device, l2
         return warm_block_timer(fn, threads)
     if l2 == "cold":
         if device.type == "cuda":
-            return cuda_cold_block_timer(fn, threads, device)
+            return CUDAColdBlockTimer(fn, threads, device)
         return CPUColdBlockTimer(fn, threads, device, primer)
     raise ValueError(f"unknown L2 mode {l2!r}; choose one of {L2_MODES}")
 
@@ -297,7 +308,7 @@ def interleaved(
     Args:
         fns: name -> function of no arguments (one call = one unit to time).
         rounds: R, the number of samples per function.
-        min_time: seconds each timed block lasts at least (sets n_inner; for a CPU cold block, of wall time).
+        min_time: seconds each timed block lasts at least (sets n_inner; for a cold block, of wall time).
         threads: intra-op threads during the timed calls.
         device: where the functions run (CUDA is synchronized).
         l2: "warm" or "cold", see the module docstring.
@@ -322,7 +333,7 @@ def interleaved(
         with set_torch_threads(own[name]):
             with context(name):
                 warm_up(fns[name], min_time, device)
-                # a CPU cold block is calibrated on its wall time, evictions included
+                # a cold block is calibrated on its wall time, evictions included
                 result[name] = Samples(n_inner=calibrate(getattr(blocks[name], "wall", blocks[name]), min_time))
     for r in range(rounds):
         shift = r % len(names)

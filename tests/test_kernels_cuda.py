@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("cupy", reason="CuPy is not installed: pip install dstbench[cuda13] (or [cuda12])")
 
-from dstbench import cuda_graphs  # noqa: E402
+from dstbench import cuda_graphs, timing  # noqa: E402
 from dstbench.cli import main  # noqa: E402
 from dstbench.errors import UserError  # noqa: E402
 from dstbench.kernels import cuda as cuda_backend  # noqa: E402
@@ -337,3 +337,12 @@ def test_inference_suite_times_eager_and_graph_rows(tmp_path) -> None:
     assert {(r["launch"], r["method"]) for r in rows} == {(launch, m) for launch in ("eager", "graph")
                                                           for m in ("dense", "rigl", "srigl", "dynadiag")}
     assert all(r["p50_s"] > 0 for r in rows)
+
+
+def test_cuda_cold_blocks_are_calibrated_on_wall_time() -> None:
+    """A cold block's L2 flushes outlast a small call; calibrated on wall time, the block lasts about min_time."""
+    x = torch.randn(64, 64, device=DEV)
+    samples = timing.interleaved({"mm": lambda: x @ x}, rounds=2, min_time=0.05, threads=1,
+                                 device=torch.device(DEV), l2="cold")
+    block = timing.CUDAColdBlockTimer(lambda: x @ x, 1, torch.device(DEV))
+    assert block.wall(samples["mm"].n_inner) < 0.5 and all(s > 0 for s in samples["mm"].samples_s)
