@@ -122,7 +122,7 @@ def plan(out: Path, python: str = sys.executable) -> list[Step]:
         """A suite run on CUDA at 90% into the run folder out/name."""
         argv = (python, "-m", "dstbench", "run", "--suite", suite_name, "--device", "cuda", "--sparsity", "0.9",
                 *options, "--out", str(out / name))
-        return Step(name, argv, budget_s)
+        return Step(name, argv, budget_s, {"TQDM_MININTERVAL": "10"})  # a progress line per 10 s in check.log
 
     return [
         Step("gpu-tests", (*pytest, "-m", "gpu", f"--junitxml={out / 'gpu-tests.xml'}"), 100),
