@@ -7,7 +7,7 @@ On the GPU machine (torch with CUDA and CuPy already installed)::
 
 Steps, each a subprocess with its own time budget (a step that runs past it
 is stopped, recorded as ``timeout``, and the check goes on); the budgets add
-up to ``TOTAL_BUDGET_S`` (8 minutes); ``--steps a,b`` runs only those:
+up to ``TOTAL_BUDGET_S`` (8.5 minutes); ``--steps a,b`` runs only those:
 
 1. ``gpu-tests``: ``pytest -m gpu``, every CUDA kernel against the reference,
    forward and backward, in float32/float16/bfloat16 (and float64) on edge
@@ -23,9 +23,12 @@ up to ``TOTAL_BUDGET_S`` (8 minutes); ``--steps a,b`` runs only those:
 3. ``inference-layers``: the inference suite on the ViT-B/16 linear shapes at
    90% sparsity, batch 1, 197 and 256, both L2 modes (warm and flushed) and
    both launch modes (eager, and CUDA-graph replay).
-4. ``inference-e2e``: torchvision's ViT-B/16 end to end at batch 1, 90%, both
+4. ``kernel-tiles``: every batch tile of the staged / batched forwards against
+   the tile the launch rule picks, on the same shapes at batch 197 and 256
+   (``kernels.cuda.tile_sweep``; ``tiles.md``).
+5. ``inference-e2e``: torchvision's ViT-B/16 end to end at batch 1, 90%, both
    launch modes.
-5. ``training``: the training suite on CUDA (MLP and small ViT, 90%).
+6. ``training``: the training suite on CUDA (MLP and small ViT, 90%).
 
 The suites time dense, RigL's CSR (the baselines) and SRigL and DynaDiag;
 static and SET run the same CSR layers as RigL and are left out for time.
@@ -130,6 +133,7 @@ def plan(out: Path, python: str = sys.executable) -> list[Step]:
         sanitizer("racecheck", {}),
         suite("inference-layers", "inference", 150, "--cases", "b16-qkv,b16-proj,b16-fc1,b16-fc2",
               "--batch", "1,197,256", "--no-e2e", *METHODS, "--rounds", "5", "--min-time", "0.03"),
+        Step("kernel-tiles", (python, "-m", "dstbench.kernels.cuda.tile_sweep", "--out", str(out / "tiles.md")), 40),
         suite("inference-e2e", "inference", 55, "--cases", "", "--batch", "1", *METHODS, "--rounds", "6",
               "--min-time", "0.1"),
         suite("training", "training", 80, "--batch-size", "64", *METHODS, "--rounds", "5", "--min-time", "0.2",

@@ -18,7 +18,7 @@ import cuda_emulator
 from dstbench.errors import UserError
 from dstbench.kernels import cuda as cuda_backend
 from dstbench.kernels import reference
-from dstbench.kernels.cuda import launches, loader
+from dstbench.kernels.cuda import launches, loader, tile_sweep
 from dstbench.kernels.formats import CondensedWeight, DiagonalWeight
 
 pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None, reason="no g++ to build the host emulator")
@@ -212,6 +212,23 @@ def recorder(kernels: list[str]) -> launches.Runner:
         run(launch)
 
     return recording
+
+
+def test_a_forced_batch_tile_is_used_or_refused() -> None:
+    """tile= (the tile sweep's knob) launches that tile, and refuses one that does not exist, fit or apply."""
+    x, offsets, values, _ = diag_data(150, 40, 20, 30, torch.float64, seed=17)
+    kernels: list[str] = []
+    assert_close(launches.diag_mm(x, offsets, values, 150, recorder(kernels), tile=32),
+                 reference.diag_mm(x, offsets, values, 150), reference.diag_mm(x.abs(), offsets, values.abs(), 150),
+                 torch.float64)
+    cx, cvalues, indices, rows, _ = condensed_data(50, 40, 20, 7, 3, torch.int16, torch.float64, seed=17)
+    launches.condensed_mm(cx, cvalues, indices, rows, 50, recorder(kernels), tile=16)
+    assert kernels == ["diag_fwd_staged32", "condensed_fwd_batched16"]
+    for bad, batch_rows in ((12, 20), (32, 3)):  # not a tile; a batch below the staged kernels'
+        with pytest.raises(UserError, match=f"batch tile {bad} is not available here"):
+            launches.diag_mm(x[:batch_rows], offsets, values, 150, run, tile=bad)
+    with pytest.raises(UserError, match="batch tile 4 is not available here"):  # the condensed tiles start at 8
+        launches.condensed_mm(cx, cvalues, indices, rows, 50, run, tile=4)
 
 
 @pytest.mark.parametrize("tile", launches.DIAG_STAGED_TILES)
@@ -463,3 +480,17 @@ def test_bound_product_sends_other_inputs_to_the_checked_path(emulated_loader: N
     assert_close(bound(x), reference.diag_mm(x, offsets, values, 30),
                  reference.diag_mm(x.abs(), offsets, values.abs(), 30), dt)
     assert EmulatedPrepared.replays == 0
+
+
+def test_tile_sweep_table_names_the_rules_kernel_and_every_fitting_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep's table logic on CPU tensors, its timer and launches stubbed (the GPU test runs it for real)."""
+    timed: list[str] = []
+    monkeypatch.setattr(tile_sweep, "time_us", lambda fn, device: timed.append("t") or 7.0)
+    monkeypatch.setattr(loader, "run", lambda launch: None)
+    monkeypatch.setattr(tile_sweep, "SHAPES", {"fc2": (3072, 768)})
+    lines = tile_sweep.sweep([197], torch.device("cpu"))
+    assert lines[2] == "| fc2 | 197 | cuBLAS F.linear | – | 7.0 | – |"
+    assert lines[3] == "| fc2 | 197 | diagonal | diag_fwd_staged4 | 7.0 | 4: 7.0, 8: 7.0 |"  # 16 x 3072 floats > 96 KiB
+    assert lines[4] == "| fc2 | 197 | condensed | condensed_fwd_batched8 | 7.0 | 8: 7.0 |"
+    assert len(timed) == 1 + 3 + 2
+    assert tile_sweep.main(["--out", "unused.md"]) == 2  # no GPU here

@@ -26,9 +26,10 @@ def suite_args(step: gpu_check.Step) -> argparse.Namespace:
 def test_plan_steps_budgets_and_commands(tmp_path: Path) -> None:
     steps = gpu_check.plan(tmp_path)
     assert [s.name for s in steps] == ["gpu-tests", "sanitizer-memcheck", "sanitizer-racecheck", "inference-layers",
-                                       "inference-e2e", "training"]
-    assert gpu_check.TOTAL_BUDGET_S == sum(s.budget_s for s in steps) <= 8 * 60
-    tests, memcheck, racecheck, layers, e2e, training = steps
+                                       "kernel-tiles", "inference-e2e", "training"]
+    assert gpu_check.TOTAL_BUDGET_S == sum(s.budget_s for s in steps) <= 9 * 60  # one device call: 10 min at most
+    tests, memcheck, racecheck, layers, tiles, e2e, training = steps
+    assert tiles.argv[1:4] == ("-m", "dstbench.kernels.cuda.tile_sweep", "--out")
     assert tests.argv[-2:] == ("gpu", f"--junitxml={tmp_path / 'gpu-tests.xml'}")
     for sanitizer, tool in ((memcheck, "memcheck"), (racecheck, "racecheck")):
         assert sanitizer.sanitizer and sanitizer.argv[:3] == ("compute-sanitizer", "--tool", tool)
@@ -58,7 +59,7 @@ def test_no_gpu_stops_at_once_with_one_line(tmp_path: Path, monkeypatch: pytest.
 def test_dry_run_needs_no_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert gpu_check.main(["--out", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "[1/6] gpu-tests (budget 100 s)" in out and f"total budget {gpu_check.TOTAL_BUDGET_S} s" in out
+    assert "[1/7] gpu-tests (budget 100 s)" in out and f"total budget {gpu_check.TOTAL_BUDGET_S} s" in out
     assert list(tmp_path.iterdir()) == []
 
 

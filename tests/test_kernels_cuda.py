@@ -23,7 +23,7 @@ from dstbench.cli import main  # noqa: E402
 from dstbench.errors import UserError  # noqa: E402
 from dstbench.kernels import cuda as cuda_backend  # noqa: E402
 from dstbench.kernels import ops, reference  # noqa: E402
-from dstbench.kernels.cuda import launches  # noqa: E402
+from dstbench.kernels.cuda import launches, tile_sweep  # noqa: E402
 from dstbench.kernels.formats import CondensedWeight, DiagonalWeight  # noqa: E402
 from dstbench.kernels.layers import CondensedLinear, DiagonalLinear  # noqa: E402
 from dstbench.methods import options  # noqa: E402
@@ -346,3 +346,11 @@ def test_cuda_cold_blocks_are_calibrated_on_wall_time() -> None:
                                  device=torch.device(DEV), l2="cold")
     block = timing.CUDAColdBlockTimer(lambda: x @ x, 1, torch.device(DEV))
     assert block.wall(samples["mm"].n_inner) < 0.5 and all(s > 0 for s in samples["mm"].samples_s)
+
+
+def test_tile_sweep_on_the_gpu(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tile_sweep, "SHAPES", {"proj": (768, 768)})
+    out = tmp_path / "tiles.md"
+    assert tile_sweep.main(["--out", str(out), "--batch", "40"]) == 0
+    lines = out.read_text().splitlines()
+    assert "| proj | 40 | diagonal | diag_fwd_staged" in "\n".join(lines) and len(lines) == 2 + 2 + 3

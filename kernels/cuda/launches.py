@@ -133,13 +133,28 @@ def diag_small_cols(out_features: int, batch: int, sms: int) -> int:
     return 8
 
 
+def _staged_tile(tiles: tuple[int, ...], requested: int | None, row_blocks: Callable[[int], int], x: Tensor,
+                 n_in: int) -> int | None:
+    """The batch tile of a staged kernel: ``requested`` when given (checked), else ``staged_batch_tile``'s."""
+    batch, itemsize, limit = x.shape[0], x.element_size(), staged_shared_limit(x.device)
+    if requested is None:
+        return staged_batch_tile(tiles, row_blocks, batch, n_in, itemsize, sm_count(x.device), limit)
+    if requested not in tiles or requested * n_in * itemsize > limit or batch < DIAG_TILED_MIN_BATCH:
+        raise UserError(f"batch tile {requested} is not available here: it must be one of {tiles}, with "
+                        f"{requested} x {n_in} inputs within {limit} bytes of shared memory and a batch >= "
+                        f"{DIAG_TILED_MIN_BATCH}")
+    return requested
+
+
 def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, runner: Runner,
-            transpose: bool = False, bias: Tensor | None = None) -> Tensor:
+            transpose: bool = False, bias: Tensor | None = None, tile: int | None = None) -> Tensor:
     """y = x @ W.T (+ bias) for the diagonal weight W (out_features, in); (B, out_features).
 
     With ``transpose``, W has shape (in, out_features) and y = x @ W: the input
     gradient. The two differ only for a square W, whose transpose does not keep
-    the diagonals' order.
+    the diagonals' order. ``tile`` forces the staged kernel's batch tile (one of
+    ``DIAG_STAGED_TILES``; for measuring them, ``tile_sweep``); by default
+    ``staged_batch_tile`` picks it.
     """
     batch, n_in = x.shape
     tall = out_features > n_in if transpose else out_features >= n_in
@@ -149,15 +164,14 @@ def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, runne
         return y if bias is None else y.add_(bias)
     y = torch.empty(batch, out_features, dtype=x.dtype, device=x.device)  # every element is written
     sizes = (_i32(batch), _i32(out_features), _i32(n_in), _i32(n_diag), np.int32(tall))
-    if batch < DIAG_TILED_MIN_BATCH:
+    if batch < DIAG_TILED_MIN_BATCH and tile is None:
         cols = diag_small_cols(out_features, batch, sm_count(x.device))
         grid = (_cdiv(out_features, cols), _cdiv(batch, TILES["DIAG_SMALL_BATCH"]), 1)
         args = (x, offsets, values, bias, y, *sizes, np.int32(cols))
         runner(Launch("diagonal", "diag_fwd_small", x.dtype, None, grid, (TILES["DIAG_SMALL_THREADS"], 1, 1), args))
         return y
     threads = TILES["DIAG_STAGED_THREADS"]
-    tile = staged_batch_tile(DIAG_STAGED_TILES, lambda t: _cdiv(out_features, threads), batch, n_in,
-                             x.element_size(), sm_count(x.device), staged_shared_limit(x.device))
+    tile = _staged_tile(DIAG_STAGED_TILES, tile, lambda t: _cdiv(out_features, threads), x, n_in)
     if tile is not None:
         grid = (_cdiv(out_features, threads), _grid_y(_cdiv(batch, tile)), 1)
         runner(Launch("diagonal", f"diag_fwd_staged{tile}", x.dtype, None, grid, (threads, 1, 1),
@@ -226,19 +240,21 @@ def condensed_output(x: Tensor, batch: int, n_active: int, out_features: int, bi
 
 
 def condensed_mm(x: Tensor, values: Tensor, indices: Tensor, active_rows: Tensor, out_features: int,
-                 runner: Runner, bias: Tensor | None = None) -> Tensor:
+                 runner: Runner, bias: Tensor | None = None, tile: int | None = None) -> Tensor:
     """y[b, active_rows[i]] = sum_j values[i, j] * x[b, indices[i, j]] (+ bias); (B, out_features).
 
-    Columns of ablated rows hold the bias (0 without one).
+    Columns of ablated rows hold the bias (0 without one). ``tile`` forces the
+    batched kernel's batch tile (one of ``CONDENSED_BATCHED_TILES``), as for
+    ``diag_mm``.
     """
     batch, n_in = x.shape
     n_active, fan_in = values.shape
     y = condensed_output(x, batch, n_active, out_features, bias)
     if batch == 0 or n_active == 0:
         return y
-    if batch >= DIAG_TILED_MIN_BATCH:
-        tile = staged_batch_tile(CONDENSED_BATCHED_TILES, lambda t: _cdiv(n_active, condensed_rows_per_pass(t)),
-                                 batch, n_in, x.element_size(), sm_count(x.device), staged_shared_limit(x.device))
+    if batch >= DIAG_TILED_MIN_BATCH or tile is not None:
+        tile = _staged_tile(CONDENSED_BATCHED_TILES, tile, lambda t: _cdiv(n_active, condensed_rows_per_pass(t)),
+                            x, n_in)
         if tile is not None:
             rows = condensed_rows_per_pass(tile)
             grid = (_cdiv(n_active, rows), _grid_y(_cdiv(batch, tile)), 1)
