@@ -23,9 +23,10 @@ up to ``TOTAL_BUDGET_S`` (8.5 minutes); ``--steps a,b`` runs only those:
 3. ``inference-layers``: the inference suite on the ViT-B/16 linear shapes at
    90% sparsity, batch 1, 197 and 256, both L2 modes (warm and flushed) and
    both launch modes (eager, and CUDA-graph replay).
-4. ``kernel-tiles``: every batch tile of the staged / batched forwards against
-   the tile the launch rule picks, on the same shapes at batch 197 and 256
-   (``kernels.cuda.tile_sweep``; ``tiles.md``).
+4. ``kernel-sweep``: every batch tile of the staged / batched forwards against
+   the tile the launch rule picks (batch 197 and 256), and the values-gradient
+   kernels against cuBLAS's dense product and a gather (batch 64 and 256), on
+   the same shapes (``kernels.cuda.kernel_sweep``; ``kernels.md``).
 5. ``inference-e2e``: torchvision's ViT-B/16 end to end at batch 1, 90%, both
    launch modes.
 6. ``training``: the training suite on CUDA (MLP and small ViT, 90%).
@@ -133,7 +134,8 @@ def plan(out: Path, python: str = sys.executable) -> list[Step]:
         sanitizer("racecheck", {}),
         suite("inference-layers", "inference", 150, "--cases", "b16-qkv,b16-proj,b16-fc1,b16-fc2",
               "--batch", "1,197,256", "--no-e2e", *METHODS, "--rounds", "5", "--min-time", "0.03"),
-        Step("kernel-tiles", (python, "-m", "dstbench.kernels.cuda.tile_sweep", "--out", str(out / "tiles.md")), 40),
+        Step("kernel-sweep", (python, "-m", "dstbench.kernels.cuda.kernel_sweep", "--out", str(out / "kernels.md")),
+             45),
         suite("inference-e2e", "inference", 55, "--cases", "", "--batch", "1", *METHODS, "--rounds", "6",
               "--min-time", "0.1"),
         suite("training", "training", 80, "--batch-size", "64", *METHODS, "--rounds", "5", "--min-time", "0.2",

@@ -18,7 +18,7 @@ import cuda_emulator
 from dstbench.errors import UserError
 from dstbench.kernels import cuda as cuda_backend
 from dstbench.kernels import reference
-from dstbench.kernels.cuda import launches, loader, tile_sweep
+from dstbench.kernels.cuda import kernel_sweep, launches, loader
 from dstbench.kernels.formats import CondensedWeight, DiagonalWeight
 
 pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None, reason="no g++ to build the host emulator")
@@ -482,15 +482,25 @@ def test_bound_product_sends_other_inputs_to_the_checked_path(emulated_loader: N
     assert EmulatedPrepared.replays == 0
 
 
-def test_tile_sweep_table_names_the_rules_kernel_and_every_fitting_tile(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sweep's table logic on CPU tensors, its timer and launches stubbed (the GPU test runs it for real)."""
+def test_kernel_sweep_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep's table logic on CPU tensors, its timer and launches stubbed (the GPU test runs it for real): the
+    rule's kernel and every fitting tile; both values gradients and their dense alternative, which must agree."""
     timed: list[str] = []
-    monkeypatch.setattr(tile_sweep, "time_us", lambda fn, device: timed.append("t") or 7.0)
-    monkeypatch.setattr(loader, "run", lambda launch: None)
-    monkeypatch.setattr(tile_sweep, "SHAPES", {"fc2": (3072, 768)})
-    lines = tile_sweep.sweep([197], torch.device("cpu"))
+
+    def fake_time(fn, device) -> float:
+        fn()  # each timed call runs once, so the products are built as on the GPU
+        timed.append("t")
+        return 7.0
+
+    monkeypatch.setattr(kernel_sweep, "time_us", fake_time)
+    monkeypatch.setattr(loader, "run", run)
+    monkeypatch.setattr(kernel_sweep, "SHAPES", {"fc2": (3072, 768)})
+    lines = kernel_sweep.tile_sweep([197], torch.device("cpu"))
     assert lines[2] == "| fc2 | 197 | cuBLAS F.linear | – | 7.0 | – |"
     assert lines[3] == "| fc2 | 197 | diagonal | diag_fwd_staged4 | 7.0 | 4: 7.0, 8: 7.0 |"  # 16 x 3072 floats > 96 KiB
     assert lines[4] == "| fc2 | 197 | condensed | condensed_fwd_batched8 | 7.0 | 8: 7.0 |"
     assert len(timed) == 1 + 3 + 2
-    assert tile_sweep.main(["--out", "unused.md"]) == 2  # no GPU here
+    monkeypatch.setattr(kernel_sweep, "SHAPES", {"proj": (40, 24)})
+    grads = kernel_sweep.grad_sweep([3], torch.device("cpu"))
+    assert grads[2:] == ["| proj | 3 | diagonal | 7.0 | 7.0 |", "| proj | 3 | condensed | 7.0 | 7.0 |"]
+    assert kernel_sweep.main(["--out", "unused.md"]) == 2  # no GPU here

@@ -26,10 +26,10 @@ def suite_args(step: gpu_check.Step) -> argparse.Namespace:
 def test_plan_steps_budgets_and_commands(tmp_path: Path) -> None:
     steps = gpu_check.plan(tmp_path)
     assert [s.name for s in steps] == ["gpu-tests", "sanitizer-memcheck", "sanitizer-racecheck", "inference-layers",
-                                       "kernel-tiles", "inference-e2e", "training"]
+                                       "kernel-sweep", "inference-e2e", "training"]
     assert gpu_check.TOTAL_BUDGET_S == sum(s.budget_s for s in steps) <= 9 * 60  # one device call: 10 min at most
-    tests, memcheck, racecheck, layers, tiles, e2e, training = steps
-    assert tiles.argv[1:4] == ("-m", "dstbench.kernels.cuda.tile_sweep", "--out")
+    tests, memcheck, racecheck, layers, sweep, e2e, training = steps
+    assert sweep.argv[1:4] == ("-m", "dstbench.kernels.cuda.kernel_sweep", "--out")
     assert tests.argv[-2:] == ("gpu", f"--junitxml={tmp_path / 'gpu-tests.xml'}")
     for sanitizer, tool in ((memcheck, "memcheck"), (racecheck, "racecheck")):
         assert sanitizer.sanitizer and sanitizer.argv[:3] == ("compute-sanitizer", "--tool", tool)

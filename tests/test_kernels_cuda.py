@@ -23,7 +23,7 @@ from dstbench.cli import main  # noqa: E402
 from dstbench.errors import UserError  # noqa: E402
 from dstbench.kernels import cuda as cuda_backend  # noqa: E402
 from dstbench.kernels import ops, reference  # noqa: E402
-from dstbench.kernels.cuda import launches, tile_sweep  # noqa: E402
+from dstbench.kernels.cuda import kernel_sweep, launches  # noqa: E402
 from dstbench.kernels.formats import CondensedWeight, DiagonalWeight  # noqa: E402
 from dstbench.kernels.layers import CondensedLinear, DiagonalLinear  # noqa: E402
 from dstbench.methods import options  # noqa: E402
@@ -348,9 +348,9 @@ def test_cuda_cold_blocks_are_calibrated_on_wall_time() -> None:
     assert block.wall(samples["mm"].n_inner) < 0.5 and all(s > 0 for s in samples["mm"].samples_s)
 
 
-def test_tile_sweep_on_the_gpu(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tile_sweep, "SHAPES", {"proj": (768, 768)})
-    out = tmp_path / "tiles.md"
-    assert tile_sweep.main(["--out", str(out), "--batch", "40"]) == 0
-    lines = out.read_text().splitlines()
-    assert "| proj | 40 | diagonal | diag_fwd_staged" in "\n".join(lines) and len(lines) == 2 + 2 + 3
+def test_kernel_sweep_on_the_gpu(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel_sweep, "SHAPES", {"proj": (768, 768)})
+    out = tmp_path / "kernels.md"
+    assert kernel_sweep.main(["--out", str(out), "--batch", "40", "--grad-batch", "8"]) == 0
+    text = out.read_text()
+    assert "| proj | 40 | diagonal | diag_fwd_staged" in text and "| proj | 8 | condensed |" in text

@@ -153,7 +153,7 @@ def diag_mm(x: Tensor, offsets: Tensor, values: Tensor, out_features: int, runne
     With ``transpose``, W has shape (in, out_features) and y = x @ W: the input
     gradient. The two differ only for a square W, whose transpose does not keep
     the diagonals' order. ``tile`` forces the staged kernel's batch tile (one of
-    ``DIAG_STAGED_TILES``; for measuring them, ``tile_sweep``); by default
+    ``DIAG_STAGED_TILES``; for measuring them, ``kernel_sweep``); by default
     ``staged_batch_tile`` picks it.
     """
     batch, n_in = x.shape
