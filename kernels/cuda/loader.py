@@ -100,14 +100,16 @@ class Prepared:
     stream (as ``run``).
 
     Args:
-        launch: a launch made for ``x`` and ``y``; its other tensor arguments must outlive this object.
+        launch: a launch made for ``x`` and ``y``; its other tensor arguments must outlive this object (only
+            their pointers are kept, not the tensors, nor x and y).
         x, y: the tensors whose positions in ``launch.args`` later calls fill.
     """
 
-    __slots__ = ("_launch", "_fn", "_index", "_args", "_x", "_y")
+    __slots__ = ("_fn", "_index", "_grid", "_block", "_shared", "_args", "_x", "_y")
 
     def __init__(self, launch: Launch, x: torch.Tensor, y: torch.Tensor) -> None:
-        self._launch, self._index = launch, launch.args[0].device.index
+        self._index = launch.args[0].device.index
+        self._grid, self._block, self._shared = launch.grid, launch.block, launch.shared_bytes
         self._x = tuple(i for i, a in enumerate(launch.args) if a is x)
         self._y = tuple(i for i, a in enumerate(launch.args) if a is y)
         self._args = [a.data_ptr() if isinstance(a, torch.Tensor) else (0 if a is None else a) for a in launch.args]
@@ -122,13 +124,12 @@ class Prepared:
             args[i] = x.data_ptr()
         for i in self._y:
             args[i] = y.data_ptr()
-        launch, index = self._launch, self._index
-        cupy = _import_cupy()[0]
-        if cupy.cuda.runtime.getDevice() == index:
-            self._fn(launch.grid, launch.block, tuple(args), shared_mem=launch.shared_bytes, stream=_stream(index))
+        index = self._index
+        if _import_cupy()[0].cuda.runtime.getDevice() == index:
+            self._fn(self._grid, self._block, tuple(args), shared_mem=self._shared, stream=_stream(index))
         else:
-            with cupy.cuda.Device(index):
-                self._fn(launch.grid, launch.block, tuple(args), shared_mem=launch.shared_bytes, stream=_stream(index))
+            with _import_cupy()[0].cuda.Device(index):
+                self._fn(self._grid, self._block, tuple(args), shared_mem=self._shared, stream=_stream(index))
 
 
 def run(launch: Launch) -> None:
