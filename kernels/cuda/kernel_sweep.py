@@ -53,10 +53,6 @@ def time_us(fn: Callable[[], object], device: torch.device) -> float:
     return statistics.median(times)
 
 
-def _fits(tile: int, n_in: int, device: torch.device) -> bool:
-    return tile * n_in * 4 <= launches.staged_shared_limit(device)  # float32
-
-
 def _weights(n_in: int, n_out: int, gen: torch.Generator,
              device: torch.device) -> tuple[torch.Tensor, DiagonalWeight, CondensedWeight]:
     weight = torch.randn(n_out, n_in, generator=gen).to(device)
@@ -85,8 +81,8 @@ def tile_sweep(batches: Sequence[int], device: torch.device) -> list[str]:
                 recorded: list[launches.Launch] = []
                 call(recorded.append, None)  # which kernel the rule picks (nothing runs)
                 rule = time_us(lambda: call(loader.run, None), device)
-                per_tile = ", ".join(f"{t}: {time_us(lambda t=t: call(loader.run, t), device):.1f}"
-                                     for t in tiles if _fits(t, n_in, device))
+                fitting = launches.fitting_tiles(tiles, n_in, x.element_size(), launches.staged_shared_limit(device))
+                per_tile = ", ".join(f"{t}: {time_us(lambda t=t: call(loader.run, t), device):.1f}" for t in fitting)
                 lines.append(f"| {name} | {batch} | {product} | {recorded[0].kernel} | {rule:.1f} | {per_tile} |")
     return lines
 

@@ -104,6 +104,12 @@ def staged_shared_limit(device: torch.device) -> int:
     return min(STAGED_SHARED_BYTES, max(optin, SHARED_BYTES))
 
 
+def fitting_tiles(tiles: tuple[int, ...], n_in: int, itemsize: int, limit: int) -> list[int]:
+    """The batch tiles of a staged kernel whose x tile (``tile * n_in`` scalars of ``itemsize`` bytes) fits in
+    ``limit`` bytes of shared memory, ascending as ``tiles``."""
+    return [t for t in tiles if t * n_in * itemsize <= limit]
+
+
 def staged_batch_tile(tiles: tuple[int, ...], row_blocks: Callable[[int], int], batch: int, n_in: int,
                       itemsize: int, sms: int, limit: int) -> int | None:
     """Batch rows per block of a staged kernel (an x tile of ``tile * n_in`` scalars in shared memory).
@@ -112,7 +118,7 @@ def staged_batch_tile(tiles: tuple[int, ...], row_blocks: Callable[[int], int], 
     ceil(B / tile) >= 2 * sms`` blocks; where none gives that many, the smallest that fits (most blocks). None when even
     that does not fit: the caller falls back to a kernel that does not stage all of x.
     """
-    fitting = [t for t in tiles if t * n_in * itemsize <= limit]
+    fitting = fitting_tiles(tiles, n_in, itemsize, limit)
     if not fitting:
         return None
     busy = [t for t in fitting if row_blocks(t) * _cdiv(batch, t) >= 2 * sms]
@@ -139,7 +145,7 @@ def _staged_tile(tiles: tuple[int, ...], requested: int | None, row_blocks: Call
     batch, itemsize, limit = x.shape[0], x.element_size(), staged_shared_limit(x.device)
     if requested is None:
         return staged_batch_tile(tiles, row_blocks, batch, n_in, itemsize, sm_count(x.device), limit)
-    if requested not in tiles or requested * n_in * itemsize > limit or batch < DIAG_TILED_MIN_BATCH:
+    if requested not in fitting_tiles(tiles, n_in, itemsize, limit) or batch < DIAG_TILED_MIN_BATCH:
         raise UserError(f"batch tile {requested} is not available here: it must be one of {tiles}, with "
                         f"{requested} x {n_in} inputs within {limit} bytes of shared memory and a batch >= "
                         f"{DIAG_TILED_MIN_BATCH}")
