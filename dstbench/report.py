@@ -175,7 +175,7 @@ def inference_section(report: Report, frame: pd.DataFrame, references: Sequence[
         section.blocks.append(f"### {machine}")
         for (case, l2, launch), case_rows in rows.groupby(["case", "l2", "launch"], sort=False):
             title = _with_machine(_case_title(case_rows, case) + _caches(l2) + _launched(launch), machine, several)
-            stem = f"{prefix}{slug(case)}{_suffix(l2)}{_launch_suffix(launch)}"
+            stem = f"{prefix}{slug(case)}{_suffix(l2)}{_suffix(launch, 'eager')}"
             report.figure(section, plots.speedup_figure(case_rows, title, baseline), f"speedup-{stem}",
                           f"Speedup over dense, {title}", case_rows)
             for batch, batch_rows in case_rows.groupby("batch", sort=True):
@@ -184,7 +184,7 @@ def inference_section(report: Report, frame: pd.DataFrame, references: Sequence[
         for launch, launch_rows in rows.groupby("launch", sort=False):
             roofline_section(report, section, launch_rows, machine, several, launch)
     for (l2, launch), rows in frame.groupby(["l2", "launch"], sort=False):
-        suffix = f"{_suffix(l2)}{_launch_suffix(launch)}"
+        suffix = f"{_suffix(l2)}{_suffix(launch, 'eager')}"
         report.table(section, tables.speedup_pivot(rows, several, baseline), f"inference-speedup{suffix}", rows)
         report.table(section, tables.inference_table(rows, several), f"inference{suffix}", rows, inline=False)
 
@@ -194,19 +194,15 @@ def _caches(l2: str) -> str:
     return "" if l2 == "warm" else f", {l2} caches"
 
 
-def _suffix(l2: str) -> str:
-    """The file-name part of a cache mode: nothing for warm, '-cold' otherwise."""
-    return "" if l2 == "warm" else f"-{slug(l2)}"
+def _suffix(mode: str, plain: str = "warm") -> str:
+    """The file-name part of a timing mode: nothing for the ``plain`` one (warm caches, eager launches), '-cold'
+    or '-graph' otherwise."""
+    return "" if mode == plain else f"-{slug(mode)}"
 
 
 def _launched(launch: str) -> str:
     """The title part of a launch mode: nothing for eager (every CPU run), ', CUDA-graph replay' for graph."""
     return "" if launch == "eager" else ", CUDA-graph replay"
-
-
-def _launch_suffix(launch: str) -> str:
-    """The file-name part of a launch mode: nothing for eager, '-graph' for graph."""
-    return "" if launch == "eager" else f"-{slug(launch)}"
 
 
 def roofline_section(report: Report, section: Section, frame: pd.DataFrame, machine: str, several: bool,
@@ -220,7 +216,7 @@ def roofline_section(report: Report, section: Section, frame: pd.DataFrame, mach
     for batch, batch_rows in rows.groupby("batch", sort=True):
         title = _with_machine(f"batch {batch}{_launched(launch)}", machine, several)
         report.figure(section, plots.roofline_figure(batch_rows, f"Bandwidth per call, {title}"),
-                      f"roofline-{prefix}b{batch}{_launch_suffix(launch)}",
+                      f"roofline-{prefix}b{batch}{_suffix(launch, 'eager')}",
                       f"Achieved bandwidth (bytes a call moves / median latency) against bytes per call, {title}: "
                       "every layer and stack case and sparsity; the grey line is the read bandwidth the run measured "
                       "at each working set (warm) or beyond the last-level cache (cold), which limit_frac divides by",

@@ -289,21 +289,22 @@ def parse_cases(text: str) -> dict[str, tuple[int, int]]:
     return cases
 
 
+def _parse_modes(text: str, modes: tuple[str, ...], option: str) -> list[str]:
+    """The distinct modes of a comma-separated ``text``, in order; UserError for an unknown or missing one."""
+    chosen = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
+    if not chosen or any(m not in modes for m in chosen):
+        raise UserError(f"{option} takes a comma-separated list of {', '.join(modes)}, got {text!r}")
+    return chosen
+
+
 def parse_l2(text: str) -> list[str]:
     """'warm,cold' -> ['warm', 'cold']; UserError for an unknown or missing mode."""
-    modes = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
-    unknown = [m for m in modes if m not in timing.L2_MODES]
-    if unknown or not modes:
-        raise UserError(f"--l2 takes a comma-separated list of {', '.join(timing.L2_MODES)}, got {text!r}")
-    return modes
+    return _parse_modes(text, timing.L2_MODES, "--l2")
 
 
 def parse_launch(text: str, device: torch.device) -> list[str]:
     """'eager,graph' -> ['eager', 'graph']; UserError for an unknown or missing mode, or graph off CUDA."""
-    modes = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
-    unknown = [m for m in modes if m not in LAUNCH_MODES]
-    if unknown or not modes:
-        raise UserError(f"--launch takes a comma-separated list of {', '.join(LAUNCH_MODES)}, got {text!r}")
+    modes = _parse_modes(text, LAUNCH_MODES, "--launch")
     if "graph" in modes and device.type != "cuda":
         raise UserError("--launch graph replays CUDA graphs; use it with --device cuda")
     return modes
