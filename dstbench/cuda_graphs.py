@@ -16,6 +16,7 @@ import torch
 
 from dstbench.errors import UserError
 
+
 class CaptureError(UserError):
     """A call that cannot be captured in a CUDA graph."""
 

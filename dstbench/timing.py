@@ -177,19 +177,25 @@ def evictor(device: torch.device) -> Evictor:
     return Evictor(device)
 
 
-class CUDAColdBlockTimer:
-    """``n -> seconds``: the summed CUDA-event time of n calls, each after an L2 flush (zeroing a buffer of twice
-    the L2 size), which is not part of the time.
-
-    ``wall(n)`` runs the same block and returns its wall time, flushes included; ``interleaved`` calibrates the
-    calls per block on it, as for a CPU cold block: a flush takes longer than a small call, so a block calibrated
-    on the calls' time alone would run for many times ``min_time``.
-    """
+class ColdBlockTimer:
+    """What the cold block timers share: ``fn``, the thread count, the device's evictor, and ``wall(n)``, which
+    runs a block and returns its wall time, evictions included; ``interleaved`` calibrates the calls per cold
+    block on it, since an eviction takes longer than a small call. A subclass's ``__call__(n)`` times the calls
+    alone and sets ``last_wall_s``."""
 
     def __init__(self, fn: Callable[[], object], threads: int, device: torch.device) -> None:
         self.fn, self.threads, self.device = fn, threads, device
         self.evict = evictor(device)
         self.last_wall_s = 0.0
+
+    def wall(self, n: int) -> float:
+        self(n)
+        return self.last_wall_s
+
+
+class CUDAColdBlockTimer(ColdBlockTimer):
+    """``n -> seconds``: the summed CUDA-event time of n calls, each after an L2 flush (zeroing a buffer of twice
+    the L2 size), which is not part of the time."""
 
     def __call__(self, n: int) -> float:
         begin = time.perf_counter()
@@ -205,24 +211,15 @@ class CUDAColdBlockTimer:
         self.last_wall_s = time.perf_counter() - begin
         return sum(s.elapsed_time(e) for s, e in zip(starts, ends)) / 1e3
 
-    def wall(self, n: int) -> float:
-        self(n)
-        return self.last_wall_s
 
-
-class CPUColdBlockTimer:
+class CPUColdBlockTimer(ColdBlockTimer):
     """``n -> seconds``: the summed time of n calls of ``fn``, each after an eviction (``Evictor``) and a call of
-    ``primer`` (if given), neither of them timed.
-
-    ``wall(n)`` runs the same block and returns its wall time, evictions
-    included; ``interleaved`` calibrates the calls per block on it.
-    """
+    ``primer`` (if given), neither of them timed."""
 
     def __init__(self, fn: Callable[[], object], threads: int, device: torch.device,
                  primer: Callable[[], object] | None = None) -> None:
-        self.fn, self.threads, self.primer = fn, threads, primer
-        self.evict = evictor(device)
-        self.last_wall_s = 0.0
+        super().__init__(fn, threads, device)
+        self.primer = primer
 
     def __call__(self, n: int) -> float:
         total = 0.0
@@ -237,10 +234,6 @@ class CPUColdBlockTimer:
                 total += time.perf_counter() - start
         self.last_wall_s = time.perf_counter() - begin
         return total
-
-    def wall(self, n: int) -> float:
-        self(n)
-        return self.last_wall_s
 
 
 def block_timer(fn: Callable[[], object], threads: int, device: torch.device, l2: str = "warm",
