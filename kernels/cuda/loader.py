@@ -87,8 +87,13 @@ def _allow_shared(fn, nbytes: int) -> None:
     _allowed[id(fn)] = nbytes
 
 
+def _arg(a: object) -> object:
+    """A launch argument as the kernel takes it: a tensor's device pointer, a null pointer for None, else as is."""
+    return a.data_ptr() if isinstance(a, torch.Tensor) else (0 if a is None else a)
+
+
 def _launch(launch: Launch, index: int) -> None:
-    args = tuple(a.data_ptr() if isinstance(a, torch.Tensor) else (0 if a is None else a) for a in launch.args)
+    args = tuple(map(_arg, launch.args))
     fn = _function(launch, index)
     _allow_shared(fn, launch.shared_bytes)
     fn(launch.grid, launch.block, args, shared_mem=launch.shared_bytes, stream=_stream(index))
@@ -112,7 +117,7 @@ class Prepared:
         self._grid, self._block, self._shared = launch.grid, launch.block, launch.shared_bytes
         self._x = tuple(i for i, a in enumerate(launch.args) if a is x)
         self._y = tuple(i for i, a in enumerate(launch.args) if a is y)
-        self._args = [a.data_ptr() if isinstance(a, torch.Tensor) else (0 if a is None else a) for a in launch.args]
+        self._args = list(map(_arg, launch.args))
         cupy = _import_cupy()[0]
         with cupy.cuda.Device(self._index):
             self._fn = _function(launch, self._index)
