@@ -92,6 +92,37 @@ struct LaneGroups {
     int size(int64_t g) const { return int(begin(g + 1) - begin(g)); }
 };
 
+// The forward product's work items (lane group, chunk of rows), group by group; of np threads, thread q takes
+// the items that start in its share [total q / np, total (q + 1) / np) of the vector-weighted total, so that
+// groups of unequal widths (13 vectors: 3, 3, 3, 4) split evenly.
+struct ForwardShares {
+    const LaneGroups& lg;
+    int64_t nchunks, total;
+    std::vector<int64_t> start;  // (ng + 1,) the first weighted item of each group
+
+    ForwardShares(const LaneGroups& lg_, int64_t nchunks_)
+        : lg(lg_), nchunks(nchunks_), total(lg_.nv * nchunks_), start(lg_.ng + 1, 0) {
+        for (int64_t g = 0; g < lg.ng; ++g) start[g + 1] = start[g] + lg.size(g) * nchunks;
+    }
+    // Thread q's chunks of group g, [first, second) (empty when first >= second).
+    std::pair<int64_t, int64_t> chunks(int64_t g, int64_t q, int64_t np) const {
+        const int64_t lo = total * q / np, hi = total * (q + 1) / np, nv = lg.size(g);
+        return {std::max<int64_t>(0, ceil_div(lo - start[g], nv)), std::min(nchunks, ceil_div(hi - start[g], nv))};
+    }
+    // The threads that take chunks of group g: [first, second), consecutive since shares are.
+    std::pair<int64_t, int64_t> users(int64_t g, int64_t np) const {
+        int64_t q0 = np, q1 = 0;
+        for (int64_t q = 0; q < np; ++q) {
+            const auto [c0, c1] = chunks(g, q, np);
+            if (c0 < c1) {
+                q0 = std::min(q0, q);
+                q1 = q + 1;
+            }
+        }
+        return {std::min(q0, q1), q1};
+    }
+};
+
 template <class T, class I>
 struct Condensed {
     using A = typename Acc<T>::A;
@@ -376,21 +407,35 @@ int condensed_mm(const T* x, const T* v, const I* idx, const int64_t* rows, cons
     const LaneGroups lg(c.Bp / W, nt, FORWARD_VECTORS);
     Scratch<A> xg(nin * c.Bp);
     if (!xg.ok()) return NO_MEMORY;
-    for (int64_t g = 0; g < lg.ng; ++g) {
+    const ForwardShares shares(lg, ceil_div(n, ROW_CHUNK));
+    // Group g's slice, inputs [u0, u1).
+    auto transpose_group = [&](int64_t g, int64_t u0, int64_t u1) {
         const int64_t b0 = lg.begin(g) * W, width = lg.size(g) * W;
-        transpose(x + b0 * nin, std::min(width, B - b0), nin, nullptr, nin, xg.p + nin * b0, width, width, nt);
-    }
-    // Work items (group, chunk of rows), group by group; each thread takes those that start in its share of
-    // the vector-weighted total, so that groups of unequal widths (13 vectors: 3, 3, 3, 4) split evenly.
-    const int64_t nchunks = ceil_div(n, ROW_CHUNK), total = lg.nv * nchunks;
+        transpose_rect(x + b0 * nin, nin, nullptr, xg.p + nin * b0, width, 0, std::min(width, B - b0), width, u0, u1);
+    };
 #pragma omp parallel num_threads(nt) if (work > PARALLEL_MIN_WORK)
     {
         const int64_t p = omp_get_thread_num(), np = omp_get_num_threads();
-        const int64_t lo = total * p / np, hi = total * (p + 1) / np;
-        for (int64_t g = 0, start = 0; g < lg.ng; start += lg.size(g) * nchunks, ++g) {
+        // A group one thread works on is transposed by that thread just before it starts on it (the slice
+        // is then in its own L2: b16-fc2, batch 256, 1.41 -> 1.31 ms against transposing every group up
+        // front with all threads). Groups shared by several threads are transposed first, by their users
+        // together.
+        bool any_shared = false;
+        for (int64_t g = 0; g < lg.ng; ++g) {
+            const auto [q0, q1] = shares.users(g, np);
+            if (q1 - q0 < 2) continue;
+            any_shared = true;
+            if (p >= q0 && p < q1) transpose_group(g, nin * (p - q0) / (q1 - q0), nin * (p - q0 + 1) / (q1 - q0));
+        }
+        if (any_shared) {
+#pragma omp barrier
+        }
+        for (int64_t g = 0; g < lg.ng; ++g) {
+            const auto [c0, c1] = shares.chunks(g, p, np);
+            if (c0 >= c1) continue;
+            const auto [q0, q1] = shares.users(g, np);
+            if (q1 - q0 < 2) transpose_group(g, 0, nin);
             const int64_t nv = lg.size(g), b0 = lg.begin(g) * W;
-            const int64_t c0 = std::max<int64_t>(0, ceil_div(lo - start, nv));
-            const int64_t c1 = std::min(nchunks, ceil_div(hi - start, nv));
             for (int64_t chunk = c0; chunk < c1; ++chunk) {
                 const int64_t i0 = chunk * ROW_CHUNK, i1 = std::min(n, i0 + ROW_CHUNK);
                 if (!claim_rows(idx, k, nin, i0, i1, &bad)) continue;
