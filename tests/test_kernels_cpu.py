@@ -167,7 +167,8 @@ def test_ablated_columns_are_zero_even_in_garbage_memory() -> None:
 
 
 # 5 rows: fewer blocks of rows than threads, which then share tiles; 37 and 130 rows: the batch-major kernel where
-# each thread gets two or more vectors of rows (float64: 8 lanes), else the tiled one
+# each thread gets two or more vectors of rows (float64: 8 lanes), else the tiled one, and condensed lane groups
+# (5 and 17 vectors) that two or more threads share, and so transpose together, by input range
 @pytest.mark.parametrize("batch", [130, 37, 5])
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
 def test_results_do_not_depend_on_the_thread_count(threads: int, batch: int) -> None:
