@@ -97,17 +97,20 @@ def recorded_suite_args(run: Run) -> list[str]:
     return args
 
 
-def update(out: Path, suite_args: Sequence[str], suite: str = DEFAULT_SUITE, source: Path | None = None) -> Run:
-    """Regenerate the baseline at ``out``: run ``suite`` into a sibling folder (or copy the finished run folder
-    ``source`` there, recording the options it was run with), then swap it in."""
+def update(out: Path, suite_args: Sequence[str], suite: str | None = None, source: Path | None = None) -> Run:
+    """Regenerate the baseline at ``out``: run ``suite`` (default ``DEFAULT_SUITE``) into a sibling folder (or copy
+    the finished run folder ``source`` there, recording the suite and options it was run with), then swap it in."""
     out = Path(out)
     if source is not None:
         if suite_args:
             raise UserError(f"--from {source} takes the suite options that run recorded; drop {' '.join(suite_args)}")
         adopted = load_run(source)
+        if suite is not None and suite != adopted.suite:
+            raise UserError(f"--from {source} holds a run of the {adopted.suite} suite, not {suite}; "
+                            f"drop --suite or adopt a run of {suite}")
         suite, suite_args = check_suite(adopted.suite), recorded_suite_args(adopted)
     else:
-        suite = check_suite(suite)
+        suite = check_suite(suite or DEFAULT_SUITE)
         suite_args = _check_suite_args(suite_args)
     _check_target(out, suite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -211,8 +214,8 @@ def main(argv: Sequence[str]) -> int:
                         description="Run a suite that records speedups (default --quick; other suite options are "
                                     "passed on) and replace the baseline folder with the new run.")
     up.add_argument("--out", type=Path, default=DEFAULT_DIR, help=f"the baseline folder (default {DEFAULT_DIR})")
-    up.add_argument("--suite", default=DEFAULT_SUITE,
-                    help=f"the suite whose speedups the baseline tracks (default {DEFAULT_SUITE})")
+    up.add_argument("--suite", help=f"the suite whose speedups the baseline tracks (default {DEFAULT_SUITE}; with "
+                                     "--from, the adopted run's)")
     up.add_argument("--from", dest="source", type=Path,
                     help="make a finished run folder the baseline instead of running the suite (its recorded options "
                          "are the ones check reruns): for runs made where this command cannot rerun them, a GPU "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -210,6 +211,10 @@ def test_update_from_refuses_an_unfinished_run_and_extra_options(tmp_path: Path,
     out = tmp_path / "base"
     assert main(["baseline", "update", "--out", str(out), "--from", str(run), "--batch", "4"]) == 2
     assert "takes the suite options that run recorded; drop --batch 4" in capsys.readouterr().err
+    assert main(["baseline", "update", "--out", str(out), "--from", str(run), "--suite", "training"]) == 2
+    assert "holds a run of the inference suite, not training; drop --suite" in capsys.readouterr().err
+    assert main(["baseline", "update", "--out", str(out), "--from", str(run), "--suite", "inference"]) == 0
+    shutil.rmtree(out)
     meta = json.loads((run / "run.json").read_text())
     meta["finished_at"] = None
     (run / "run.json").write_text(json.dumps(meta))
