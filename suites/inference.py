@@ -114,6 +114,10 @@ QUICK = {"cases": "b16-fc1", "sparsity": "0.9", "batch": "1,256", "rounds": 7, "
 LAUNCH_MODES = ("eager", "graph")
 #: rounds of the end-to-end case in --quick (a ViT-B/16 forward takes ~0.3 s on 2 cores)
 QUICK_E2E_ROUNDS = 6
+#: a cold group's rounds per warm round, where --cold-rounds is not given: a cold call's time moves with what
+#: the memory system is doing (one DynaDiag layer took 93 to 162 us from one trial to the next), and at 10
+#: rounds the 95% intervals of the cold batch-1 ratios spanned +-30%; at 30 about +-5%
+COLD_ROUNDS_FACTOR = 3
 _SHAPE = re.compile(r"^(\d+)x(\d+)$")
 
 
@@ -179,6 +183,7 @@ class Config:
     launch: list[str]
     e2e: bool
     rounds: int
+    cold_rounds: int
     e2e_rounds: int
     min_time: float
     threads: int
@@ -209,7 +214,10 @@ class Config:
         return out
 
     def rounds_of(self, group: Group) -> int:
-        return self.e2e_rounds if group.e2e else self.rounds
+        """R of ``group``: ``e2e_rounds`` end to end, ``cold_rounds`` with cold caches, else ``rounds``."""
+        if group.e2e:
+            return self.e2e_rounds
+        return self.cold_rounds if group.l2 == "cold" else self.rounds
 
     def names(self, group: Group) -> list[str]:
         """The rows of ``group``: its dense implementations (torch's only end to end), then the other methods."""
@@ -251,7 +259,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="kernel of srigl/dynadiag: auto, cpu, cuda or reference (default auto)")
     parser.add_argument("--min-time", type=float,
                         help=f"seconds each timed block lasts at least (default {DEFAULTS['min_time']})")
-    parser.add_argument("--rounds", type=int, help=f"samples per method and case (default {DEFAULTS['rounds']})")
+    parser.add_argument("--rounds", type=int, help=f"samples per method of a warm-cache case and end to end (default {DEFAULTS['rounds']})")
+    parser.add_argument("--cold-rounds", type=int,
+                        help=f"samples per method of a cold-cache case (default {COLD_ROUNDS_FACTOR}x --rounds: a cold "
+                             "call's latency varies more)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
     base.add_out_arguments(parser, NAME)
 
@@ -334,6 +345,9 @@ def resolve_config(args: argparse.Namespace) -> Config:
     rounds = _preset(args, "rounds")
     if rounds < 2:
         raise UserError(f"--rounds must be >= 2 (the confidence intervals need several samples), got {rounds}")
+    cold_rounds = COLD_ROUNDS_FACTOR * rounds if args.cold_rounds is None else args.cold_rounds
+    if cold_rounds < 2:
+        raise UserError(f"--cold-rounds must be >= 2 (the confidence intervals need several samples), got {cold_rounds}")
     min_time = _preset(args, "min_time")
     if not min_time > 0:
         raise UserError(f"--min-time must be a positive number of seconds, got {min_time}")
@@ -347,8 +361,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return Config(
         methods=methods, named=named, dense=dense_baselines.candidates(device.type, dtype), cases=cases,
         sparsities=sparsities, batches=batches, l2=l2, launch=launch, e2e=not args.no_e2e,
-        rounds=rounds, e2e_rounds=e2e_rounds, min_time=float(min_time), threads=threads, device=device.type,
-        dtype=args.dtype, impl=args.impl, seed=args.seed, quick=args.quick,
+        rounds=rounds, cold_rounds=cold_rounds, e2e_rounds=e2e_rounds, min_time=float(min_time), threads=threads,
+        device=device.type, dtype=args.dtype, impl=args.impl, seed=args.seed, quick=args.quick,
         out=str(args.out or records.default_out(NAME)), notes=[],
     )
 

@@ -237,6 +237,17 @@ def test_quick_presets_and_overrides() -> None:
     assert chosen.l2 == ["cold", "warm"]
 
 
+def test_cold_groups_take_three_times_the_rounds_unless_told() -> None:
+    full = inference.resolve_config(_parse("--threads", "1"))
+    assert (full.rounds, full.cold_rounds, full.e2e_rounds) == (10, 30, 10)
+    by_mode = {(g.l2, g.e2e): full.rounds_of(g) for g in full.groups()}
+    assert by_mode == {("warm", False): 10, ("cold", False): 30, ("warm", True): 10}
+    assert inference.resolve_config(_parse("--rounds", "4", "--threads", "1")).cold_rounds == 12
+    assert inference.resolve_config(_parse("--rounds", "4", "--cold-rounds", "5", "--threads", "1")).cold_rounds == 5
+    with pytest.raises(UserError, match="--cold-rounds must be >= 2"):
+        inference.resolve_config(_parse("--cold-rounds", "1", "--threads", "1"))
+
+
 def test_quick_row_ids_are_unchanged() -> None:
     """CI compares --quick runs against a committed baseline by case id: warm only, the ids they always had."""
     quick = inference.resolve_config(_parse("--quick", "--threads", "2"))
@@ -378,6 +389,7 @@ def test_cold_rows_exist_and_are_labelled(tmp_path: Path, capsys: pytest.Capture
         assert set(rows["speedup_vs_dense"]) >= {1.0}  # each mode has its own fastest dense
     warm, cold = (frame[frame["l2"] == m].set_index(pd.Index(names(frame[frame["l2"] == m]))) for m in ("warm", "cold"))
     assert (warm["bytes"] == cold["bytes"]).all()  # the same modules, timed in both modes
+    assert set(warm["n"]) == {3} and set(cold["n"]) == {9}  # TINY's --rounds 3, three times that when cold
     table = capsys.readouterr().out
     assert re.split(r"\s{2,}", table.splitlines()[0].strip())[4] == "l2"
     assert [line.split()[4] for line in table.splitlines()[2:2 + 2 * len(ROWS)]] == list(frame["l2"])
