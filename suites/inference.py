@@ -7,7 +7,7 @@ X). ``b16-stack`` is ViT-B/16's 48 encoder linears applied in sequence to
 one token (batch 1 whatever ``--batch`` says; ``suites/token_stack.py``).
 The default is ``b16`` and ``b16-stack``; the bigger shapes are the named
 sets ``l16`` and ``h14`` (ViT-L/16's fc1 included), out of the default to
-keep a full run, warm and cold, near half an hour on 2 cores. The end-to-end case is torchvision's ViT-B/16 at image
+keep a full run, warm and cold, under an hour on 2 cores. The end-to-end case is torchvision's ViT-B/16 at image
 batch 1 with every encoder linear converted (``suites/vit_e2e.py``).
 
 Layer and stack cases are timed with warm caches and with cold ones
@@ -239,7 +239,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         f"{', '.join(STACK_CASES)} (ViT-B/16's 48 encoder linears in sequence on one "
                                         "token, batch 1); or shapes INxOUT such as 64x128 (default "
                                         f"{DEFAULTS['cases']}: the l16 and h14 sets, l16-fc1 included, are left out to "
-                                        "keep a full run, warm and cold, near half an hour on 2 cores)")
+                                        "keep a full run, warm and cold, under an hour on 2 cores)")
     parser.add_argument("--sparsity", help=f"comma-separated sparsities in [0, 1) (default {DEFAULTS['sparsity']})")
     parser.add_argument("--batch", help=f"comma-separated batch sizes, rows of X (default {DEFAULTS['batch']})")
     parser.add_argument("--l2", help="comma-separated cache modes of the layer and stack cases: warm (each call finds "
