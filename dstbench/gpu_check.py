@@ -133,7 +133,8 @@ def plan(out: Path, python: str = sys.executable) -> list[Step]:
         sanitizer("memcheck", {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}),
         sanitizer("racecheck", {}),
         suite("inference-layers", "inference", 150, "--cases", "b16-qkv,b16-proj,b16-fc1,b16-fc2",
-              "--batch", "1,197,256", "--no-e2e", *METHODS, "--rounds", "5", "--min-time", "0.03"),
+              "--batch", "1,197,256", "--no-e2e", *METHODS, "--rounds", "5", "--cold-rounds", "5",
+              "--min-time", "0.03"),  # as many cold rounds as warm: the budget was sized for that
         Step("kernel-sweep", (python, "-m", "dstbench.kernels.cuda.kernel_sweep", "--out", str(out / "kernels.md")),
              45),
         suite("inference-e2e", "inference", 55, "--cases", "", "--batch", "1", *METHODS, "--rounds", "6",

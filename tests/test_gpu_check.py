@@ -39,6 +39,7 @@ def test_plan_steps_budgets_and_commands(tmp_path: Path) -> None:
     args = suite_args(layers)
     assert (args.suite, args.device, args.sparsity, args.batch, args.no_e2e) == ("inference", "cuda", "0.9", "1,197,256", True)
     assert set(inference.parse_cases(args.cases)) == {"b16-qkv", "b16-proj", "b16-fc1", "b16-fc2"}
+    assert args.rounds == args.cold_rounds == 5  # its budget holds 5 rounds of the flushed groups, not 15
     args = suite_args(e2e)
     assert inference.parse_cases(args.cases) == {} and not args.no_e2e  # the end-to-end case only
     args = suite_args(training)
