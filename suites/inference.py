@@ -7,14 +7,16 @@ X). ``b16-stack`` is ViT-B/16's 48 encoder linears applied in sequence to
 one token (batch 1 whatever ``--batch`` says; ``suites/token_stack.py``).
 The default is ``b16`` and ``b16-stack``; the bigger shapes are the named
 sets ``l16`` and ``h14`` (ViT-L/16's fc1 included), out of the default to
-keep a full run, warm and cold, under an hour on 2 cores. The end-to-end case is torchvision's ViT-B/16 at image
-batch 1 with every encoder linear converted (``suites/vit_e2e.py``).
+keep a full run, warm and cold, under an hour on 2 cores. The end-to-end case
+is torchvision's ViT-B/16 at image batch 1 with every encoder linear converted
+(``suites/vit_e2e.py``).
 
 Layer and stack cases are timed with warm caches and with cold ones
 (``--l2``, ``dstbench.timing``): warm, each call finds the layer's data left
 in cache by the previous one; cold, the caches are evicted before every
-call, outside the timed region. ``--quick`` times warm only on the CPU; the
-end-to-end case is always warm.
+call, outside the timed region, and a cold group takes ``--cold-rounds``
+rounds (3x ``--rounds`` by default: a call from memory varies more).
+``--quick`` times warm only on the CPU; the end-to-end case is always warm.
 
 Every row also says how close it comes to this machine's memory
 bandwidth: ``bytes`` (``suites/traffic.py``: the layer's stored tensors in
@@ -259,7 +261,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="kernel of srigl/dynadiag: auto, cpu, cuda or reference (default auto)")
     parser.add_argument("--min-time", type=float,
                         help=f"seconds each timed block lasts at least (default {DEFAULTS['min_time']})")
-    parser.add_argument("--rounds", type=int, help=f"samples per method of a warm-cache case and end to end (default {DEFAULTS['rounds']})")
+    parser.add_argument("--rounds", type=int,
+                        help=f"samples per method of a warm-cache case and end to end (default {DEFAULTS['rounds']})")
     parser.add_argument("--cold-rounds", type=int,
                         help=f"samples per method of a cold-cache case (default {COLD_ROUNDS_FACTOR}x --rounds: a cold "
                              "call's latency varies more)")
