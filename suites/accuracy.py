@@ -276,11 +276,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
     checkpoint_every = _pick(args, "checkpoint_every", dataset, model)
     if checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
-    if args.timing_rounds < 2:
-        raise UserError(f"--timing-rounds must be >= 2 (the confidence intervals need several samples), got "
-                        f"{args.timing_rounds}")
-    if not args.timing_min_time > 0:
-        raise UserError(f"--timing-min-time must be a positive number of seconds, got {args.timing_min_time}")
+    timing_rounds = base.rounds(args.timing_rounds, "--timing-rounds")
+    timing_min_time = base.min_time(args.timing_min_time, "--timing-min-time")
     if args.image_size < 16:
         raise UserError(f"--image-size must be >= 16 pixels, got {args.image_size}")
     device = base.resolve_device(args.device)
@@ -289,8 +286,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         dataset=dataset, data_dir=args.data_dir, image_size=args.image_size, model=model, methods=[s.label for s in specs], sparsities=sparsities,
         seeds=list(dict.fromkeys(seeds)), hyper=loop.hyper_dict(hyper), delta_t=args.delta_t,
         distribution=args.distribution, impl=args.impl, options=list(args.option or []), device=device.type,
-        threads=base.set_threads(threads), timing=not args.no_timing, timing_rounds=args.timing_rounds,
-        timing_min_time=args.timing_min_time, checkpoint_every=checkpoint_every, quick=args.quick,
+        threads=base.set_threads(threads), timing=not args.no_timing, timing_rounds=timing_rounds,
+        timing_min_time=timing_min_time, checkpoint_every=checkpoint_every, quick=args.quick,
         out=str(args.out or records.default_out(NAME)),
     )
 

@@ -90,6 +90,20 @@ def batches(text: str) -> list[int]:
     return values
 
 
+def rounds(value: int, option: str) -> int:
+    """Check a rounds option (``--rounds``, ``--cold-rounds``, ...): at least 2; returns it."""
+    if value < 2:
+        raise UserError(f"{option} must be >= 2 (the confidence intervals need several samples), got {value}")
+    return value
+
+
+def min_time(value: float, option: str) -> float:
+    """Check a block duration option (``--min-time``, ...): a positive number of seconds; returns it as a float."""
+    if not value > 0:
+        raise UserError(f"{option} must be a positive number of seconds, got {value}")
+    return float(value)
+
+
 def set_threads(threads: int | None) -> int:
     """Set torch's intra-op thread count (default: all cores) and return it.
 

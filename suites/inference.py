@@ -345,15 +345,10 @@ def resolve_config(args: argparse.Namespace) -> Config:
         raise UserError("--sparsity is empty; give for example --sparsity 0.9")
     if not batches:
         raise UserError("--batch is empty; give for example --batch 1,256")
-    rounds = _preset(args, "rounds")
-    if rounds < 2:
-        raise UserError(f"--rounds must be >= 2 (the confidence intervals need several samples), got {rounds}")
-    cold_rounds = COLD_ROUNDS_FACTOR * rounds if args.cold_rounds is None else args.cold_rounds
-    if cold_rounds < 2:
-        raise UserError(f"--cold-rounds must be >= 2 (the confidence intervals need several samples), got {cold_rounds}")
-    min_time = _preset(args, "min_time")
-    if not min_time > 0:
-        raise UserError(f"--min-time must be a positive number of seconds, got {min_time}")
+    rounds = base.rounds(_preset(args, "rounds"), "--rounds")
+    cold_rounds = base.rounds(COLD_ROUNDS_FACTOR * rounds if args.cold_rounds is None else args.cold_rounds,
+                              "--cold-rounds")
+    min_time = base.min_time(_preset(args, "min_time"), "--min-time")
     dtype = base.resolve_dtype(args.dtype)
     if args.impl not in ("auto", "cpu", "cuda", "reference"):
         raise UserError(f"--impl must be auto, cpu, cuda or reference, got {args.impl!r}")
@@ -364,7 +359,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return Config(
         methods=methods, named=named, dense=dense_baselines.candidates(device.type, dtype), cases=cases,
         sparsities=sparsities, batches=batches, l2=l2, launch=launch, e2e=not args.no_e2e,
-        rounds=rounds, cold_rounds=cold_rounds, e2e_rounds=e2e_rounds, min_time=float(min_time), threads=threads,
+        rounds=rounds, cold_rounds=cold_rounds, e2e_rounds=e2e_rounds, min_time=min_time, threads=threads,
         device=device.type, dtype=args.dtype, impl=args.impl, seed=args.seed, quick=args.quick,
         out=str(args.out or records.default_out(NAME)), notes=[],
     )

@@ -192,14 +192,10 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if not sparsities:
         raise UserError("--sparsity is empty; give for example --sparsity 0.9")
     batch = _preset(args, "batch", "batch_size")
-    rounds = _preset(args, "rounds")
-    min_time = _preset(args, "min_time")
     if batch < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch}")
-    if rounds < 2:
-        raise UserError(f"--rounds must be >= 2 (the confidence intervals need several samples), got {rounds}")
-    if not min_time > 0:
-        raise UserError(f"--min-time must be a positive number of seconds, got {min_time}")
+    rounds = base.rounds(_preset(args, "rounds"), "--rounds")
+    min_time = base.min_time(_preset(args, "min_time"), "--min-time")
     if args.delta_t < 3:
         raise UserError(f"--delta-t must be >= 3 (a block of regular steps fits between two updates), got {args.delta_t}")
     if args.impl not in ("auto", "cpu", "cuda", "reference"):
@@ -207,7 +203,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     device = base.resolve_device(args.device)
     dense = dense_training.parse(_preset(args, "dense"), device.type, given=args.dense is not None)
     return Config(methods=methods, dense=dense, models=list(dict.fromkeys(names)), sparsities=sparsities, batch=batch,
-                  phase=args.phase, delta_t=args.delta_t, rounds=rounds, min_time=float(min_time),
+                  phase=args.phase, delta_t=args.delta_t, rounds=rounds, min_time=min_time,
                   threads=base.set_threads(args.threads), device=device.type, impl=args.impl, seed=args.seed,
                   quick=args.quick, out=str(args.out or records.default_out(NAME)))
 
