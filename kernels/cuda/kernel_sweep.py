@@ -35,7 +35,7 @@ from dstbench.kernels.formats import CondensedWeight, DiagonalWeight, diagonal_c
 
 SHAPES = {"qkv": (768, 2304), "proj": (768, 768), "fc1": (768, 3072), "fc2": (3072, 768)}  # (in, out)
 SPARSITY = 0.9
-GRAD_BATCHES = (64, 256)
+TILE_BATCHES, GRAD_BATCHES = (197, 256), (64, 256)
 REPS, ROUNDS = 20, 15
 
 
@@ -120,10 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dstbench.kernels.cuda.kernel_sweep",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
-    parser.add_argument("--batch", default="197,256",
-                        help="comma-separated batch sizes of the tile sweep, each >= 16 (default 197,256)")
+    parser.add_argument("--batch", default=",".join(map(str, TILE_BATCHES)),
+                        help=f"comma-separated batch sizes of the tile sweep, each >= {launches.DIAG_TILED_MIN_BATCH} "
+                             "(default %(default)s)")
     parser.add_argument("--grad-batch", default=",".join(map(str, GRAD_BATCHES)),
-                        help="comma-separated batch sizes of the values gradients (default 64,256)")
+                        help="comma-separated batch sizes of the values gradients (default %(default)s)")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
     grad_batches = [int(b) for b in args.grad_batch.split(",") if b.strip()]

@@ -129,11 +129,11 @@ class Prepared:
             args[i] = x.data_ptr()
         for i in self._y:
             args[i] = y.data_ptr()
-        index = self._index
-        if _import_cupy()[0].cuda.runtime.getDevice() == index:
+        index, cupy = self._index, _import_cupy()[0]
+        if cupy.cuda.runtime.getDevice() == index:
             self._fn(self._grid, self._block, tuple(args), shared_mem=self._shared, stream=_stream(index))
         else:
-            with _import_cupy()[0].cuda.Device(index):
+            with cupy.cuda.Device(index):
                 self._fn(self._grid, self._block, tuple(args), shared_mem=self._shared, stream=_stream(index))
 
 
