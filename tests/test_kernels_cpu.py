@@ -73,10 +73,11 @@ DIAG_CASES = [  # out, in, batch, K
     # precision the tiles): ragged lanes, lane groups of one vector, vectors left over whose outputs the
     # threads share (97 rows: 3 vectors per thread and a seventh), partial blocks of 12 outputs, blocks that
     # pass the ends of a diagonal, sides shorter than a block (and between one and two blocks), padding rows
-    # that wrap
+    # that wrap; the rows past the last whole vector go to the row kernels when they are few (out >= in: up to
+    # 6, else 8; float32 71 and 73 rows keep a lane group for their 7 and 9)
     (45, 40, 97, 45), (40, 45, 130, 20), (70, 70, 70, 12), (5, 3, 70, 5), (3, 5, 66, 1), (1, 1, 64, 1),
     (7, 1, 80, 3), (1, 7, 80, 7), (20, 9, 70, 15), (9, 20, 97, 20), (3072, 768, 70, 31), (768, 3072, 70, 31),
-    (300, 50, 129, 150),
+    (300, 50, 129, 150), (45, 40, 71, 45), (40, 45, 72, 20), (40, 45, 73, 20), (768, 3072, 197, 31),
 ]
 
 
