@@ -30,10 +30,12 @@ EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.bfloat16: 2.0**-7
 
 
 def assert_close(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor, dtype: torch.dtype) -> None:
-    """|got - want| <= 8 * eps(dtype) * bound, with want and bound (the same sum over |terms|) in float64."""
+    """|got - want| <= 8 * eps(dtype) * bound + the dtype's smallest subnormal (a result stored below the
+    normal range keeps only an absolute precision: float16 products of two 1e-3 values do), with want and
+    bound (the same sum over |terms|) in float64."""
     assert got.shape == want.shape and got.dtype == dtype
     err = (got.double() - want).abs()
-    limit = 8 * EPS[dtype] * bound + 1e-300
+    limit = 8 * EPS[dtype] * bound + max(torch.finfo(dtype).smallest_normal * EPS[dtype], 1e-300)
     assert bool((err <= limit).all()), f"max error {err.max().item():.3g}, limit {limit.max().item():.3g}"
 
 
@@ -67,6 +69,7 @@ DIAG_CASES = [  # out, in, batch, K
     (1, 1, 1, 1), (5, 3, 1, 5), (3, 5, 2, 1), (1, 7, 3, 7), (7, 1, 4, 3), (6, 6, 1, 6), (6, 6, 9, 2),
     (150, 40, 20, 30), (40, 150, 15, 150), (70, 70, 33, 12), (130, 7, 5, 130), (7, 130, 16, 40),
     (37, 20, 3, 37), (20, 37, 7, 5), (3072, 768, 9, 31), (768, 3072, 1, 31), (100, 83, 2, 100),
+    (3072, 768, 1, 31), (70, 45, 2, 69), (45, 70, 1, 33),
     # float32 tiles are 32 lanes: the long side within one tile of the short one, partial second vectors
     (45, 40, 11, 45), (40, 45, 6, 20), (97, 33, 12, 60), (33, 97, 5, 90), (48, 48, 8, 7),
     # float32 and float64 take the batch-major kernel (two or more SIMD vectors of batch rows per thread; half
@@ -90,11 +93,14 @@ def test_diagonal_matches_reference_and_dense(out_f: int, in_f: int, batch: int,
     check_diagonal(out_f, in_f, batch, offsets, dtype)
 
 
-@pytest.mark.parametrize("batch", [1, 6])
+# bfloat16 at batches 1-2 takes the AVX512-BF16 pair kernel where the CPU has it: pairs far apart on the long
+# side (49 and 3 of 50) go one diagonal at a time, and the odd fifth diagonal goes alone
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("batch", [1, 2, 6])
 @pytest.mark.parametrize("out_f, in_f", [(50, 20), (20, 50), (24, 24)])
-def test_diagonal_unsorted_and_repeated_offsets(out_f: int, in_f: int, batch: int) -> None:
+def test_diagonal_unsorted_and_repeated_offsets(out_f: int, in_f: int, batch: int, dtype: torch.dtype) -> None:
     p = max(out_f, in_f)
-    check_diagonal(out_f, in_f, batch, torch.tensor([p - 1, 3, 0, 3, p // 2]), torch.float64)
+    check_diagonal(out_f, in_f, batch, torch.tensor([p - 1, 3, 0, 3, p // 2]), dtype)
 
 
 @settings(max_examples=25, deadline=None)
@@ -137,6 +143,9 @@ COND_CASES = [  # out, in, batch, n_active, k
     (400, 1600, 40, 350, 160),
     # float32 moves whole 16 x 16 blocks through registers: full and partial blocks, runs of active rows
     (48, 20, 64, 48, 5), (70, 33, 35, 60, 8),
+    # bfloat16 at batches 1-2 gathers 32 entries at a time where the CPU has AVX512-BF16: whole blocks and a
+    # tail, rows that are exactly two blocks, the last input (whose 32-bit word ends at x's spare element)
+    (3072, 768, 1, 300, 77), (50, 40, 2, 45, 40), (20, 64, 1, 19, 64),
 ]
 
 
@@ -233,16 +242,18 @@ def test_bad_input_raises_user_error(call, match: str) -> None:
         call()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("index", [torch.int16, torch.int32], ids=str)
 @pytest.mark.parametrize("batch", [1, 2, 5])
 @pytest.mark.parametrize("row, entry, bad", [(0, 0, 8), (1, 17, -1), (2, 32, 8), (2, 5, 1000)])
 def test_an_out_of_range_index_anywhere_is_caught(index: torch.dtype, batch: int, row: int, entry: int,
-                                                  bad: int) -> None:
-    """Rows of 33 entries (two blocks of 16 and a tail), three rows (a pair and a single, for the small batches)."""
+                                                  bad: int, dtype: torch.dtype) -> None:
+    """Rows of 33 entries (float32: two blocks of 16 and a tail; bfloat16: a block of 32, even and odd
+    entries gathered apart, and a tail), three rows (a pair and a single, for the small batches)."""
     idx = torch.arange(3 * 33).reshape(3, 33).remainder(8).to(index)
     idx[row, entry] = bad
     with pytest.raises(UserError, match="indices"):
-        cpu.condensed_mm(torch.ones(batch, 8), torch.ones(3, 33), idx, torch.arange(3), 3)
+        cpu.condensed_mm(torch.ones(batch, 8, dtype=dtype), torch.ones(3, 33, dtype=dtype), idx, torch.arange(3), 3)
 
 
 def test_bias_must_match_the_output() -> None:

@@ -201,6 +201,16 @@ inline auto hsum(const V& v) -> decltype(v[0] + 0) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+#if defined(__AVX512BF16__)
+// 32 bfloat16 lanes as the operand type of vdpbf16ps (each float lane of the result adds the products of one
+// pair of them).
+inline __m512bh as_bh(__m512i v) {
+    __m512bh r;
+    std::memcpy(&r, &v, sizeof r);
+    return r;
+}
+#endif
+
 // Freed scratch blocks of the calling thread, kept for reuse: a fresh multi-megabyte block
 // costs a page fault per 4 KiB page on first touch, often more than the kernel itself.
 class BlockCache {

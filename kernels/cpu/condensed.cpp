@@ -146,6 +146,9 @@ struct Condensed {
 #if defined(__AVX512F__)
         if constexpr (std::is_same<T, float>::value) return gather_rows_avx512(x, i0, i1, y);
 #endif
+#if defined(__AVX512BF16__)
+        if constexpr (std::is_same<T, bf16>::value && sizeof(I) <= 4) return gather_rows_bf16(x, i0, i1, y);
+#endif
         if (!indices_ok(idx + i0 * k, (i1 - i0) * k, nin)) return false;
         typedef A G __attribute__((vector_size(8 * sizeof(A))));
         for (int64_t i = i0; i < i1; ++i) {
@@ -223,6 +226,85 @@ struct Condensed {
                 for (int64_t j = 0; j < kfull; j += 16) a = gather_fma(vi + j, ci + j, xb, limit, 0xffff, &bad, a);
                 if (tail) a = gather_fma(vi + kfull, ci + kfull, xb, limit, tail, &bad, a);
                 yb[rows[i]] = _mm512_reduce_add_ps(a) + bias_of(i);
+            }
+        }
+        return bad == 0;
+    }
+#endif
+
+#if defined(__AVX512BF16__)
+    // The indices of entries 2m and 2m + 1 of ij's next 32 (the lanes of m, 0 elsewhere) as 16 unsigned
+    // 32-bit lanes each; negative int16 and int32 indices become huge, so the range check catches them.
+    static void pair_indices(const I* ij, __mmask32 m, __m512i& even, __m512i& odd) {
+        if constexpr (sizeof(I) == 2) {  // dword m holds entries 2m (low half) and 2m + 1 (high half)
+            const __m512i d = _mm512_maskz_loadu_epi16(m, ij);
+            even = _mm512_and_si512(d, _mm512_set1_epi32(0xffff));
+            odd = _mm512_srli_epi32(d, 16);
+        } else {
+            const __m512i lo = _mm512_maskz_loadu_epi32(__mmask16(m), ij);
+            const __m512i hi = _mm512_maskz_loadu_epi32(__mmask16(m >> 16), ij + 16);
+            const __m512i e = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            even = _mm512_permutex2var_epi32(lo, e, hi);
+            odd = _mm512_permutex2var_epi32(lo, _mm512_add_epi32(e, _mm512_set1_epi32(1)), hi);
+        }
+    }
+
+    // acc += the first n of the 32 entries of vj, ij times x at their indices, by pairs on vdpbf16ps: two
+    // gathers of 16 32-bit words from x (index i's word holds x[i] in its low half; x has a spare element at
+    // its end for the word at nin - 1), the odd entries' shifted into the high halves. Lanes whose index is
+    // out of range load nothing and are added to *bad.
+    static __m512 gather_dot(const bf16* vj, const I* ij, const bf16* x, __m512i limit, int n, __mmask16* bad,
+                             __m512 acc) {  // the first n <= 32 entries
+        const __mmask32 m = __mmask32((uint64_t(1) << n) - 1);
+        const __mmask16 me = __mmask16((1u << ((n + 1) / 2)) - 1), mo = __mmask16((1u << (n / 2)) - 1);
+        __m512i even, odd;
+        pair_indices(ij, m, even, odd);
+        __builtin_prefetch(vj + PREFETCH_BYTES / sizeof(bf16), 0, 1);  // the rows ahead, for cold weights
+        __builtin_prefetch(ij + PREFETCH_BYTES / sizeof(I), 0, 1);
+        const __mmask16 oke = _mm512_mask_cmplt_epu32_mask(me, even, limit);
+        const __mmask16 oko = _mm512_mask_cmplt_epu32_mask(mo, odd, limit);
+        *bad |= __mmask16((me & ~oke) | (mo & ~oko));
+        const __m512i z = _mm512_setzero_si512();
+        const __m512i xe = _mm512_mask_i32gather_epi32(z, oke, even, x, 2);
+        const __m512i xo = _mm512_mask_i32gather_epi32(z, oko, odd, x, 2);
+        const __m512i xs = _mm512_mask_blend_epi16(0xaaaaaaaau, xe, _mm512_slli_epi32(xo, 16));
+        return _mm512_dpbf16_ps(acc, as_bh(_mm512_maskz_loadu_epi16(m, vj)), as_bh(xs));
+    }
+
+    // gather_rows for bfloat16 with AVX512-BF16 (int16 and int32 indices): 32 entries per pair of gathers
+    // and one vdpbf16ps, two rows at a time, each batch row of x first copied with a spare element.
+    bool gather_rows_bf16(const bf16* x, int64_t i0, int64_t i1, bf16* y) const {
+        const int64_t kfull = k / 32 * 32;
+        const int tail = int(k % 32);
+        const __m512i limit = _mm512_set1_epi32(int32_t(std::min<int64_t>(nin, INT32_MAX)));
+        std::vector<bf16> xs(nin + 2);
+        __mmask16 bad = 0;
+        for (int64_t b = 0; b < B; ++b) {
+            std::memcpy(xs.data(), x + b * nin, nin * sizeof(bf16));
+            const bf16* xb = xs.data();
+            bf16* yb = y + b * nout;
+            int64_t i = i0;
+            const auto row = [&](int64_t r, __m512 a) { yb[rows[r]] = from_acc<bf16>(_mm512_reduce_add_ps(a) + bias_of(r)); };
+            for (; i + 2 <= i1; i += 2) {
+                const bf16 *v0 = v + i * k, *v1 = v0 + k;
+                const I *c0 = idx + i * k, *c1 = c0 + k;
+                __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+                for (int64_t j = 0; j < kfull; j += 32) {
+                    a0 = gather_dot(v0 + j, c0 + j, xb, limit, 32, &bad, a0);
+                    a1 = gather_dot(v1 + j, c1 + j, xb, limit, 32, &bad, a1);
+                }
+                if (tail) {
+                    a0 = gather_dot(v0 + kfull, c0 + kfull, xb, limit, tail, &bad, a0);
+                    a1 = gather_dot(v1 + kfull, c1 + kfull, xb, limit, tail, &bad, a1);
+                }
+                row(i, a0);
+                row(i + 1, a1);
+            }
+            for (; i < i1; ++i) {
+                __m512 a = _mm512_setzero_ps();
+                for (int64_t j = 0; j < kfull; j += 32) a = gather_dot(v + i * k + j, idx + i * k + j, xb, limit, 32, &bad, a);
+                if (tail) a = gather_dot(v + i * k + kfull, idx + i * k + kfull, xb, limit, tail, &bad, a);
+                row(i, a);
             }
         }
         return bad == 0;

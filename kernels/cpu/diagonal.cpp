@@ -641,13 +641,138 @@ int diag_mm_lanes(const T* x, const int64_t* off, const T* v, const T* bias, T* 
     return OK;
 }
 
+#if defined(__AVX512BF16__)
+// bfloat16, batches of 1-2 rows, on the AVX512-BF16 dot product: vdpbf16ps adds to each float lane the two
+// products of a pair of bfloat16 lanes, so the diagonals go two at a time, each pair's values and x
+// interleaved lane by lane in registers (vpunpcklwd / vpunpckhwd), no conversion to float. Like
+// diag_mm_runs, each thread takes a contiguous share of the pairs, streams their values once and adds into
+// private accumulator rows, summed at the end with the bias; the rows hold 32-output blocks in the lane
+// order the unpacks give (see block_slot). The instruction treats denormal bfloat16 inputs as zero and
+// flushes denormal results (DAZ / FTZ), and rounds each step to nearest even.
+// Where output o of a 32-output block sits in the block's accumulators: unpacking two 32-lane bfloat16
+// vectors pairs, in each 128-bit lane l, elements 8l + k (low half) and 8l + 4 + k (high half), k < 4, so
+// the low product's float lane 4l + k holds output 8l + k and the high product's (slots 16..31) 8l + 4 + k.
+inline int64_t block_slot(int64_t o) {
+    return (o & ~int64_t(31)) + ((o & 4) ? 16 : 0) + 4 * ((o & 31) >> 3) + (o & 3);
+}
+
+// Lanes i < 32 with lo <= i < hi as a mask.
+inline __mmask32 lane_mask(int64_t lo, int64_t hi) {
+    lo = std::max<int64_t>(lo, 0);
+    hi = std::min<int64_t>(hi, 32);
+    if (hi <= lo) return 0;
+    const uint64_t bits = ((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1);
+    return __mmask32(bits);
+}
+
+// 32 bfloat16 lanes from p + i for the lanes in m, zeros elsewhere; the masked-off lanes are not read (the
+// address may lie outside the array there, which masked loads allow).
+inline __m512i load_lanes(const bf16* p, int64_t i, __mmask32 m) {
+    return _mm512_maskz_loadu_epi16(m, reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) + i * 2));
+}
+
+// acc blocks [t0, t1) (multiples of 32) += the products of up to two diagonals: for each output t, a[t - ao]
+// * xa[t - ao] for 0 <= t - ao < na, and likewise b with bo, nb (b null: none). dst_long reads x at the values'
+// index (xa = xb = x); dst_short passes x shifted by each offset.
+inline void pair_blocks(float* acc, int64_t t0, int64_t t1, const bf16* va, const bf16* xa, int64_t ao, int64_t na,
+                        const bf16* vb, const bf16* xb, int64_t bo, int64_t nb) {
+    constexpr int64_t AHEAD = PREFETCH_BYTES / 2;
+    if (!vb) {  // a zero second diagonal
+        vb = va;
+        xb = xa;
+        bo = ao;
+        nb = 0;
+    }
+    for (int64_t t = t0; t < t1; t += 32) {
+        const int64_t ia = t - ao, ib = t - bo;
+        __m512i a, b, x, y;
+        __builtin_prefetch(va + std::max<int64_t>(ia, 0) + AHEAD, 0, 1);
+        if (ia >= 0 && ia + 32 <= na && ib >= 0 && ib + 32 <= nb) {  // both whole: plain loads
+            a = _mm512_loadu_si512(va + ia);
+            b = _mm512_loadu_si512(vb + ib);
+            x = _mm512_loadu_si512(xa + ia);
+            y = _mm512_loadu_si512(xb + ib);
+        } else {
+            const __mmask32 ma = lane_mask(-ia, na - ia), mb = lane_mask(-ib, nb - ib);
+            a = load_lanes(va, ia, ma);
+            b = load_lanes(vb, ib, mb);
+            x = load_lanes(xa, ia, ma);
+            y = load_lanes(xb, ib, mb);
+        }
+        const __m512 lo = _mm512_dpbf16_ps(_mm512_load_ps(acc + t), as_bh(_mm512_unpacklo_epi16(a, b)),
+                                           as_bh(_mm512_unpacklo_epi16(x, y)));
+        const __m512 hi = _mm512_dpbf16_ps(_mm512_load_ps(acc + t + 16), as_bh(_mm512_unpackhi_epi16(a, b)),
+                                           as_bh(_mm512_unpackhi_epi16(x, y)));
+        _mm512_store_ps(acc + t, lo);
+        _mm512_store_ps(acc + t + 16, hi);
+    }
+}
+
+int diag_mm_pairs(const bf16* x, const int64_t* off, const bf16* v, const bf16* bias, bf16* y, int64_t B,
+                  int64_t nsrc, int64_t ndst, int64_t K, bool dst_long, int nt) {
+    const int64_t P = std::max(nsrc, ndst), D = std::min(nsrc, ndst);
+    // Outputs on an unwrapped axis: dst_long t = j + s in [0, P + D), folded mod P at the end; dst_short j < D.
+    const int64_t lda = ceil_div(dst_long ? P + D : D, 32) * 32, npairs = ceil_div(K, 2);
+    // dst_short reads x at j + s, up to P + D - 2: x extended cyclically, so no load wraps.
+    const int64_t ldx = dst_long ? 0 : ceil_div(P + D + 32, 32) * 32;
+    const int parts = B * K * D > PARALLEL_MIN_WORK ? std::max(1, std::min<int>(nt, int(npairs))) : 1;
+    Scratch<float> acc(int64_t(parts) * B * lda, true);
+    Scratch<bf16> xe(B * ldx);
+    if (!acc.ok() || !xe.ok()) return NO_MEMORY;
+    for (int64_t b = 0; b < B && !dst_long; ++b)
+        for (int64_t u = 0; u < ldx; u += P) std::memcpy(xe.p + b * ldx + u, x + b * nsrc, std::min(P, ldx - u) * 2);
+#pragma omp parallel num_threads(parts)
+    {
+        const int64_t p = omp_get_thread_num(), np = omp_get_num_threads();
+        for (int64_t q = npairs * p / np; q < npairs * (p + 1) / np; ++q) {
+            const int64_t k = 2 * q, s = off[k], s2 = k + 1 < K ? off[k + 1] : 0;
+            const bf16 *va = v + k * D, *vb = k + 1 < K ? va + D : nullptr;
+            for (int64_t b = 0; b < B; ++b) {
+                float* ab = acc.p + (p * B + b) * lda;
+                if (dst_long) {  // diagonal s covers t in [s, s + D), reading values and x at t - s
+                    const bf16* xb = x + b * nsrc;
+                    const int64_t lo = std::min(s, vb ? s2 : s) & ~int64_t(31), hi = std::max(s, vb ? s2 : s) + D;
+                    if (!vb || hi - lo <= 2 * D) {
+                        pair_blocks(ab, lo, hi, va, xb, s, D, vb, xb, s2, D);
+                    } else {  // far apart: one at a time
+                        pair_blocks(ab, s & ~int64_t(31), s + D, va, xb, s, D, nullptr, nullptr, 0, 0);
+                        pair_blocks(ab, s2 & ~int64_t(31), s2 + D, vb, xb, s2, D, nullptr, nullptr, 0, 0);
+                    }
+                } else {  // output j reads values at j and x at j + s
+                    const bf16* xr = xe.p + b * ldx;
+                    pair_blocks(ab, 0, D, va, xr + s, 0, D, vb, xr + s2, 0, D);
+                }
+            }
+        }
+#pragma omp barrier
+        const int64_t ta = ndst * p / np, tb = ndst * (p + 1) / np;
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t t = ta; t < tb; ++t) {
+                float sum = bias ? to_acc(bias[t]) : 0.0f;
+                for (int64_t q = 0; q < np; ++q) {
+                    const float* ab = acc.p + (q * B + b) * lda;
+                    sum += ab[block_slot(t)];
+                    if (dst_long && t < D) sum += ab[block_slot(t + P)];
+                }
+                y[b * ndst + t] = from_acc<bf16>(sum);
+            }
+    }
+    return OK;
+}
+#endif
+
 template <class T>
 int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int64_t B, int64_t nsrc, int64_t ndst,
             int64_t K, bool dst_long, int nt) {
     const int64_t P = std::max(nsrc, ndst);
     for (int64_t k = 0; k < K; ++k)
         if (off[k] < 0 || off[k] >= P) return BAD_OFFSET;
-    if (B <= RUNS_MAX_BATCH) return diag_mm_runs(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
+    if (B <= RUNS_MAX_BATCH) {
+#if defined(__AVX512BF16__)
+        if constexpr (std::is_same<T, bf16>::value) return diag_mm_pairs(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
+#endif
+        return diag_mm_runs(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
+    }
     if constexpr (std::is_same<T, typename Acc<T>::A>::value)
         if (ceil_div(B, lanes<T>()) >= LANES_MIN_VECTORS * nt) {
             const int64_t rest = B % lanes<T>(), tail = rest <= (dst_long ? LONG_MAX_TAIL : SHORT_MAX_TAIL) ? rest : 0;
