@@ -193,40 +193,48 @@ struct Condensed {
         return _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, vj), xs, acc);
     }
 
-    // gather_rows for float32 with AVX-512: sixteen entries per hardware gather, two rows at a time so
-    // that two gathers are in flight; the range check of the indices rides along (gather_fma).
+    // y[b, rows[i]] for i in [i0, i1) (batch row b, yb = y + b * nout), two rows at a time so that two
+    // gathers are in flight: each row is the sum of dot(values, indices, n, acc) over its entries, S at a
+    // time (n = S, then the k % S left), reduced, plus its bias.
+    template <int S, class Dot>
+    __attribute__((always_inline)) void gather_dot_rows(int64_t i0, int64_t i1, T* yb, Dot dot) const {
+        const int64_t kfull = k / S * S;
+        const int tail = int(k % S);
+        const auto row = [&](int64_t i, __m512 a) { yb[rows[i]] = from_acc<T>(_mm512_reduce_add_ps(a) + bias_of(i)); };
+        int64_t i = i0;
+        for (; i + 2 <= i1; i += 2) {
+            const T *v0 = v + i * k, *v1 = v0 + k;
+            const I *c0 = idx + i * k, *c1 = c0 + k;
+            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+            for (int64_t j = 0; j < kfull; j += S) {
+                a0 = dot(v0 + j, c0 + j, S, a0);
+                a1 = dot(v1 + j, c1 + j, S, a1);
+            }
+            if (tail) {
+                a0 = dot(v0 + kfull, c0 + kfull, tail, a0);
+                a1 = dot(v1 + kfull, c1 + kfull, tail, a1);
+            }
+            row(i, a0);
+            row(i + 1, a1);
+        }
+        for (; i < i1; ++i) {
+            __m512 a = _mm512_setzero_ps();
+            for (int64_t j = 0; j < kfull; j += S) a = dot(v + i * k + j, idx + i * k + j, S, a);
+            if (tail) a = dot(v + i * k + kfull, idx + i * k + kfull, tail, a);
+            row(i, a);
+        }
+    }
+
+    // gather_rows for float32 with AVX-512: sixteen entries per hardware gather, the range check of the
+    // indices riding along (gather_fma).
     bool gather_rows_avx512(const float* x, int64_t i0, int64_t i1, float* y) const {
-        const __mmask16 tail = __mmask16((1u << (k % 16)) - 1);
-        const int64_t kfull = k / 16 * 16;
         const __m512i limit = _mm512_set1_epi32(int32_t(std::min<int64_t>(nin, INT32_MAX)));
         __mmask16 bad = 0;
         for (int64_t b = 0; b < B; ++b) {
             const float* xb = x + b * nin;
-            float* yb = y + b * nout;
-            int64_t i = i0;
-            for (; i + 2 <= i1; i += 2) {
-                const float *v0 = v + i * k, *v1 = v0 + k;
-                const I *c0 = idx + i * k, *c1 = c0 + k;
-                __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-                for (int64_t j = 0; j < kfull; j += 16) {
-                    a0 = gather_fma(v0 + j, c0 + j, xb, limit, 0xffff, &bad, a0);
-                    a1 = gather_fma(v1 + j, c1 + j, xb, limit, 0xffff, &bad, a1);
-                }
-                if (tail) {
-                    a0 = gather_fma(v0 + kfull, c0 + kfull, xb, limit, tail, &bad, a0);
-                    a1 = gather_fma(v1 + kfull, c1 + kfull, xb, limit, tail, &bad, a1);
-                }
-                yb[rows[i]] = _mm512_reduce_add_ps(a0) + bias_of(i);
-                yb[rows[i + 1]] = _mm512_reduce_add_ps(a1) + bias_of(i + 1);
-            }
-            for (; i < i1; ++i) {
-                const float* vi = v + i * k;
-                const I* ci = idx + i * k;
-                __m512 a = _mm512_setzero_ps();
-                for (int64_t j = 0; j < kfull; j += 16) a = gather_fma(vi + j, ci + j, xb, limit, 0xffff, &bad, a);
-                if (tail) a = gather_fma(vi + kfull, ci + kfull, xb, limit, tail, &bad, a);
-                yb[rows[i]] = _mm512_reduce_add_ps(a) + bias_of(i);
-            }
+            gather_dot_rows<16>(i0, i1, y + b * nout, [&](const float* vj, const I* ij, int n, __m512 acc) __attribute__((always_inline)) {
+                return gather_fma(vj, ij, xb, limit, __mmask16((1u << n) - 1), &bad, acc);
+            });
         }
         return bad == 0;
     }
@@ -272,40 +280,16 @@ struct Condensed {
     }
 
     // gather_rows for bfloat16 with AVX512-BF16 (int16 and int32 indices): 32 entries per pair of gathers
-    // and one vdpbf16ps, two rows at a time, each batch row of x first copied with a spare element.
+    // and one vdpbf16ps, each batch row of x first copied with a spare element.
     bool gather_rows_bf16(const bf16* x, int64_t i0, int64_t i1, bf16* y) const {
-        const int64_t kfull = k / 32 * 32;
-        const int tail = int(k % 32);
         const __m512i limit = _mm512_set1_epi32(int32_t(std::min<int64_t>(nin, INT32_MAX)));
         std::vector<bf16> xs(nin + 2);
         __mmask16 bad = 0;
         for (int64_t b = 0; b < B; ++b) {
             std::memcpy(xs.data(), x + b * nin, nin * sizeof(bf16));
-            const bf16* xb = xs.data();
-            bf16* yb = y + b * nout;
-            int64_t i = i0;
-            const auto row = [&](int64_t r, __m512 a) { yb[rows[r]] = from_acc<bf16>(_mm512_reduce_add_ps(a) + bias_of(r)); };
-            for (; i + 2 <= i1; i += 2) {
-                const bf16 *v0 = v + i * k, *v1 = v0 + k;
-                const I *c0 = idx + i * k, *c1 = c0 + k;
-                __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-                for (int64_t j = 0; j < kfull; j += 32) {
-                    a0 = gather_dot(v0 + j, c0 + j, xb, limit, 32, &bad, a0);
-                    a1 = gather_dot(v1 + j, c1 + j, xb, limit, 32, &bad, a1);
-                }
-                if (tail) {
-                    a0 = gather_dot(v0 + kfull, c0 + kfull, xb, limit, tail, &bad, a0);
-                    a1 = gather_dot(v1 + kfull, c1 + kfull, xb, limit, tail, &bad, a1);
-                }
-                row(i, a0);
-                row(i + 1, a1);
-            }
-            for (; i < i1; ++i) {
-                __m512 a = _mm512_setzero_ps();
-                for (int64_t j = 0; j < kfull; j += 32) a = gather_dot(v + i * k + j, idx + i * k + j, xb, limit, 32, &bad, a);
-                if (tail) a = gather_dot(v + i * k + kfull, idx + i * k + kfull, xb, limit, tail, &bad, a);
-                row(i, a);
-            }
+            gather_dot_rows<32>(i0, i1, y + b * nout, [&](const bf16* vj, const I* ij, int n, __m512 acc) __attribute__((always_inline)) {
+                return gather_dot(vj, ij, xs.data(), limit, n, &bad, acc);
+            });
         }
         return bad == 0;
     }
