@@ -200,7 +200,9 @@ struct Condensed {
     __attribute__((always_inline)) void gather_dot_rows(int64_t i0, int64_t i1, T* yb, Dot dot) const {
         const int64_t kfull = k / S * S;
         const int tail = int(k % S);
-        const auto row = [&](int64_t i, __m512 a) { yb[rows[i]] = from_acc<T>(_mm512_reduce_add_ps(a) + bias_of(i)); };
+        const auto row = [&](int64_t i, __m512 a) {
+            yb[rows[i]] = from_acc<T>(_mm512_reduce_add_ps(a) + bias_of(i));
+        };
         int64_t i = i0;
         for (; i + 2 <= i1; i += 2) {
             const T *v0 = v + i * k, *v1 = v0 + k;
@@ -232,9 +234,10 @@ struct Condensed {
         __mmask16 bad = 0;
         for (int64_t b = 0; b < B; ++b) {
             const float* xb = x + b * nin;
-            gather_dot_rows<16>(i0, i1, y + b * nout, [&](const float* vj, const I* ij, int n, __m512 acc) __attribute__((always_inline)) {
+            const auto dot = [&](const float* vj, const I* ij, int n, __m512 acc) __attribute__((always_inline)) {
                 return gather_fma(vj, ij, xb, limit, __mmask16((1u << n) - 1), &bad, acc);
-            });
+            };
+            gather_dot_rows<16>(i0, i1, y + b * nout, dot);
         }
         return bad == 0;
     }
@@ -287,9 +290,10 @@ struct Condensed {
         __mmask16 bad = 0;
         for (int64_t b = 0; b < B; ++b) {
             std::memcpy(xs.data(), x + b * nin, nin * sizeof(bf16));
-            gather_dot_rows<32>(i0, i1, y + b * nout, [&](const bf16* vj, const I* ij, int n, __m512 acc) __attribute__((always_inline)) {
+            const auto dot = [&](const bf16* vj, const I* ij, int n, __m512 acc) __attribute__((always_inline)) {
                 return gather_dot(vj, ij, xs.data(), limit, n, &bad, acc);
-            });
+            };
+            gather_dot_rows<32>(i0, i1, y + b * nout, dot);
         }
         return bad == 0;
     }

@@ -277,10 +277,10 @@ inline void axpy(A* __restrict acc, const T* __restrict v, const T* __restrict x
 }
 
 // Small batches: for each diagonal and batch row (the diagonal's values read once for all rows),
-// acc[t] += v[j] * x[u] along the diagonal, in at most two contiguous runs (split at the wrap point). Each thread takes a contiguous share of the diagonals,
-// so it streams one stretch of the values front to back (what the hardware prefetchers follow best when
-// the weights come from memory), into a private accumulator row of all ndst columns; the shares are then
-// summed, with the bias, column range by column range.
+// acc[t] += v[j] * x[u] along the diagonal, in at most two contiguous runs (split at the wrap point). Each
+// thread takes a contiguous share of the diagonals, so it streams one stretch of the values front to back
+// (what the hardware prefetchers follow best when the weights come from memory), into private accumulator
+// rows of all ndst columns; the shares are then summed, with the bias, column range by column range.
 template <class T>
 int diag_mm_runs(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int64_t B, int64_t nsrc,
                  int64_t ndst, int64_t K, bool dst_long, int nt) {
@@ -394,8 +394,10 @@ int diag_mm_tiles(const T* x, const int64_t* off, const T* v, const T* bias, T* 
     {
         // Rows first: the threads form ng = min(threads, blocks) groups, each with a contiguous share of the
         // batch blocks (the rows that torch's row-parallel ops before and after give the same thread, so x
-        // and y stay in its caches); the threads of a group share out its tiles.
-        const int64_t p = omp_get_thread_num(), np = omp_get_num_threads(), ng = share_tiles ? 1 : std::min(np, nblocks);
+        // and y stay in its caches); the threads of a group share out its tiles. share_tiles: one group (a
+        // few rows, which would otherwise split unevenly, 4 + 1).
+        const int64_t p = omp_get_thread_num(), np = omp_get_num_threads();
+        const int64_t ng = share_tiles ? 1 : std::min(np, nblocks);
         const int64_t g = p * ng / np, q0 = (g * np + ng - 1) / ng, q1 = ((g + 1) * np + ng - 1) / ng;
         const int64_t b0 = g * nblocks / ng, b1 = (g + 1) * nblocks / ng;
         const int64_t ta = (p - q0) * ntiles / (q1 - q0), tb = (p - q0 + 1) * ntiles / (q1 - q0);
@@ -769,13 +771,15 @@ int diag_mm(const T* x, const int64_t* off, const T* v, const T* bias, T* y, int
         if (off[k] < 0 || off[k] >= P) return BAD_OFFSET;
     if (B <= RUNS_MAX_BATCH) {
 #if defined(__AVX512BF16__)
-        if constexpr (std::is_same<T, bf16>::value) return diag_mm_pairs(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
+        if constexpr (std::is_same<T, bf16>::value)
+            return diag_mm_pairs(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
 #endif
         return diag_mm_runs(x, off, v, bias, y, B, nsrc, ndst, K, dst_long, nt);
     }
     if constexpr (std::is_same<T, typename Acc<T>::A>::value)
         if (ceil_div(B, lanes<T>()) >= LANES_MIN_VECTORS * nt) {
-            const int64_t rest = B % lanes<T>(), tail = rest <= (dst_long ? LONG_MAX_TAIL : SHORT_MAX_TAIL) ? rest : 0;
+            const int64_t rest = B % lanes<T>();
+            const int64_t tail = rest <= (dst_long ? LONG_MAX_TAIL : SHORT_MAX_TAIL) ? rest : 0;
             const int64_t whole = B - tail;
             const int status = diag_mm_lanes(x, off, v, bias, y, whole, nsrc, ndst, K, dst_long, nt);
             if (status != OK || tail == 0) return status;
