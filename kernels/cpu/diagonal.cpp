@@ -727,13 +727,15 @@ int diag_mm_pairs(const bf16* x, const int64_t* off, const bf16* v, const bf16* 
     {
         const int64_t p = omp_get_thread_num(), np = omp_get_num_threads();
         for (int64_t q = npairs * p / np; q < npairs * (p + 1) / np; ++q) {
-            const int64_t k = 2 * q, s = off[k], s2 = k + 1 < K ? off[k + 1] : 0;
-            const bf16 *va = v + k * D, *vb = k + 1 < K ? va + D : nullptr;
+            const int64_t k = 2 * q, s = off[k];
+            const bool two = k + 1 < K;  // else the odd last diagonal, alone (s2 = s spans no more)
+            const int64_t s2 = two ? off[k + 1] : s;
+            const bf16 *va = v + k * D, *vb = two ? va + D : nullptr;
             for (int64_t b = 0; b < B; ++b) {
                 float* ab = acc.p + (p * B + b) * lda;
                 if (dst_long) {  // diagonal s covers t in [s, s + D), reading values and x at t - s
                     const bf16* xb = x + b * nsrc;
-                    const int64_t lo = std::min(s, vb ? s2 : s) & ~int64_t(31), hi = std::max(s, vb ? s2 : s) + D;
+                    const int64_t lo = std::min(s, s2) & ~int64_t(31), hi = std::max(s, s2) + D;
                     if (!vb || hi - lo <= 2 * D) {
                         pair_blocks(ab, lo, hi, va, xb, s, D, vb, xb, s2, D);
                     } else {  // far apart: one at a time
