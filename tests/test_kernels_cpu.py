@@ -158,6 +158,32 @@ def test_condensed_matches_dense(out_f: int, in_f: int, batch: int, n_active: in
     check_condensed(out_f, in_f, batch, rows, k, dtype, index)
 
 
+@pytest.fixture(params=[False, True], ids=["hardware-gathers", "assembled-gathers"])
+def gathers(request: pytest.FixtureRequest):
+    """Both ways the float32 small-batch condensed product gathers x, whichever this CPU uses by default."""
+    before = cpu.assembled_gathers(request.param)
+    yield request.param
+    cpu.assembled_gathers(before)
+
+
+# float32 at batches 1-2 takes 16 entries per step: rows of one partial step, whole steps only (16, 64), whole
+# steps and a tail, an odd row count (one row walked alone)
+@pytest.mark.parametrize("index", [torch.int16, torch.int32], ids=str)
+@pytest.mark.parametrize("out_f, in_f, batch, n_active, k",
+                         [c for c in COND_CASES if c[2] <= 2] + [(9, 50, 1, 9, 16), (7, 50, 2, 7, 17)])
+def test_condensed_small_batch_gathers(out_f: int, in_f: int, batch: int, n_active: int, k: int, index: torch.dtype,
+                                       gathers: bool) -> None:
+    rows = torch.sort(torch.randperm(out_f, generator=torch.Generator().manual_seed(1))[:n_active]).values
+    check_condensed(out_f, in_f, batch, rows, k, torch.float32, index)
+
+
+def test_gathers_can_be_switched_and_restored() -> None:
+    default = cpu.assembled_gathers()
+    assert cpu.assembled_gathers(not default) == default
+    assert cpu.assembled_gathers(default) == (not default)
+    assert cpu.assembled_gathers() == default
+
+
 @settings(max_examples=25, deadline=None)
 @given(out_f=st.integers(1, 60), in_f=st.integers(1, 60), batch=st.integers(1, 40), active=st.floats(0.0, 1.0),
        fan=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
@@ -247,7 +273,7 @@ def test_bad_input_raises_user_error(call, match: str) -> None:
 @pytest.mark.parametrize("batch", [1, 2, 5])
 @pytest.mark.parametrize("row, entry, bad", [(0, 0, 8), (1, 17, -1), (2, 32, 8), (2, 5, 1000)])
 def test_an_out_of_range_index_anywhere_is_caught(index: torch.dtype, batch: int, row: int, entry: int,
-                                                  bad: int, dtype: torch.dtype) -> None:
+                                                  bad: int, dtype: torch.dtype, gathers: bool) -> None:
     """Rows of 33 entries (float32: two blocks of 16 and a tail; bfloat16: a block of 32, even and odd
     entries gathered apart, and a tail), three rows (a pair and a single, for the small batches)."""
     idx = torch.arange(3 * 33).reshape(3, 33).remainder(8).to(index)

@@ -35,6 +35,7 @@ from dstbench.kernels.cpu import build, caller
 
 __all__ = [
     "BoundProduct",
+    "assembled_gathers",
     "bind_condensed_mm",
     "bind_diag_mm",
     "condensed_input_grad",
@@ -74,6 +75,7 @@ class _Library:
         self._lock = threading.Lock()
         self._loaded = False
         self.functions: dict[tuple, ctypes._CFuncPtr] = {}
+        self.gathers: ctypes._CFuncPtr | None = None
         self.error: str | None = None
 
     def load(self) -> str | None:
@@ -84,7 +86,10 @@ class _Library:
             if not self._loaded:
                 try:
                     path, _ = build.ensure_built()
-                    self.functions = _bind(ctypes.CDLL(str(path)))
+                    lib = ctypes.CDLL(str(path))
+                    self.functions = _bind(lib)
+                    self.gathers = lib.dst_assembled_gathers
+                    self.gathers.argtypes, self.gathers.restype = [_INT], _INT
                 except build.BuildError as exc:
                     self.error = str(exc)
                 except (OSError, AttributeError) as exc:
@@ -125,6 +130,22 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     if reason is None and ("dst_diag_mm", dtype) not in _library.functions:
         return f"dtype {dtype} needs a C++ compiler with _Float16 (GCC 12+ or Clang 15+); this one has none"
     return reason
+
+
+def assembled_gathers(on: bool | None = None) -> bool:
+    """Whether the float32 condensed product at batch <= 2 builds its gathered x vectors from scalar loads.
+
+    The alternative is AVX-512 hardware gathers. The default, chosen when the library loads, is True on AMD
+    CPUs, whose gathers load about one element per cycle, else False. ``on`` switches it for this process;
+    the setting before the call is returned.
+
+    Raises:
+        UserError: the compiled kernels are unavailable (the message says why).
+    """
+    reason = _library.load()
+    if reason:
+        raise UserError(f"the CPU kernels cannot run: {reason}")
+    return bool(_library.gathers(-1 if on is None else int(on)))
 
 
 def _kernel(key: tuple, a: Tensor, b: Tensor) -> ctypes._CFuncPtr:

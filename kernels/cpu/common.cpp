@@ -43,6 +43,16 @@ enum Status { OK = 0, BAD_OFFSET = 1, BAD_INDEX = 2, BAD_ROW = 3, NO_MEMORY = 4 
 // region costs a few microseconds.
 constexpr int64_t PARALLEL_MIN_WORK = 1 << 15;
 
+// Whether the condensed kernels build their gathered vectors from scalar loads rather than with hardware
+// gathers: by default where gathers are slow, on AMD CPUs (Zen 4 and 5 load about one element per cycle).
+// __builtin_cpu_init comes first, as a static initializer may run before libgcc's. dst_assembled_gathers
+// (condensed.cpp) switches it, so that tests run both paths on any CPU.
+#if defined(__x86_64__) || defined(__i386__)
+inline bool ASSEMBLED_GATHERS = (__builtin_cpu_init(), __builtin_cpu_is("amd"));
+#else
+inline bool ASSEMBLED_GATHERS = false;
+#endif
+
 struct bf16 {
     uint16_t bits;
 };

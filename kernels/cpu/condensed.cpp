@@ -1,7 +1,8 @@
 // Condensed format (SRigL's constant fan-in): y[b, rows[i]] = sum_j v[i, j] * x[b, idx[i, j]].
 //
-// Small batches (B <= SMALL_BATCH) run gather-dots along each active row (AVX-512 hardware gathers
-// for float32), each thread on its own share of the rows. Larger batches work on transposed
+// Small batches (B <= SMALL_BATCH) run gather-dots along each active row (for float32 with AVX-512:
+// hardware gathers, or on CPUs where those are slow vectors assembled from scalar loads), each thread on
+// its own share of the rows. Larger batches work on transposed
 // operands, padded to Bp = a multiple of the SIMD width W: xT (in, Bp), so every nonzero is one
 // broadcast multiply-add over a contiguous run of batch lanes. The lanes are
 // split into groups (one group per thread when there are enough); a row's accumulators for its
@@ -176,20 +177,70 @@ struct Condensed {
     }
 
 #if defined(__AVX512F__)
+    // The indices of ij's first n <= 16 entries (lanes of m = the first n) as unsigned 32-bit lanes, 0 past n;
+    // negative ids become >= 32768 (int16) or huge (int32), so a range check catches them.
+    static __m512i load_indices(const I* ij, __mmask16 m) {
+        if constexpr (sizeof(I) == 2) return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, ij));
+        return _mm512_maskz_loadu_epi32(m, ij);
+    }
+
     // acc += v[j, j + 16) * x[idx[j, j + 16)] for the lanes of m: one hardware gather. Lanes whose index
     // is out of range load nothing and are added to *bad.
     static __m512 gather_fma(const float* vj, const I* ij, const float* x, __m512i limit, __mmask16 m,
                              __mmask16* bad, __m512 acc) {
-        __m512i c;
-        if constexpr (sizeof(I) == 2)
-            c = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, ij));  // negative ids become >= 32768
-        else
-            c = _mm512_maskz_loadu_epi32(m, ij);
+        const __m512i c = load_indices(ij, m);
         __builtin_prefetch(vj + PREFETCH_BYTES / sizeof(float), 0, 1);  // the rows ahead, for cold weights
         __builtin_prefetch(ij + PREFETCH_BYTES / sizeof(I), 0, 1);
         const __mmask16 ok = _mm512_mask_cmplt_epu32_mask(m, c, limit);
         *bad |= __mmask16(m & ~ok);
         const __m512 xs = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), ok, c, x, 4);
+        return _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, vj), xs, acc);
+    }
+
+    // (x[c(0)], ..., x[c(15)]) from scalar loads, four lanes at a time (vinsertps from memory), then joined.
+    template <class C>
+    __attribute__((always_inline)) static __m512 assemble16(const float* x, C c) {
+        __m128 q[4];
+        for (int h = 0; h < 4; ++h) {
+            q[h] = _mm_load_ss(x + c(4 * h));
+            q[h] = _mm_insert_ps(q[h], _mm_load_ss(x + c(4 * h + 1)), 0x10);
+            q[h] = _mm_insert_ps(q[h], _mm_load_ss(x + c(4 * h + 2)), 0x20);
+            q[h] = _mm_insert_ps(q[h], _mm_load_ss(x + c(4 * h + 3)), 0x30);
+        }
+        const __m256 lo = _mm256_insertf128_ps(_mm256_castps128_ps256(q[0]), q[1], 1);
+        const __m256 hi = _mm256_insertf128_ps(_mm256_castps128_ps256(q[2]), q[3], 1);
+        return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+    }
+
+    // gather_fma without the gather instruction, for CPUs where it is slow (ASSEMBLED_GATHERS): the 16 x
+    // values come from assemble16. The indices are range-checked first (int16 ones as 16-bit lanes, with no
+    // widening); if any lane of m is out of range, nothing is loaded and acc is returned unchanged.
+    static __m512 assemble_fma(const float* vj, const I* ij, const float* x, uint32_t nin, __mmask16 m,
+                               __mmask16* bad, __m512 acc) {
+        __builtin_prefetch(vj + PREFETCH_BYTES / sizeof(float), 0, 1);
+        __builtin_prefetch(ij + PREFETCH_BYTES / sizeof(I), 0, 1);
+        __mmask16 ok;
+        if constexpr (sizeof(I) == 2)  // negative ids are >= 32768 as unsigned 16-bit values
+            ok = _mm256_mask_cmplt_epu16_mask(m, _mm256_maskz_loadu_epi16(m, ij),
+                                              _mm256_set1_epi16(int16_t(std::min<uint32_t>(nin, 32768))));
+        else
+            ok = _mm512_mask_cmplt_epu32_mask(m, _mm512_maskz_loadu_epi32(m, ij), _mm512_set1_epi32(int32_t(nin)));
+        if (ok != m) {
+            *bad |= __mmask16(m & ~ok);
+            return acc;
+        }
+        __m512 xs;
+        if (m == 0xffff) {
+            uint64_t w[sizeof(I) * 2];  // the 16 indices as 64-bit words, read once
+            std::memcpy(w, ij, sizeof w);
+            constexpr int PER = 8 / sizeof(I), BITS = 8 * sizeof(I);
+            xs = assemble16(x, [&](int l) { return uint32_t(uint64_t(w[l / PER] >> (BITS * (l % PER))) &
+                                                            (uint64_t(-1) >> (64 - BITS))); });
+        } else {  // a row's last, partial step: index 0 past its end, those lanes zeroed
+            alignas(64) uint32_t c[16];
+            _mm512_store_si512(c, load_indices(ij, m));
+            xs = _mm512_maskz_mov_ps(m, assemble16(x, [&](int l) { return c[l]; }));
+        }
         return _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, vj), xs, acc);
     }
 
@@ -230,14 +281,22 @@ struct Condensed {
     // gather_rows for float32 with AVX-512: sixteen entries per hardware gather, the range check of the
     // indices riding along (gather_fma).
     bool gather_rows_avx512(const float* x, int64_t i0, int64_t i1, float* y) const {
-        const __m512i limit = _mm512_set1_epi32(int32_t(std::min<int64_t>(nin, INT32_MAX)));
+        const uint32_t nlimit = uint32_t(std::min<int64_t>(nin, INT32_MAX));
+        const __m512i limit = _mm512_set1_epi32(int32_t(nlimit));
         __mmask16 bad = 0;
         for (int64_t b = 0; b < B; ++b) {
             const float* xb = x + b * nin;
-            const auto dot = [&](const float* vj, const I* ij, int n, __m512 acc) __attribute__((always_inline)) {
-                return gather_fma(vj, ij, xb, limit, __mmask16((1u << n) - 1), &bad, acc);
-            };
-            gather_dot_rows<16>(i0, i1, y + b * nout, dot);
+            if (ASSEMBLED_GATHERS) {
+                const auto dot = [&](const float* vj, const I* ij, int n, __m512 acc) __attribute__((always_inline)) {
+                    return assemble_fma(vj, ij, xb, nlimit, __mmask16((1u << n) - 1), &bad, acc);
+                };
+                gather_dot_rows<16>(i0, i1, y + b * nout, dot);
+            } else {
+                const auto dot = [&](const float* vj, const I* ij, int n, __m512 acc) __attribute__((always_inline)) {
+                    return gather_fma(vj, ij, xb, limit, __mmask16((1u << n) - 1), &bad, acc);
+                };
+                gather_dot_rows<16>(i0, i1, y + b * nout, dot);
+            }
         }
         return bad == 0;
     }
@@ -598,6 +657,13 @@ int condensed_input_grad(const T* dy, const T* v, const I* idx, const int64_t* r
 }
 
 }  // namespace dst
+
+// Sets ASSEMBLED_GATHERS (on = 0 or 1; -1 leaves it) and returns the setting it had.
+extern "C" int dst_assembled_gathers(int on) {
+    const int was = dst::ASSEMBLED_GATHERS;
+    if (on >= 0) dst::ASSEMBLED_GATHERS = on != 0;
+    return was;
+}
 
 #define DST_CONDENSED_ENTRY(SUFFIX, T, ISUFFIX, I)                                                               \
     extern "C" int dst_condensed_mm_##SUFFIX##_##ISUFFIX(const void* x, const void* v, const void* idx,            \
