@@ -358,6 +358,27 @@ struct Condensed {
     }
 #endif
 
+    // out[r] = bias + sum_j v[i + r, j] * xg[idx[i + r, j], lanes] for rows i, ..., i + R - 1 and the NV vectors of
+    // lanes of the lane group's slice xg (nin, ld). Two rows at a time keep twice the multiply-adds in flight:
+    // with few vectors a row's chain of dependent multiply-adds is the limit (AMD EPYC Zen 5, 2 threads,
+    // b16-fc2 at batch 16: 113 -> 69 us; at batch 197: 710 -> 646 us).
+    template <int NV, int R>
+    __attribute__((always_inline)) void accumulate_rows(const A* xg, int64_t ld, int64_t i, A (*out)[NV * W]) const {
+        V acc[R][NV];
+        for (int r = 0; r < R; ++r)
+            for (int q = 0; q < NV; ++q) acc[r][q] = splat<V>(bias_of(i + r));
+        const T* vi = v + i * k;
+        const I* ii = idx + i * k;
+        for (int64_t j = 0; j < k; ++j) {
+            for (int r = 0; r < R; ++r) {
+                const V a = splat<V>(to_acc(vi[j + r * k]));
+                const A* p = xg + int64_t(ii[j + r * k]) * ld;
+                for (int q = 0; q < NV; ++q) acc[r][q] += a * vload(p + q * W);
+            }
+        }
+        for (int r = 0; r < R; ++r) std::memcpy(out[r], acc[r], sizeof acc[r]);
+    }
+
     // y[:, rows[i]] for i in [i0, i1) (at most ROW_CHUNK rows) and lanes [c0, c0 + NV * W), from the lane
     // group's slice xg (nin, ld) of x transposed.
     // The rows' results are staged in `out` and then written batch row by batch row, so each
@@ -366,18 +387,9 @@ struct Condensed {
     template <int NV>
     void mm_rows(const A* xg, int64_t ld, int64_t c0, int64_t i0, int64_t i1, T* y) const {
         alignas(64) A out[ROW_CHUNK][NV * W];
-        for (int64_t i = i0; i < i1; ++i) {
-            V acc[NV];
-            for (int q = 0; q < NV; ++q) acc[q] = splat<V>(bias_of(i));
-            const T* vi = v + i * k;
-            const I* ii = idx + i * k;
-            for (int64_t j = 0; j < k; ++j) {
-                const V a = splat<V>(to_acc(vi[j]));
-                const A* p = xg + int64_t(ii[j]) * ld;
-                for (int q = 0; q < NV; ++q) acc[q] += a * vload(p + q * W);
-            }
-            std::memcpy(out[i - i0], acc, sizeof acc);
-        }
+        int64_t i = i0;
+        for (; i + 2 <= i1; i += 2) accumulate_rows<NV, 2>(xg, ld, i, out + (i - i0));
+        if (i < i1) accumulate_rows<NV, 1>(xg, ld, i, out + (i - i0));
         const int64_t nb = std::min<int64_t>(NV * W, B - c0);
         for (int64_t g = i0; g < i1; g += 16) {  // 16 rows at a time
             const int64_t ge = std::min(i1, g + 16);
