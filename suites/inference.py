@@ -37,8 +37,8 @@ row's ``sparsity`` is its group's (its ``nnz`` is in*out).
 
 Dense is timed in several implementations, each its own row with method
 "dense" (``suites/dense_baselines.py``): torch's default F.linear (MKL),
-oneDNN and OpenBLAS on the CPU in float32; the end-to-end case times torch's
-only. Every row of a group carries:
+oneDNN and OpenBLAS on the CPU in float32; end to end, ViT-B/16 with every
+encoder linear in each of them (``suites/vit_e2e.py``). Every row of a group carries:
 
 * ``speedup_vs_dense``: against the fastest dense implementation of the
   group (least median), whose impl is ``dense_impl``;
@@ -222,9 +222,8 @@ class Config:
         return self.cold_rounds if group.l2 == "cold" else self.rounds
 
     def names(self, group: Group) -> list[str]:
-        """The rows of ``group``: its dense implementations (torch's only end to end), then the other methods."""
-        dense = [DENSE] if group.e2e else self.dense
-        return dense + [m for m in self.methods if m != DENSE]
+        """The rows of ``group``: its dense implementations, then the other methods."""
+        return self.dense + [m for m in self.methods if m != DENSE]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -484,6 +483,8 @@ class Workloads:
         """``name``'s module (a method, or a dense implementation of ``dense_baselines.NAMES``) of ``source``."""
         dense = name in dense_baselines.NAMES
         if group.e2e:
+            if name in dense_baselines.BUILDERS:
+                return vit_e2e.with_encoder_linears(source, dense_baselines.BUILDERS[name])
             method = registry.make_method(DENSE) if dense else make_method(name, sparsity=group.sparsity,
                                                                            impl=self.config.impl)
             return vit_e2e.convert(source, method)

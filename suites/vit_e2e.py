@@ -8,12 +8,17 @@ computes the same function with ``qkv = nn.Linear(768, 2304)`` and
 then converted by the method: per block qkv, out_proj, mlp fc1 (768->3072)
 and mlp fc2 (3072->768), 48 layers in all. The patch embedding (a conv) and
 the classifier head stay dense.
+
+The dense model is timed in each of the inference suite's dense
+implementations (``with_encoder_linears``): torch's default linear, and
+every encoder linear through oneDNN or OpenBLAS, so that end to end too a
+speedup is against the fastest dense model the machine runs.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +100,17 @@ def is_encoder_linear(name: str, layer: nn.Linear) -> bool:
 def convert(model: nn.Module, method: SparsityMethod) -> nn.Module:
     """A copy of ``model`` with every encoder linear converted by ``method``."""
     return method.sparsify_model(copy.deepcopy(model), include=is_encoder_linear)
+
+
+def with_encoder_linears(model: nn.Module, build: Callable[[nn.Linear], nn.Module]) -> nn.Module:
+    """A copy of ``model`` with every encoder linear replaced by ``build(linear)`` (a dense implementation of
+    ``suites.dense_baselines``, for the dense candidates of the end-to-end case)."""
+    out = copy.deepcopy(model)
+    for name, module in list(out.named_modules()):
+        if isinstance(module, nn.Linear) and is_encoder_linear(name, module):
+            parent, _, child = name.rpartition(".")
+            setattr(out.get_submodule(parent), child, build(module))
+    return out
 
 
 def converted_layers(model: nn.Module) -> list[nn.Module]:
