@@ -2,14 +2,19 @@
 
 ``update`` runs a suite that records speedups (``--suite``, default the
 inference suite) in-process, ``--quick`` unless other suite options are
-given, into a fresh folder and puts it in place of the baseline folder
-(``results/baselines/cpu-quick``), with a ``baseline.json`` that records the
-suite and its options. ``check`` reruns that suite with those same options
-into a new run folder and compares it with the baseline
-(``dstbench compare``): exit 1 on a regression, 0 otherwise. When this
-machine's class (CPU model) differs from the baseline's, ``check`` runs
-nothing, says so, and exits 0: speedups from another CPU say nothing about
-a regression (``--allow-machine-mismatch`` compares anyway).
+given, into a fresh folder and puts it in place of the baseline folder, with
+a ``baseline.json`` that records the suite and its options. ``check`` reruns
+that suite with those same options into a new run folder and compares it
+with the baseline (``dstbench compare``): exit 1 on a regression, 0
+otherwise.
+
+Speedups from another CPU say nothing about a regression, so there is one
+baseline per machine class (CPU model): by default ``update`` writes
+``results/baselines/cpu-quick-<cpu model>`` for this machine, and ``check``
+takes the baseline under ``results/baselines`` that was measured on this
+machine's class. Where there is none (or an explicit ``--baseline`` comes
+from another class), ``check`` runs nothing, says so, and exits 0
+(``--allow-machine-mismatch`` compares anyway).
 
 The suite's own progress and table go to stderr, so that stdout carries
 only the comparison (Markdown for a CI comment, text or JSON).
@@ -21,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -33,7 +39,10 @@ from dstbench.errors import OneLineParser, UserError
 from dstbench.runs import Run, load_run, machine_class
 
 DEFAULT_SUITE = "inference"
-DEFAULT_DIR = Path("results/baselines/cpu-quick")
+#: where the committed baselines live, one folder each
+ROOT = Path("results/baselines")
+#: the default baseline folder's name, before the machine class
+DEFAULT_PREFIX = "cpu-quick"
 DEFAULT_SUITE_ARGS = ("--quick",)
 INFO_FILE = "baseline.json"
 
@@ -152,6 +161,33 @@ def read_info(baseline: Path) -> dict[str, Any]:
     return info
 
 
+def slug(machine: str) -> str:
+    """A folder-name form of a machine class: 'Intel(R) Xeon(R) Processor' -> 'intel-xeon-processor'."""
+    text = re.sub(r"\((r|tm)\)", "", machine.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
+
+
+def default_dir() -> Path:
+    """This machine's default baseline folder: ``ROOT/cpu-quick-<slug of its CPU model>``."""
+    return ROOT / f"{DEFAULT_PREFIX}-{slug(envinfo.machine_class({'cpu_model': envinfo.cpu_model()}))}"
+
+
+def find(root: Path | None = None) -> tuple[Path | None, str]:
+    """The baseline under ``root`` (default ``ROOT``) measured on this machine's class (the first by name if
+    several), or None, with a note saying which classes the baselines there were measured on."""
+    root = ROOT if root is None else root
+    seen = []
+    for folder in sorted(p for p in Path(root).glob("*") if (p / INFO_FILE).is_file()):
+        base = load_run(folder)
+        if this_machine_class(base) == machine_class(base):
+            return folder, ""
+        seen.append(f"{folder.name} ({machine_class(base)})")
+    here = envinfo.machine_class({"cpu_model": envinfo.cpu_model()})
+    return None, (f"no baseline under {root} was measured on this machine class ({here!r}); there: "
+                  f"{', '.join(seen) or 'none'}. Make one with 'dstbench baseline update' (it writes {default_dir()}) "
+                  "or name one with --baseline and --allow-machine-mismatch")
+
+
 def this_machine_class(base: Run) -> str:
     """This machine's class as ``base`` would be classed here (CPU model for CPU-only runs)."""
     here = {"cpu_model": envinfo.cpu_model(), "gpu_name": None if base.devices == {"cpu"} else envinfo.gpu_name()}
@@ -161,15 +197,17 @@ def this_machine_class(base: Run) -> str:
 def check(args: argparse.Namespace) -> int:
     """Rerun the baseline's suite options into ``args.out`` and compare; exit code of ``compare``."""
     check_options(args)
+    if args.baseline is None:
+        args.baseline, note = find()
+        if args.baseline is None:
+            return _skipped(f"skipped: {note}", args.format)
     base = load_run(args.baseline)
     info = read_info(args.baseline)
     here, there = this_machine_class(base), machine_class(base)
     if here != there and not args.allow_machine_mismatch:
-        note = (f"skipped: the baseline {args.baseline} was measured on {there!r} and this machine is {here!r}; "
-                "speedups of different machine classes are not comparable. Regenerate the baseline on this machine "
-                "class (dstbench baseline update) or pass --allow-machine-mismatch")
-        print(json.dumps({"skipped": True, "note": note}) if args.format == "json" else f"dstbench baseline check: {note}")
-        return 0
+        return _skipped(f"skipped: the baseline {args.baseline} was measured on {there!r} and this machine is {here!r}; "
+                        "speedups of different machine classes are not comparable. Make a baseline on this machine "
+                        "class (dstbench baseline update) or pass --allow-machine-mismatch", args.format)
     suite = info["suite"]
     out = Path(args.out or records.default_out(f"{suite}-check"))
     suite_args = _check_suite_args(info["suite_args"])
@@ -179,6 +217,12 @@ def check(args: argparse.Namespace) -> int:
         result = confirm(base, result, suite, suite_args, out.with_name(out.name + "-confirm"), args)
     print(FORMATS[args.format](result), end="")
     return result.exit_code
+
+
+def _skipped(note: str, fmt: str) -> int:
+    """Print why the check ran nothing (a JSON object with --format json); exit code 0."""
+    print(json.dumps({"skipped": True, "note": note}) if fmt == "json" else f"dstbench baseline check: {note}")
+    return 0
 
 
 def confirm(base: Run, first: Result, suite: str, suite_args: Sequence[str], out: Path,
@@ -213,7 +257,8 @@ def main(argv: Sequence[str]) -> int:
                                        "with it",
                         description="Run a suite that records speedups (default --quick; other suite options are "
                                     "passed on) and replace the baseline folder with the new run.")
-    up.add_argument("--out", type=Path, default=DEFAULT_DIR, help=f"the baseline folder (default {DEFAULT_DIR})")
+    up.add_argument("--out", type=Path, help=f"the baseline folder (default {ROOT}/{DEFAULT_PREFIX}-<this CPU model>, "
+                                             f"here {default_dir()})")
     up.add_argument("--suite", help=f"the suite whose speedups the baseline tracks (default {DEFAULT_SUITE}; with "
                                      "--from, the adopted run's)")
     up.add_argument("--from", dest="source", type=Path,
@@ -223,7 +268,8 @@ def main(argv: Sequence[str]) -> int:
     chk = sub.add_parser("check", help="rerun the baseline's suite options and compare with it (CI)",
                          description="Run the baseline's suite with its options and compare the speedups; "
                                      "exit 1 on a regression.")
-    chk.add_argument("--baseline", type=Path, default=DEFAULT_DIR, help=f"the baseline folder (default {DEFAULT_DIR})")
+    chk.add_argument("--baseline", type=Path, help=f"the baseline folder (default: the one under {ROOT} measured on "
+                                                   "this machine class)")
     chk.add_argument("--out", type=Path, help="run folder of the new run (default results/SUITE-check-<timestamp>)")
     add_options(chk)
     args, rest = parser.parse_known_args(argv)
@@ -231,6 +277,7 @@ def main(argv: Sequence[str]) -> int:
         if rest:
             raise UserError(f"dstbench baseline check takes no suite options (it reuses the baseline's): {' '.join(rest)}")
         return check(args)
-    run = update(args.out, rest, args.suite, args.source)
-    print(f"baseline {args.out} updated: {len(run.rows)} rows measured on {machine_class(run)!r}")
+    out = args.out or default_dir()
+    run = update(out, rest, args.suite, args.source)
+    print(f"baseline {out} updated: {len(run.rows)} rows measured on {machine_class(run)!r}")
     return 0

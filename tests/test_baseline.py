@@ -151,9 +151,33 @@ def test_bad_input_is_one_line_and_exit_2(base: Path, tmp_path: Path, capsys: py
     assert sorted(p.name for p in base.parent.iterdir()) == ["cpu-quick"]
 
 
-def test_defaults_point_at_the_committed_quick_baseline() -> None:
-    assert baseline.DEFAULT_DIR == Path("results/baselines/cpu-quick")
+def test_defaults_point_at_this_machines_quick_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert baseline.slug("Intel(R) Xeon(R) Processor") == "intel-xeon-processor"
+    assert baseline.slug("AMD EPYC 9B45 128-Core Processor") == "amd-epyc-9b45-128-core-processor"
+    monkeypatch.setattr(baseline.envinfo, "cpu_model", lambda: "AMD EPYC")
+    assert baseline.default_dir() == Path("results/baselines/cpu-quick-amd-epyc")
     assert baseline.DEFAULT_SUITE_ARGS == ("--quick",)
+
+
+def test_check_finds_the_baseline_of_this_machine_class(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Two baselines under the root, one from another CPU: check without --baseline compares with this CPU's; with
+    only the other one there, it runs nothing and names the classes it found."""
+    other = base.parent / "cpu-quick-other"
+    shutil.copytree(base, other)
+    meta = json.loads((other / "run.json").read_text())
+    meta["env"]["cpu_model"] = "Some Other CPU"
+    (other / "run.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(baseline, "ROOT", base.parent)
+    assert baseline.find() == (base, "")
+    new = tmp_path / "check"
+    assert main(["baseline", "check", "--out", str(new)]) == 0
+    assert f"{COMPARISONS} unchanged" in capsys.readouterr().out and new.exists()
+    shutil.rmtree(base)
+    assert main(["baseline", "check", "--out", str(tmp_path / "check2")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dstbench baseline check: skipped: no baseline under") and "cpu-quick-other ('Some Other CPU')" in out
+    assert not (tmp_path / "check2").exists()
 
 
 def test_the_baseline_tracks_the_suite_it_was_made_of(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -347,6 +347,18 @@ def test_convert_replaces_encoder_linears_only() -> None:
     assert sparse(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
+@pytest.mark.parametrize("name", [n for n in dense_baselines.candidates("cpu", torch.float32) if n in dense_baselines.BUILDERS])
+def test_dense_vit_in_each_dense_library_computes_the_same_model(name: str) -> None:
+    model = tiny_vit(0, torch.device("cpu"), torch.float32)
+    dense = vit_e2e.with_encoder_linears(model, dense_baselines.BUILDERS[name])
+    layers = vit_e2e.converted_layers(dense)
+    assert len(layers) == 2 * 4 and {layer.impl for layer in layers} == {dense_baselines.BUILDERS[name].impl}
+    assert type(dense.heads.head) is nn.Linear and vit_e2e.converted_layers(model) == []  # the source is untouched
+    images = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(dense(images), model(images), rtol=1e-4, atol=1e-5)
+
+
 def test_vit_b16_has_linear_qkv_in_every_block() -> None:
     model = vit_e2e.vit_b16(0, torch.device("cpu"), torch.float32)
     blocks = list(model.encoder.layers)
