@@ -287,14 +287,16 @@ def same_model_speedups(frame: pd.DataFrame, label: str) -> pd.DataFrame:
         frame: accuracy rows (a ``machine`` column is kept as a key if present).
         label: one of ``records.TIMED_BATCHES``.
     Returns:
-        The keys, ``batch``, ``kernels``, ``seeds``, ``p50_s`` and ``dense_p50_s`` (seconds per call, pooled medians),
-        ``speedup``, ``speedup_lo``, ``speedup_hi``; no rows if none was timed at ``label``.
+        The keys, ``batch``, ``kernels``, ``dense`` (the fastest dense model of each seed's timing: the speedup is
+        against it; "dense", torch's default, for runs that timed only that), ``seeds``, ``p50_s`` and
+        ``dense_p50_s`` (seconds per call, pooled medians), ``speedup``, ``speedup_lo``, ``speedup_hi``; no rows if
+        none was timed at ``label``.
     """
     def col(name: str) -> str:
         return records.timed_column(name, label)
 
     keys = (["machine"] if "machine" in frame else []) + significance.KEYS
-    columns = keys + ["batch", "kernels", "seeds", "p50_s", "dense_p50_s", "speedup", "speedup_lo", "speedup_hi"]
+    columns = keys + ["batch", "kernels", "dense", "seeds", "p50_s", "dense_p50_s", "speedup", "speedup_lo", "speedup_hi"]
     if col("speedup_vs_dense") not in frame:
         return pd.DataFrame(columns=columns)
     out = []
@@ -303,7 +305,9 @@ def same_model_speedups(frame: pd.DataFrame, label: str) -> pd.DataFrame:
         dense = np.concatenate(rows[col("dense_samples_s")].tolist())
         ci = stats.ratio_of_medians(dense, own, paired=True)
         out.append({**dict(zip(keys, key)), "batch": int(rows[col("batch")].max()),
-                    "kernels": ", ".join(sorted(set(rows["inference_impl"]))), "seeds": rows["seed"].nunique(),
+                    "kernels": ", ".join(sorted(set(rows["inference_impl"]))),
+                    "dense": ", ".join(sorted(set(rows[col("dense_impl")]))) if col("dense_impl") in rows else "dense",
+                    "seeds": rows["seed"].nunique(),
                     "p50_s": float(np.median(own)), "dense_p50_s": float(np.median(dense)),
                     "speedup": ci.ratio, "speedup_lo": ci.lo, "speedup_hi": ci.hi})
     result = pd.DataFrame(out, columns=columns)
@@ -314,15 +318,16 @@ def same_model_table(frame: pd.DataFrame, machines: bool) -> Table:
     """Every trained model's inference latency and speedup over dense of the same architecture, per timed batch."""
     speeds = pd.concat([same_model_speedups(frame, label) for label in records.TIMED_BATCHES], ignore_index=True)
     headers = (["machine"] if machines else []) + ["dataset", "model", "method", "sparsity", "batch", "kernels",
-                                                   "seeds", "p50", "dense p50", "vs dense [95% CI]"]
+                                                   "dense", "seeds", "p50", "dense p50", "vs dense [95% CI]"]
     rows = []
     for _, r in _sorted(speeds, ["machine", "dataset", "model", "sparsity", "batch"]).iterrows():
         rows.append(([r["machine"]] if machines else []) + [
             str(r["dataset"]), str(r["model"]), r["method"], fmt_sparsity(r["sparsity"]), str(int(r["batch"])),
-            r["kernels"], str(int(r["seeds"])), fmt_seconds(r["p50_s"]), fmt_seconds(r["dense_p50_s"]),
+            r["kernels"], r["dense"], str(int(r["seeds"])), fmt_seconds(r["p50_s"]), fmt_seconds(r["dense_p50_s"]),
             fmt_speedup(r["speedup"], r["speedup_lo"], r["speedup_hi"])])
-    align = (["l"] if machines else []) + ["l", "l", "l", "r", "r", "l", "r", "r", "r", "r"]
+    align = (["l"] if machines else []) + ["l", "l", "l", "r", "r", "l", "l", "r", "r", "r", "r"]
     return Table(headers, align, rows,
                  "Latency of the trained models themselves (converted with to_inference), timed interleaved with "
-                 "a dense model of the same architecture: median per call and speedup over dense, rounds of all "
-                 "seeds pooled, with 95% paired bootstrap intervals.")
+                 "dense models of the same architecture in each dense library: median per call and speedup over "
+                 "the fastest dense model (named under dense), rounds of all seeds pooled, with 95% paired bootstrap "
+                 "intervals.")

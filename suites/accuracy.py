@@ -27,12 +27,15 @@ command into the same ``--out`` skips recorded cases and continues an
 unfinished one from its checkpoint.
 
 After training, each case's model is converted with ``to_inference`` and
-timed against a dense model of the same architecture, interleaved in the
-same process, at batch 1 and at the evaluation batch
-(``suites/model_timing.py``; ``--timing-rounds``, ``--timing-min-time``,
-``--no-timing``): its row carries ``speedup_vs_dense_b1``,
-``speedup_vs_dense_beval`` with their intervals, latency percentiles and
-the kernels that ran (``inference_impl``). The model's top-1 class of every
+timed against dense models of the same architecture, one per dense library
+(torch's default; on the CPU every linear through oneDNN, and through
+OpenBLAS in float32), interleaved in the same process, at batch 1 and at the
+evaluation batch (``suites/model_timing.py``; ``--timing-rounds``,
+``--timing-min-time``, ``--no-timing``): its row carries
+``speedup_vs_dense_b1`` and ``speedup_vs_dense_beval`` (against the fastest
+dense model, named in ``dense_impl_b1`` / ``dense_impl_beval``),
+``speedup_vs_torch_dense_*``, their intervals, latency percentiles and the
+kernels that ran (``inference_impl``). The model's top-1 class of every
 test sample is stored as int16 in ``OUT/predictions/<case>.npy`` (the
 labels once in ``OUT/predictions/labels.npy``), both named in the row, for
 McNemar's test in ``dstbench report``.
@@ -71,7 +74,7 @@ from dstbench.methods.base import SparsityMethod
 from dstbench import report as reporting
 from dstbench.methods.options import accepted, accepts
 from dstbench.registry import register_suite
-from dstbench.suites import base, data, loop, model_timing, models
+from dstbench.suites import base, data, dense_baselines, loop, model_timing, models
 from dstbench.suites.method_specs import MethodSpec, parse_methods, parse_options
 from dstbench.table import Column, fmt_ratio_ci, format_table
 
@@ -328,13 +331,31 @@ def _time_inference(fast: nn.Module, case: Case, config: Config, dataset: data.D
         models.build(config.model, dataset.shape, dataset.classes, case.seed).to(world.device)).eval()
     inputs = {label: loop.example_batch(dataset.test, batch, world.device)
               for label, batch in zip(records.TIMED_BATCHES, (1, EVAL_BATCH))}
+    denses = _runnable(dense_baselines.models(dense, world.device.type, next(dense.parameters()).dtype), inputs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        columns = model_timing.time_against_dense(fast, dense, inputs, rounds=config.timing_rounds,
+        columns = model_timing.time_against_dense(fast, denses, inputs, rounds=config.timing_rounds,
                                                   min_time=config.timing_min_time, threads=config.threads,
                                                   device=world.device)
     return {"inference_impl": model_timing.kernel_impls(fast), "dense_inference_impl": model_timing.kernel_impls(dense),
             **columns}
+
+
+def _runnable(denses: dict[str, nn.Module], inputs: dict[str, torch.Tensor]) -> dict[str, nn.Module]:
+    """The dense models (torch's default first) that run every input; any other is left out with a warning."""
+    out = {}
+    for i, (name, model) in enumerate(denses.items()):
+        try:
+            with torch.inference_mode():
+                for x in inputs.values():
+                    model(x)
+            out[name] = model
+        except (RuntimeError, NotImplementedError) as exc:
+            if i == 0:
+                raise
+            warnings.warn(f"dense baseline {name} cannot run this model ({str(exc).splitlines()[0]}); leaving it out",
+                          stacklevel=2)
+    return out
 
 
 def _write_predictions(folder: Path, case_id: str, predictions: torch.Tensor, labels: torch.Tensor,

@@ -15,6 +15,7 @@ and ``impl`` tell them apart.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Callable
 
@@ -76,6 +77,24 @@ class OpenBLASLinear(nn.Module):
 
 
 BUILDERS: dict[str, Callable[[nn.Linear], nn.Module]] = {ONEDNN: OneDNNLinear, OPENBLAS: OpenBLASLinear}
+
+
+def with_linears(model: nn.Module, build: Callable[[nn.Linear], nn.Module],
+                 include: Callable[[str, nn.Linear], bool] | None = None) -> nn.Module:
+    """A copy of ``model`` with every ``nn.Linear`` (those ``include(name, linear)`` accepts, if given) replaced by
+    ``build(linear)``, e.g. ``OneDNNLinear``: the same model in another dense library."""
+    out = copy.deepcopy(model)
+    for name, module in list(out.named_modules()):
+        if isinstance(module, nn.Linear) and (include is None or include(name, module)):
+            parent, _, child = name.rpartition(".")
+            setattr(out.get_submodule(parent), child, build(module))
+    return out
+
+
+def models(model: nn.Module, device: str, dtype: torch.dtype) -> dict[str, nn.Module]:
+    """``model`` (dense, torch's default) and, for every other of ``candidates``, the same model with its linears in
+    that library (``with_linears``): name -> model."""
+    return {name: model if name == TORCH else with_linears(model, BUILDERS[name]) for name in candidates(device, dtype)}
 
 
 def candidates(device: str, dtype: torch.dtype) -> list[str]:

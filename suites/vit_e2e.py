@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from dstbench.methods.base import SparsityMethod
+from dstbench.suites import dense_baselines
 
 if TYPE_CHECKING:
     from torchvision.models import VisionTransformer
@@ -105,12 +106,7 @@ def convert(model: nn.Module, method: SparsityMethod) -> nn.Module:
 def with_encoder_linears(model: nn.Module, build: Callable[[nn.Linear], nn.Module]) -> nn.Module:
     """A copy of ``model`` with every encoder linear replaced by ``build(linear)`` (a dense implementation of
     ``suites.dense_baselines``, for the dense candidates of the end-to-end case)."""
-    out = copy.deepcopy(model)
-    for name, module in list(out.named_modules()):
-        if isinstance(module, nn.Linear) and is_encoder_linear(name, module):
-            parent, _, child = name.rpartition(".")
-            setattr(out.get_submodule(parent), child, build(module))
-    return out
+    return dense_baselines.with_linears(model, build, is_encoder_linear)
 
 
 def converted_layers(model: nn.Module) -> list[nn.Module]:

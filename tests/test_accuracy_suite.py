@@ -11,16 +11,17 @@ import torch
 
 from dstbench import records
 from dstbench.cli import main
-from dstbench.suites import accuracy, loop, model_timing
+from dstbench.suites import accuracy, dense_baselines, loop, model_timing
 
 TINY = ["--epochs", "2", "--delta-t", "5", "--threads", "1", "--timing-rounds", "3", "--timing-min-time", "0.002"]
 TIMED = {f"{name}_{label}" for label in records.TIMED_BATCHES for name in (
-    "batch", "n", "p50_s", "p90_s", "p99_s", "dispersion", "dense_p50_s", "speedup_vs_dense", "speedup_vs_dense_lo",
-    "speedup_vs_dense_hi", "samples_s", "dense_samples_s")}
+    "batch", "n", "p50_s", "p90_s", "p99_s", "dispersion", "dense_impl", "dense_p50_s", "speedup_vs_dense",
+    "speedup_vs_dense_lo", "speedup_vs_dense_hi", "speedup_vs_torch_dense", "speedup_vs_torch_dense_lo",
+    "speedup_vs_torch_dense_hi", "samples_s", "dense_samples_s")}
 COLUMNS = {"suite", "case_id", "dataset", "model", "method", "base_method", "options", "sparsity", "seed", "top1",
            "sparsity_achieved", "params", "flops", "impl", "train_time_s", "steps", "epochs", "device",
            "world_size", "inference_max_abs_diff", "resumed_from_step", "batch_size", "lr", "optimizer",
-           "predictions", "labels", "inference_impl", "dense_inference_impl"} | TIMED
+           "predictions", "labels", "inference_impl", "dense_inference_impl", "dense_impls"} | TIMED
 
 
 def run(out: Path, *extra: str) -> int:
@@ -41,8 +42,11 @@ def test_every_method_trains_and_records_its_row(tmp_path, monkeypatch):
     monkeypatch.setattr(model_timing, "time_against_dense", lambda *a, **k: timed.append(a) or real(*a, **k))
     assert run(tmp_path, "--methods", methods, "--sparsity", "0.8", "--option", "srigl.gamma_sal=0.5") == 0
     got = rows(tmp_path)
-    for fast, dense, inputs in timed:  # every trained model is timed against a dense one of the same shapes
-        assert _shapes(fast) == _shapes(dense) == [(64, 256), (256, 256), (256, 10)]
+    for fast, denses, inputs in timed:  # every trained model is timed against dense ones of the same shapes
+        assert list(denses) == dense_baselines.candidates("cpu", torch.float32)
+        for dense in denses.values():
+            assert _shapes(fast) == _shapes(dense) == [(64, 256), (256, 256), (256, 10)]
+        dense = denses["dense"]
         assert all(m.weight.count_nonzero() == m.weight.numel() for m in dense.modules() if hasattr(m, "in_features"))
         assert {label: len(x) for label, x in inputs.items()} == {"b1": 1, "beval": 256}
     assert list(got) == [f"digits/mlp/{m}/s{0 if m == 'dense' else 0.8}/seed0" for m in methods.split(",")]
@@ -52,10 +56,14 @@ def test_every_method_trains_and_records_its_row(tmp_path, monkeypatch):
         assert row["steps"] == 2 * 22 and row["epochs"] == 2  # 1347 digits / batch 64 -> 22 steps per epoch
         assert row["inference_max_abs_diff"] < 1e-3
         assert (row["batch_b1"], row["batch_beval"], row["n_b1"], row["n_beval"]) == (1, 256, 3, 3)
+        assert row["dense_impls"] == dense_baselines.candidates("cpu", torch.float32)
         for label in records.TIMED_BATCHES:
             ratio = np.median(row[f"dense_samples_s_{label}"]) / np.median(row[f"samples_s_{label}"])
             assert row[f"speedup_vs_dense_{label}"] == pytest.approx(ratio)
             assert row[f"speedup_vs_dense_lo_{label}"] <= ratio <= row[f"speedup_vs_dense_hi_{label}"]
+            # against the fastest dense model, so never more than against torch's own
+            assert row[f"dense_impl_{label}"] in row["dense_impls"]
+            assert row[f"speedup_vs_dense_{label}"] <= row[f"speedup_vs_torch_dense_{label}"]
         predictions, labels = np.load(tmp_path / row["predictions"]), np.load(tmp_path / row["labels"])
         assert predictions.dtype == labels.dtype == np.int16 and predictions.shape == (row["test_size"],) == (450,)
         assert (predictions == labels).mean() == pytest.approx(row["top1"])
