@@ -181,7 +181,7 @@ def find(root: Path | None = None) -> tuple[Path | None, str]:
         base = load_run(folder)
         if this_machine_class(base) == machine_class(base):
             return folder, ""
-        seen.append(f"{folder.name} ({machine_class(base)})")
+        seen.append(f"{folder.name} ({machine_class(base)!r})")
     here = envinfo.machine_class({"cpu_model": envinfo.cpu_model()})
     return None, (f"no baseline under {root} was measured on this machine class ({here!r}); there: "
                   f"{', '.join(seen) or 'none'}. Make one with 'dstbench baseline update' (it writes {default_dir()}) "
