@@ -166,15 +166,16 @@ def gathers(request: pytest.FixtureRequest):
     cpu.assembled_gathers(before)
 
 
-# float32 at batches 1-2 takes 16 entries per step: rows of one partial step, whole steps only (16, 64), whole
-# steps and a tail, an odd row count (one row walked alone)
+# at batches 1-2 float32 takes 16 entries per step and bfloat16 32 (where the CPU has AVX512-BF16): rows of one
+# partial step, whole steps only (16, 64), whole steps and a tail, an odd row count (one row walked alone)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("index", [torch.int16, torch.int32], ids=str)
 @pytest.mark.parametrize("out_f, in_f, batch, n_active, k",
                          [c for c in COND_CASES if c[2] <= 2] + [(9, 50, 1, 9, 16), (7, 50, 2, 7, 17)])
 def test_condensed_small_batch_gathers(out_f: int, in_f: int, batch: int, n_active: int, k: int, index: torch.dtype,
-                                       gathers: bool) -> None:
+                                       dtype: torch.dtype, gathers: bool) -> None:
     rows = torch.sort(torch.randperm(out_f, generator=torch.Generator().manual_seed(1))[:n_active]).values
-    check_condensed(out_f, in_f, batch, rows, k, torch.float32, index)
+    check_condensed(out_f, in_f, batch, rows, k, dtype, index)
 
 
 def test_gathers_can_be_switched_and_restored() -> None:

@@ -133,7 +133,7 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
 
 
 def assembled_gathers(on: bool | None = None) -> bool:
-    """Whether the float32 condensed product at batch <= 2 builds its gathered x vectors from scalar loads.
+    """Whether the float32 and bfloat16 condensed products at batch <= 2 build their gathered x from scalar loads.
 
     The alternative is AVX-512 hardware gathers. The default, chosen when the library loads, is True on AMD
     CPUs, whose gathers load about one element per cycle, else False. ``on`` switches it for this process;

@@ -341,18 +341,69 @@ struct Condensed {
         return _mm512_dpbf16_ps(acc, as_bh(_mm512_maskz_loadu_epi16(m, vj)), as_bh(xs));
     }
 
+    // gather_dot without the gather instruction (ASSEMBLED_GATHERS): after the range check of the n entries,
+    // each 32-bit word pairs x at an even entry's index (low half) with x at the next entry's (high half),
+    // from scalar loads, and the 16 words are inserted four per 128-bit lane, then joined. If any index is out of
+    // range, nothing is loaded and acc is returned unchanged.
+    static __m512 assemble_dot(const bf16* vj, const I* ij, const bf16* x, __m512i limit, int n, __mmask16* bad,
+                               __m512 acc) {  // the first n <= 32 entries
+        const __mmask32 m = __mmask32((uint64_t(1) << n) - 1);
+        const __mmask16 me = __mmask16((1u << ((n + 1) / 2)) - 1), mo = __mmask16((1u << (n / 2)) - 1);
+        __m512i even, odd;
+        pair_indices(ij, m, even, odd);
+        __builtin_prefetch(vj + PREFETCH_BYTES / sizeof(bf16), 0, 1);
+        __builtin_prefetch(ij + PREFETCH_BYTES / sizeof(I), 0, 1);
+        const __mmask16 oke = _mm512_mask_cmplt_epu32_mask(me, even, limit);
+        const __mmask16 oko = _mm512_mask_cmplt_epu32_mask(mo, odd, limit);
+        if (oke != me || oko != mo) {
+            *bad |= __mmask16((me & ~oke) | (mo & ~oko));
+            return acc;
+        }
+        const uint16_t* xw = reinterpret_cast<const uint16_t*>(x);
+        const auto words = [&](auto e, auto o) __attribute__((always_inline)) {  // the 16 words, 4 per xmm
+            __m128i q[4];
+            for (int h = 0; h < 4; ++h) {
+                const auto w = [&](int l) { return int(xw[e(l)] | uint32_t(xw[o(l)]) << 16); };
+                q[h] = _mm_cvtsi32_si128(w(4 * h));
+                q[h] = _mm_insert_epi32(q[h], w(4 * h + 1), 1);
+                q[h] = _mm_insert_epi32(q[h], w(4 * h + 2), 2);
+                q[h] = _mm_insert_epi32(q[h], w(4 * h + 3), 3);
+            }
+            const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(q[0]), q[1], 1);
+            const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(q[2]), q[3], 1);
+            return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        };
+        __m512i xs;
+        if (n == 32) {
+            xs = words([&](int l) { return uint32_t(int32_t(ij[2 * l])); },
+                       [&](int l) { return uint32_t(int32_t(ij[2 * l + 1])); });
+        } else {  // a row's last, partial step: x[0] past its end, those halves zeroed
+            const auto at = [&](int j) { return j < n ? uint32_t(int32_t(ij[j])) : 0u; };
+            xs = _mm512_maskz_mov_epi16(m, words([&](int l) { return at(2 * l); }, [&](int l) { return at(2 * l + 1); }));
+        }
+        return _mm512_dpbf16_ps(acc, as_bh(_mm512_maskz_loadu_epi16(m, vj)), as_bh(xs));
+    }
+
     // gather_rows for bfloat16 with AVX512-BF16 (int16 and int32 indices): 32 entries per pair of gathers
-    // and one vdpbf16ps, each batch row of x first copied with a spare element.
+    // (or, with ASSEMBLED_GATHERS, per assemble_dot) and one vdpbf16ps, each batch row of x first copied with
+    // a spare element.
     bool gather_rows_bf16(const bf16* x, int64_t i0, int64_t i1, bf16* y) const {
         const __m512i limit = _mm512_set1_epi32(int32_t(std::min<int64_t>(nin, INT32_MAX)));
         std::vector<bf16> xs(nin + 2);
         __mmask16 bad = 0;
         for (int64_t b = 0; b < B; ++b) {
             std::memcpy(xs.data(), x + b * nin, nin * sizeof(bf16));
-            const auto dot = [&](const bf16* vj, const I* ij, int n, __m512 acc) __attribute__((always_inline)) {
-                return gather_dot(vj, ij, xs.data(), limit, n, &bad, acc);
-            };
-            gather_dot_rows<32>(i0, i1, y + b * nout, dot);
+            if (ASSEMBLED_GATHERS) {
+                const auto dot = [&](const bf16* vj, const I* ij, int n, __m512 acc) __attribute__((always_inline)) {
+                    return assemble_dot(vj, ij, xs.data(), limit, n, &bad, acc);
+                };
+                gather_dot_rows<32>(i0, i1, y + b * nout, dot);
+            } else {
+                const auto dot = [&](const bf16* vj, const I* ij, int n, __m512 acc) __attribute__((always_inline)) {
+                    return gather_dot(vj, ij, xs.data(), limit, n, &bad, acc);
+                };
+                gather_dot_rows<32>(i0, i1, y + b * nout, dot);
+            }
         }
         return bad == 0;
     }
