@@ -319,44 +319,52 @@ struct Condensed {
         }
     }
 
+    // What both bfloat16 pair dots start with, for the first n <= 32 entries of a step: their mask m, the even
+    // and odd entries' indices (pair_indices) and lane masks me, mo, which of those are in range (oke, oko),
+    // and the prefetches of the rows ahead (for cold weights).
+    struct Pairs {
+        __mmask32 m;
+        __mmask16 me, mo, oke, oko;
+        __m512i even, odd;
+        __mmask16 out_of_range() const { return __mmask16((me & ~oke) | (mo & ~oko)); }
+    };
+    static Pairs pairs(const bf16* vj, const I* ij, __m512i limit, int n) {
+        Pairs p;
+        p.m = __mmask32((uint64_t(1) << n) - 1);
+        p.me = __mmask16((1u << ((n + 1) / 2)) - 1);
+        p.mo = __mmask16((1u << (n / 2)) - 1);
+        pair_indices(ij, p.m, p.even, p.odd);
+        __builtin_prefetch(vj + PREFETCH_BYTES / sizeof(bf16), 0, 1);
+        __builtin_prefetch(ij + PREFETCH_BYTES / sizeof(I), 0, 1);
+        p.oke = _mm512_mask_cmplt_epu32_mask(p.me, p.even, limit);
+        p.oko = _mm512_mask_cmplt_epu32_mask(p.mo, p.odd, limit);
+        return p;
+    }
+
     // acc += the first n of the 32 entries of vj, ij times x at their indices, by pairs on vdpbf16ps: two
     // gathers of 16 32-bit words from x (index i's word holds x[i] in its low half; x has a spare element at
     // its end for the word at nin - 1), the odd entries' shifted into the high halves. Lanes whose index is
     // out of range load nothing and are added to *bad.
     static __m512 gather_dot(const bf16* vj, const I* ij, const bf16* x, __m512i limit, int n, __mmask16* bad,
-                             __m512 acc) {  // the first n <= 32 entries
-        const __mmask32 m = __mmask32((uint64_t(1) << n) - 1);
-        const __mmask16 me = __mmask16((1u << ((n + 1) / 2)) - 1), mo = __mmask16((1u << (n / 2)) - 1);
-        __m512i even, odd;
-        pair_indices(ij, m, even, odd);
-        __builtin_prefetch(vj + PREFETCH_BYTES / sizeof(bf16), 0, 1);  // the rows ahead, for cold weights
-        __builtin_prefetch(ij + PREFETCH_BYTES / sizeof(I), 0, 1);
-        const __mmask16 oke = _mm512_mask_cmplt_epu32_mask(me, even, limit);
-        const __mmask16 oko = _mm512_mask_cmplt_epu32_mask(mo, odd, limit);
-        *bad |= __mmask16((me & ~oke) | (mo & ~oko));
+                             __m512 acc) {
+        const Pairs p = pairs(vj, ij, limit, n);
+        *bad |= p.out_of_range();
         const __m512i z = _mm512_setzero_si512();
-        const __m512i xe = _mm512_mask_i32gather_epi32(z, oke, even, x, 2);
-        const __m512i xo = _mm512_mask_i32gather_epi32(z, oko, odd, x, 2);
+        const __m512i xe = _mm512_mask_i32gather_epi32(z, p.oke, p.even, x, 2);
+        const __m512i xo = _mm512_mask_i32gather_epi32(z, p.oko, p.odd, x, 2);
         const __m512i xs = _mm512_mask_blend_epi16(0xaaaaaaaau, xe, _mm512_slli_epi32(xo, 16));
-        return _mm512_dpbf16_ps(acc, as_bh(_mm512_maskz_loadu_epi16(m, vj)), as_bh(xs));
+        return _mm512_dpbf16_ps(acc, as_bh(_mm512_maskz_loadu_epi16(p.m, vj)), as_bh(xs));
     }
 
     // gather_dot without the gather instruction (ASSEMBLED_GATHERS): after the range check of the n entries,
     // each 32-bit word pairs x at an even entry's index (low half) with x at the next entry's (high half),
-    // from scalar loads, and the 16 words are inserted four per 128-bit lane, then joined. If any index is out of
-    // range, nothing is loaded and acc is returned unchanged.
+    // from scalar loads, and the 16 words are inserted four per 128-bit lane, then joined. If any index is
+    // out of range, nothing is loaded and acc is returned unchanged.
     static __m512 assemble_dot(const bf16* vj, const I* ij, const bf16* x, __m512i limit, int n, __mmask16* bad,
-                               __m512 acc) {  // the first n <= 32 entries
-        const __mmask32 m = __mmask32((uint64_t(1) << n) - 1);
-        const __mmask16 me = __mmask16((1u << ((n + 1) / 2)) - 1), mo = __mmask16((1u << (n / 2)) - 1);
-        __m512i even, odd;
-        pair_indices(ij, m, even, odd);
-        __builtin_prefetch(vj + PREFETCH_BYTES / sizeof(bf16), 0, 1);
-        __builtin_prefetch(ij + PREFETCH_BYTES / sizeof(I), 0, 1);
-        const __mmask16 oke = _mm512_mask_cmplt_epu32_mask(me, even, limit);
-        const __mmask16 oko = _mm512_mask_cmplt_epu32_mask(mo, odd, limit);
-        if (oke != me || oko != mo) {
-            *bad |= __mmask16((me & ~oke) | (mo & ~oko));
+                               __m512 acc) {
+        const Pairs p = pairs(vj, ij, limit, n);
+        if (p.out_of_range()) {
+            *bad |= p.out_of_range();
             return acc;
         }
         const uint16_t* xw = reinterpret_cast<const uint16_t*>(x);
@@ -379,9 +387,10 @@ struct Condensed {
                        [&](int l) { return uint32_t(int32_t(ij[2 * l + 1])); });
         } else {  // a row's last, partial step: x[0] past its end, those halves zeroed
             const auto at = [&](int j) { return j < n ? uint32_t(int32_t(ij[j])) : 0u; };
-            xs = _mm512_maskz_mov_epi16(m, words([&](int l) { return at(2 * l); }, [&](int l) { return at(2 * l + 1); }));
+            xs = _mm512_maskz_mov_epi16(p.m, words([&](int l) { return at(2 * l); },
+                                                   [&](int l) { return at(2 * l + 1); }));
         }
-        return _mm512_dpbf16_ps(acc, as_bh(_mm512_maskz_loadu_epi16(m, vj)), as_bh(xs));
+        return _mm512_dpbf16_ps(acc, as_bh(_mm512_maskz_loadu_epi16(p.m, vj)), as_bh(xs));
     }
 
     // gather_rows for bfloat16 with AVX512-BF16 (int16 and int32 indices): 32 entries per pair of gathers
