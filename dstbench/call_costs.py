@@ -1,0 +1,139 @@
+"""The README's two measurements of call overhead: per-call CPU time of one layer, and a compiled ViT-B/16.
+
+``python -m dstbench.call_costs layers``: one inference layer at batch 1,
+90% sparse, bias included, ``inference_mode``, 1 thread, median over 15
+interleaved rounds of 200 calls of ``time.thread_time`` (CPU time of the
+calling thread, in microseconds), three ways per layer:
+
+* ``direct``: the kernel alone, the compiled entry point called through
+  ctypes on prepared pointers with y preallocated (CSR: ``torch.sparse.mm``
+  on a CSR tensor kept between calls, no bias);
+* ``layer``: the layer as the suites call it;
+* ``operator``: the ``torch.ops.dstbench`` operator on the same tensors.
+
+``python -m dstbench.call_costs compile``: torchvision's ViT-B/16 (a random
+head: torchvision's is zero) with its 48 encoder linears converted at 90%,
+compiled by inductor with ``fullgraph=True`` and exported with
+``torch.export``: the largest difference from eager of each, and a batch-1
+forward on 1 thread, eager and compiled, CPU time, median of 20 paired calls.
+
+Both print Markdown (a table, or one line per method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from dstbench import registry
+from dstbench.suites import vit_e2e
+from dstbench.suites.inference import build_layer
+
+LAYER_SHAPES = ((768, 3072), (64, 64))
+LAYER_METHODS = ("dynadiag", "srigl", "rigl")
+COMPILE_METHODS = ("dense", "rigl", "srigl", "dynadiag")
+SPARSITY = 0.9
+
+
+def cpu_times_us(fns: dict[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, float]:
+    """name -> median per-call CPU time (µs) of ``fns`` over ``rounds`` interleaved rounds of ``calls`` calls."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.thread_time()
+            for _ in range(calls):
+                fn()
+            samples[name].append((time.thread_time() - start) / calls * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _three_ways(method: str, layer: nn.Module, x: Tensor, out_features: int) -> dict[str, Callable[[], object]]:
+    """The direct, layer and operator calls of one layer on x (module docstring)."""
+    if method == "rigl":
+        csr = torch.sparse_csr_tensor(layer.crow_indices, layer.col_indices, layer.values, (out_features, x.shape[1]),
+                                      check_invariants=False)
+        xt = x.T.contiguous()
+        direct = lambda: torch.sparse.mm(csr, xt)  # noqa: E731
+        operator = lambda: torch.ops.dstbench.csr_mm(x, layer.crow_indices, layer.col_indices, layer.values,  # noqa: E731
+                                                     out_features, layer.bias)
+    else:
+        bound = layer._bind(x)
+        y = torch.empty(x.shape[0], out_features)
+        args = (x.data_ptr(), *bound._pointers, y.data_ptr(), x.shape[0], *bound._sizes, 1)
+        direct = lambda y=y: bound._fn(*args)  # noqa: E731  (y kept alive with the lambda: the kernel writes it)
+        if method == "dynadiag":
+            operator = lambda: torch.ops.dstbench.diag_mm(x, layer.offsets, layer.values, out_features, "cpu",  # noqa: E731
+                                                          layer.bias)
+        else:
+            operator = lambda: torch.ops.dstbench.condensed_mm(x, layer.values, layer.indices,  # noqa: E731
+                                                               layer.active_rows, out_features, "cpu", layer.bias)
+    return {"direct": direct, "layer": lambda: layer(x), "operator": operator}
+
+
+def layer_costs(shapes: Sequence[tuple[int, int]] = LAYER_SHAPES, methods: Sequence[str] = LAYER_METHODS,
+                rounds: int = 15, calls: int = 200) -> list[dict[str, object]]:
+    """One row per (shape, method): ``method``, ``in_features``, ``out_features`` and the three times (µs)."""
+    torch.set_num_threads(1)
+    rows = []
+    with torch.inference_mode():
+        for fin, fout in shapes:
+            torch.manual_seed(0)
+            linear = nn.Linear(fin, fout)
+            x = torch.randn(1, fin)
+            for method in methods:
+                layer = build_layer(method, linear, SPARSITY, "auto")
+                fns = _three_ways(method, layer, x, fout)
+                for fn in fns.values():  # binds the layer, builds the call path
+                    fn()
+                rows.append({"method": method, "in_features": fin, "out_features": fout,
+                             **cpu_times_us(fns, rounds, calls)})
+    return rows
+
+
+def compile_costs(methods: Sequence[str] = COMPILE_METHODS, calls: int = 20) -> list[dict[str, object]]:
+    """One row per method: the largest |compiled - eager| and |exported - eager|, the largest |eager| output, and
+    the median eager and compiled CPU times (ms) of a batch-1 forward on 1 thread."""
+    torch.set_num_threads(1)
+    source = vit_e2e.vit_b16(0, torch.device("cpu"), torch.float32)
+    nn.init.normal_(source.heads.head.weight, std=0.02)
+    x = torch.randn(vit_e2e.IMAGE_SHAPE)
+    rows = []
+    for method in methods:
+        model = vit_e2e.convert(source, registry.make_method(method, sparsity=SPARSITY))
+        compiled = torch.compile(model, fullgraph=True)
+        with torch.no_grad():
+            eager = model(x)
+            diff = (compiled(x) - eager).abs().max().item()
+            exported = (torch.export.export(model, (x,)).module()(x) - eager).abs().max().item()
+            times = cpu_times_us({"eager": lambda: model(x), "compiled": lambda: compiled(x)}, calls, 1)
+        rows.append({"method": method, "compiled_diff": diff, "export_diff": exported,
+                     "max_abs": eager.abs().max().item(), "eager_ms": times["eager"] / 1e3,
+                     "compiled_ms": times["compiled"] / 1e3})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dstbench.call_costs layers|compile``."""
+    parser = argparse.ArgumentParser(prog="python -m dstbench.call_costs", description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["layers", "compile"])
+    args = parser.parse_args(argv)
+    if args.what == "layers":
+        print("| layer | direct kernel call | layer | through the operator |\n|---|---|---|---|")
+        for r in layer_costs():
+            print(f"| {r['method']} {r['in_features']}→{r['out_features']} | {r['direct']:.1f} µs | "
+                  f"{r['layer']:.1f} µs | {r['operator']:.1f} µs |")
+    else:
+        for r in compile_costs():
+            print(f"- {r['method']}: max |compiled - eager| {r['compiled_diff']:.2g}, max |export - eager| "
+                  f"{r['export_diff']:.2g} (outputs up to {r['max_abs']:.3g}); eager {r['eager_ms']:.0f} ms -> "
+                  f"compiled {r['compiled_ms']:.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""dstbench.call_costs: the calls it times compute the layer's product, and the compile check on a tiny ViT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import VisionTransformer
+
+from dstbench import call_costs
+from dstbench.kernels import cpu
+from dstbench.suites import vit_e2e
+from dstbench.suites.inference import build_layer
+
+pytestmark = pytest.mark.skipif(cpu.unavailable_reason(torch.device("cpu"), torch.float32) is not None,
+                                reason="the compiled CPU kernels are unavailable")
+
+
+@pytest.mark.parametrize("method", call_costs.LAYER_METHODS)
+def test_the_three_calls_compute_the_layer(method: str) -> None:
+    torch.manual_seed(0)
+    linear, x = nn.Linear(40, 24), torch.randn(1, 40)
+    with torch.inference_mode():
+        layer = build_layer(method, linear, call_costs.SPARSITY, "auto")
+        fns = call_costs._three_ways(method, layer, x, 24)
+        want = layer(x)
+        torch.testing.assert_close(fns["operator"](), want)
+        direct = fns["direct"]()
+        if method == "rigl":  # torch.sparse.mm on x.T, no bias
+            torch.testing.assert_close(direct.T + layer.bias, want)
+        else:
+            assert direct == 0  # the kernel's status: it ran on the bound pointers
+
+
+def test_layer_costs_rows() -> None:
+    before = torch.get_num_threads()
+    try:
+        rows = call_costs.layer_costs(shapes=[(16, 32)], methods=["dynadiag", "srigl"], rounds=2, calls=3)
+    finally:
+        torch.set_num_threads(before)
+    assert [(r["method"], r["in_features"], r["out_features"]) for r in rows] == [("dynadiag", 16, 32), ("srigl", 16, 32)]
+    assert all(r[k] > 0 for r in rows for k in ("direct", "layer", "operator"))
+
+
+def test_compile_costs_match_eager_on_a_tiny_vit(monkeypatch: pytest.MonkeyPatch) -> None:
+    def tiny(seed: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
+        torch.manual_seed(seed)
+        model = VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32,
+                                  num_classes=10)
+        return vit_e2e.with_linear_qkv(model).to(device=device, dtype=dtype).eval()
+
+    monkeypatch.setattr(vit_e2e, "vit_b16", tiny)
+    monkeypatch.setattr(vit_e2e, "IMAGE_SHAPE", (1, 3, 32, 32))
+    before = torch.get_num_threads()
+    try:
+        (row,) = call_costs.compile_costs(methods=["dynadiag"], calls=2)
+    finally:
+        torch.set_num_threads(before)
+    assert row["max_abs"] > 0  # the random head makes the outputs non-zero, so the differences mean something
+    assert row["compiled_diff"] < 1e-4 * row["max_abs"] and row["export_diff"] < 1e-5 * row["max_abs"]
+    assert row["eager_ms"] > 0 and row["compiled_ms"] > 0
