@@ -167,9 +167,14 @@ def slug(machine: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "unknown"
 
 
+def this_cpu_class() -> str:
+    """This machine's class as a CPU-only run would have it (its CPU model)."""
+    return envinfo.machine_class({"cpu_model": envinfo.cpu_model()})
+
+
 def default_dir() -> Path:
     """This machine's default baseline folder: ``ROOT/cpu-quick-<slug of its CPU model>``."""
-    return ROOT / f"{DEFAULT_PREFIX}-{slug(envinfo.machine_class({'cpu_model': envinfo.cpu_model()}))}"
+    return ROOT / f"{DEFAULT_PREFIX}-{slug(this_cpu_class())}"
 
 
 def find(root: Path | None = None) -> tuple[Path | None, str]:
@@ -182,8 +187,7 @@ def find(root: Path | None = None) -> tuple[Path | None, str]:
         if this_machine_class(base) == machine_class(base):
             return folder, ""
         seen.append(f"{folder.name} ({machine_class(base)!r})")
-    here = envinfo.machine_class({"cpu_model": envinfo.cpu_model()})
-    return None, (f"no baseline under {root} was measured on this machine class ({here!r}); there: "
+    return None, (f"no baseline under {root} was measured on this machine class ({this_cpu_class()!r}); there: "
                   f"{', '.join(seen) or 'none'}. Make one with 'dstbench baseline update' (it writes {default_dir()}) "
                   "or name one with --baseline and --allow-machine-mismatch")
 

@@ -15,7 +15,6 @@ and ``impl`` tell them apart.
 
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Callable
 
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 import torch.utils.mkldnn
 from torch import Tensor, nn
+
+from dstbench.methods.base import inference_copy
 
 TORCH, ONEDNN, OPENBLAS = "dense", "dense-onednn", "dense-openblas"
 NAMES = (TORCH, ONEDNN, OPENBLAS)
@@ -81,14 +82,12 @@ BUILDERS: dict[str, Callable[[nn.Linear], nn.Module]] = {ONEDNN: OneDNNLinear, O
 
 def with_linears(model: nn.Module, build: Callable[[nn.Linear], nn.Module],
                  include: Callable[[str, nn.Linear], bool] | None = None) -> nn.Module:
-    """A copy of ``model`` with every ``nn.Linear`` (those ``include(name, linear)`` accepts, if given) replaced by
-    ``build(linear)``, e.g. ``OneDNNLinear``: the same model in another dense library."""
-    out = copy.deepcopy(model)
-    for name, module in list(out.named_modules()):
-        if isinstance(module, nn.Linear) and (include is None or include(name, module)):
-            parent, _, child = name.rpartition(".")
-            setattr(out.get_submodule(parent), child, build(module))
-    return out
+    """A copy of ``model`` in eval mode with every ``nn.Linear`` (those ``include(name, linear)`` accepts, if given)
+    replaced by ``build(linear)``, e.g. ``OneDNNLinear``: the same model in another dense library."""
+    def convert(name: str, module: nn.Module) -> nn.Module | None:
+        return build(module) if isinstance(module, nn.Linear) and (include is None or include(name, module)) else None
+
+    return inference_copy(model, convert)
 
 
 def models(model: nn.Module, device: str, dtype: torch.dtype) -> dict[str, nn.Module]:
