@@ -231,11 +231,10 @@ struct Condensed {
         }
         __m512 xs;
         if (m == 0xffff) {
-            uint64_t w[sizeof(I) * 2];  // the 16 indices as 64-bit words, read once
-            std::memcpy(w, ij, sizeof w);
-            constexpr int PER = 8 / sizeof(I), BITS = 8 * sizeof(I);
-            xs = assemble16(x, [&](int l) { return uint32_t(uint64_t(w[l / PER] >> (BITS * (l % PER))) &
-                                                            (uint64_t(-1) >> (64 - BITS))); });
+            uint32_t c[16];
+            unpack8(ij, c);
+            unpack8(ij + 8, c + 8);
+            xs = assemble16(x, [&](int l) { return c[l]; });
         } else {  // a row's last, partial step: index 0 past its end, those lanes zeroed
             alignas(64) uint32_t c[16];
             _mm512_store_si512(c, load_indices(ij, m));
