@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Callable
 
@@ -11,8 +12,10 @@ import pytest
 import torch
 
 import synthetic_runs as syn
-from dstbench import baseline, registry, timing
+from dstbench import baseline, commit_runs, registry, timing
 from dstbench.cli import main
+from dstbench.env import REPO_ROOT
+from dstbench.errors import UserError
 from dstbench.registry import _SUITES
 from dstbench.suites.base import Suite
 from dstbench.suites import dense_baselines
@@ -246,3 +249,91 @@ def test_update_from_refuses_an_unfinished_run_and_extra_options(tmp_path: Path,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "did not finish; resume it to the end" in err
     assert not out.exists()
+
+
+def _committed(base: Path, dirty: bool = False) -> None:
+    """Record the baseline as measured on a checkout of commit c...c (with uncommitted edits if ``dirty``)."""
+    meta = json.loads((base / "run.json").read_text())
+    meta["env"].update(git_sha="c" * 40, git_dirty=dirty)
+    (base / "run.json").write_text(json.dumps(meta))
+
+
+def _slow_window(monkeypatch: pytest.MonkeyPatch, base_commit_slow: bool) -> list[str]:
+    """DynaDiag twice as slow in both runs of this checkout; the baseline's commit, measured after them, as slow
+    (a slow window of the machine) or not (a real regression). Returns the commits measured."""
+    measured = []
+
+    def run_at_commit(sha: str, suite: str, suite_args: list[str], out: Path) -> Path:
+        measured.append(sha)
+        monkeypatch.setattr(timing, "interleaved", fake_interleaved({"dynadiag": 2.0} if base_commit_slow else {}))
+        baseline.run_suite(suite, suite_args, out)
+        return out
+
+    monkeypatch.setattr(commit_runs, "run_at_commit", run_at_commit)
+    monkeypatch.setattr(timing, "interleaved", fake_interleaved({"dynadiag": 2.0}))
+    return measured
+
+
+def test_a_slow_window_the_baseline_commit_shares_is_no_regression(base: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    _committed(base)
+    measured = _slow_window(monkeypatch, base_commit_slow=True)
+    out = tmp_path / "check"
+    assert main(["baseline", "check", "--baseline", str(base), "--out", str(out), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert measured == ["c" * 40]
+    assert not [c for c in data["comparisons"] if c["status"] == "regressed"]
+    assert {c["note"] for c in data["comparisons"] if c["method"] == "dynadiag"} == {
+        "the baseline's commit, measured now, is as slow: the machine's window, not the code"}
+    assert any("cccccccccc measured in the same window" in note for note in data["notes"])
+    assert (tmp_path / "check-base-commit" / "rows.jsonl").exists()
+
+
+def test_a_regression_against_the_baseline_commit_measured_now_counts(base: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    _committed(base)
+    _slow_window(monkeypatch, base_commit_slow=False)
+    assert main(["baseline", "check", "--baseline", str(base), "--out", str(tmp_path / "check"), "--format", "json"]) == 1
+    regressed = [c for c in json.loads(capsys.readouterr().out)["comparisons"] if c["status"] == "regressed"]
+    assert {(c["method"], c["metric"]) for c in regressed} == {
+        ("dynadiag", "vs dense"), ("dynadiag", "vs torch dense"), ("dynadiag", "vs CSR")}
+    assert {c["note"] for c in regressed} == {"regressed against the baseline's commit measured now too"}
+
+
+def test_a_baseline_of_uncommitted_edits_keeps_the_two_runs_verdict(base: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    _committed(base, dirty=True)
+    measured = _slow_window(monkeypatch, base_commit_slow=True)
+    assert main(["baseline", "check", "--baseline", str(base), "--out", str(tmp_path / "check"), "--format", "json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert measured == []
+    assert any("uncommitted edits on cccccccccc" in note and "verdict stands" in note for note in data["notes"])
+
+
+def _head() -> str:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip("dstbench does not run from a git checkout here")
+    return done.stdout.strip()
+
+
+def test_run_at_commit_runs_that_commits_code(tmp_path: Path) -> None:
+    sha = _head()
+    tree = commit_runs.export(sha, tmp_path / "tree")
+    assert (tree / "pyproject.toml").read_bytes() == subprocess.run(
+        ["git", "show", f"{sha}:pyproject.toml"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    assert not (tree / "results").exists() and (tree / "kernels" / "cpu" / "diagonal.cpp").is_file()
+    out = commit_runs.run_at_commit(sha, "inference", TINY, tmp_path / "run")
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert [row["case_id"].rsplit("/", 1)[1] for row in rows] == ROWS
+    # the code ran from the installed copy of the commit, outside any checkout, so it found no git commit
+    assert json.loads((out / "run.json").read_text())["env"]["git_sha"] is None
+
+
+def test_a_commit_missing_from_the_clone_is_a_one_line_error(tmp_path: Path) -> None:
+    _head()
+    with pytest.raises(UserError, match=r"commit 0000000000 is not in .*git fetch --unshallow"):
+        commit_runs.export("0" * 40, tmp_path)
