@@ -42,12 +42,28 @@ def fake_interleaved(slow: dict[str, float]) -> Callable[..., dict[str, timing.S
     return interleaved
 
 
+def base_commit_measured_now(slow: dict[str, float]) -> Callable[..., Path]:
+    """A stand-in for commit_runs.run_at_commit: the baseline's commit run in-process under the fake timer with
+    ``slow`` factors (the commit's own speed in the window it is measured in)."""
+
+    def run_at_commit(sha: str, suite: str, suite_args: list[str], out: Path) -> Path:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(timing, "interleaved", fake_interleaved(slow))
+            baseline.run_suite(suite, suite_args, out)
+        return out
+
+    return run_at_commit
+
+
 @pytest.fixture
 def base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Path:
+    """A baseline of commit c...c under the fake timer; its commit, measured again, is as fast."""
     monkeypatch.setattr(timing, "interleaved", fake_interleaved({}))
+    monkeypatch.setattr(commit_runs, "run_at_commit", base_commit_measured_now({}))
     out = tmp_path / "baselines" / "cpu-quick"
     assert main(["baseline", "update", "--out", str(out), *TINY]) == 0
     assert f"baseline {out} updated: {len(ROWS)} rows" in capsys.readouterr().out
+    _committed(out)
     return out
 
 
@@ -262,12 +278,11 @@ def _slow_window(monkeypatch: pytest.MonkeyPatch, base_commit_slow: bool) -> lis
     """DynaDiag twice as slow in both runs of this checkout; the baseline's commit, measured after them, as slow
     (a slow window of the machine) or not (a real regression). Returns the commits measured."""
     measured = []
+    measure = base_commit_measured_now({"dynadiag": 2.0} if base_commit_slow else {})
 
     def run_at_commit(sha: str, suite: str, suite_args: list[str], out: Path) -> Path:
         measured.append(sha)
-        monkeypatch.setattr(timing, "interleaved", fake_interleaved({"dynadiag": 2.0} if base_commit_slow else {}))
-        baseline.run_suite(suite, suite_args, out)
-        return out
+        return measure(sha, suite, suite_args, out)
 
     monkeypatch.setattr(commit_runs, "run_at_commit", run_at_commit)
     monkeypatch.setattr(timing, "interleaved", fake_interleaved({"dynadiag": 2.0}))
@@ -277,7 +292,6 @@ def _slow_window(monkeypatch: pytest.MonkeyPatch, base_commit_slow: bool) -> lis
 def test_a_slow_window_the_baseline_commit_shares_is_no_regression(base: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture) -> None:
-    _committed(base)
     measured = _slow_window(monkeypatch, base_commit_slow=True)
     out = tmp_path / "check"
     assert main(["baseline", "check", "--baseline", str(base), "--out", str(out), "--format", "json"]) == 0
@@ -293,7 +307,6 @@ def test_a_slow_window_the_baseline_commit_shares_is_no_regression(base: Path, t
 def test_a_regression_against_the_baseline_commit_measured_now_counts(base: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch,
                                                                       capsys: pytest.CaptureFixture) -> None:
-    _committed(base)
     _slow_window(monkeypatch, base_commit_slow=False)
     assert main(["baseline", "check", "--baseline", str(base), "--out", str(tmp_path / "check"), "--format", "json"]) == 1
     regressed = [c for c in json.loads(capsys.readouterr().out)["comparisons"] if c["status"] == "regressed"]
