@@ -62,12 +62,14 @@ class Bandwidth:
                    record.get("kernel", KERNEL))
 
 
-def probe(device: torch.device, threads: int, rounds: int = ROUNDS, min_time: float = MIN_TIME) -> Bandwidth:
+def probe(device: torch.device, threads: int, rounds: int = ROUNDS, min_time: float = MIN_TIME,
+          evict_factor: float = timing.EVICT_FACTOR) -> Bandwidth:
     """Measure the read bandwidth at ``SIZES`` and beyond the last-level cache; a few seconds on 2 CPU cores.
 
-    The beyond-cache buffer is the cold mode's eviction buffer (``timing.evictor``), shared, not a second copy.
+    The beyond-cache buffer is the cold mode's eviction buffer (``timing.evictor`` of ``evict_factor``), shared,
+    not a second copy.
     """
-    beyond = timing.evictor(device).buffer
+    beyond = timing.evictor(device, evict_factor).buffer
     buffers = [torch.ones(size // 4, dtype=torch.float32, device=device) for size in SIZES if size < beyond.nbytes]
     buffers.append(beyond)
     fns = {str(b.nbytes): (lambda b=b: b.sum()) for b in buffers}

@@ -18,8 +18,9 @@ Two cache modes (the ``l2`` of the records), timed the same way:
 * ``"cold"``: every call starts with its data evicted from the caches
   (``Evictor``), and only the call is timed. On CUDA: a buffer twice the
   size of the L2 is overwritten before each call, timed with CUDA events.
-  On the CPU: a buffer of ``EVICT_FACTOR`` times the last-level cache (read
-  from the machine, ``llc_bytes``) is read by the run's threads; the process
+  On the CPU: a buffer of ``evict_factor`` (default ``EVICT_FACTOR``) times
+  the last-level cache (read from the machine, ``llc_bytes``) is read by the
+  run's threads; the process
   waits until no other of its threads is runnable
   (``threadpools.wait_quiet``); then the function's *primer*, if given, is
   called (the same code on other data: a twin of the layer), and the call
@@ -139,10 +140,10 @@ def llc_bytes(device: torch.device = torch.device("cpu")) -> tuple[int, str]:
     return FALLBACK_LLC_BYTES, "fallback"
 
 
-def evict_bytes(device: torch.device) -> int:
-    """The size of ``device``'s eviction buffer: ``EVICT_FACTOR`` x ``llc_bytes`` on the CPU, twice the L2 on CUDA."""
-    factor = 2 if device.type == "cuda" else EVICT_FACTOR
-    return 4 * math.ceil(factor * llc_bytes(device)[0] / 4)
+def evict_bytes(device: torch.device, factor: float = EVICT_FACTOR) -> int:
+    """The size of ``device``'s eviction buffer in bytes: ``factor`` x ``llc_bytes`` on the CPU, twice the L2 on
+    CUDA (``factor`` does not apply there)."""
+    return 4 * math.ceil((2 if device.type == "cuda" else factor) * llc_bytes(device)[0] / 4)
 
 
 class Evictor:
@@ -171,10 +172,14 @@ class Evictor:
             threadpools.wait_quiet()
 
 
+def evictor(device: torch.device, factor: float = EVICT_FACTOR) -> Evictor:
+    """The process's one ``Evictor`` of ``device`` per buffer size (its buffer is allocated once)."""
+    return _evictor(device, evict_bytes(device, factor))
+
+
 @functools.lru_cache(maxsize=None)
-def evictor(device: torch.device) -> Evictor:
-    """The process's one ``Evictor`` of ``device`` (its buffer is allocated once)."""
-    return Evictor(device)
+def _evictor(device: torch.device, nbytes: int) -> Evictor:
+    return Evictor(device, nbytes)
 
 
 class ColdBlockTimer:
@@ -183,9 +188,10 @@ class ColdBlockTimer:
     block on it, since an eviction takes longer than a small call. A subclass's ``__call__(n)`` times the calls
     alone and sets ``last_wall_s``."""
 
-    def __init__(self, fn: Callable[[], object], threads: int, device: torch.device) -> None:
+    def __init__(self, fn: Callable[[], object], threads: int, device: torch.device,
+                 evict_factor: float = EVICT_FACTOR) -> None:
         self.fn, self.threads, self.device = fn, threads, device
-        self.evict = evictor(device)
+        self.evict = evictor(device, evict_factor)
         self.last_wall_s = 0.0
 
     def wall(self, n: int) -> float:
@@ -217,8 +223,8 @@ class CPUColdBlockTimer(ColdBlockTimer):
     ``primer`` (if given), neither of them timed."""
 
     def __init__(self, fn: Callable[[], object], threads: int, device: torch.device,
-                 primer: Callable[[], object] | None = None) -> None:
-        super().__init__(fn, threads, device)
+                 primer: Callable[[], object] | None = None, evict_factor: float = EVICT_FACTOR) -> None:
+        super().__init__(fn, threads, device, evict_factor)
         self.primer = primer
 
     def __call__(self, n: int) -> float:
@@ -237,17 +243,18 @@ class CPUColdBlockTimer(ColdBlockTimer):
 
 
 def block_timer(fn: Callable[[], object], threads: int, device: torch.device, l2: str = "warm",
-                primer: Callable[[], object] | None = None) -> BlockTimer:
+                primer: Callable[[], object] | None = None, evict_factor: float = EVICT_FACTOR) -> BlockTimer:
     """The block timer of cache mode ``l2`` ("warm" or "cold", see the module docstring) on ``device``.
 
-    ``primer`` is called before each cold call on the CPU (an L2 flush on CUDA leaves the host's code warm).
+    ``primer`` is called before each cold call on the CPU (an L2 flush on CUDA leaves the host's code warm);
+    ``evict_factor`` sizes the CPU's eviction buffer (``evict_bytes``).
     """
     if l2 == "warm":
         return warm_block_timer(fn, threads)
     if l2 == "cold":
         if device.type == "cuda":
             return CUDAColdBlockTimer(fn, threads, device)
-        return CPUColdBlockTimer(fn, threads, device, primer)
+        return CPUColdBlockTimer(fn, threads, device, primer, evict_factor)
     raise ValueError(f"unknown L2 mode {l2!r}; choose one of {L2_MODES}")
 
 
@@ -295,6 +302,7 @@ def interleaved(
     block_context: Callable[[str], AbstractContextManager[object]] | None = None,
     primers: Mapping[str, Callable[[], object]] | None = None,
     torch_threads: Mapping[str, int] | None = None,
+    evict_factor: float = EVICT_FACTOR,
 ) -> dict[str, Samples]:
     """Time every function of ``fns`` in R interleaved rounds.
 
@@ -312,6 +320,7 @@ def interleaved(
             docstring); none by default.
         torch_threads: name -> torch's intra-op threads during that function's blocks, where not ``threads``
             (for example 1 for a function whose work runs on another library's pool).
+        evict_factor: cold, on the CPU: the eviction buffer in multiples of the last-level cache.
     Returns:
         name -> Samples with R per-call seconds in round order.
     """
@@ -319,7 +328,8 @@ def interleaved(
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     names = list(fns)
     own = {name: (torch_threads or {}).get(name, threads) for name in names}
-    blocks = {name: block_timer(fns[name], own[name], device, l2, (primers or {}).get(name)) for name in names}
+    blocks = {name: block_timer(fns[name], own[name], device, l2, (primers or {}).get(name), evict_factor)
+              for name in names}
     context = block_context or (lambda name: nullcontext())
     result: dict[str, Samples] = {}
     for name in names:

@@ -15,7 +15,10 @@ Layer and stack cases are timed with warm caches and with cold ones
 (``--l2``, ``dstbench.timing``): warm, each call finds the layer's data left
 in cache by the previous one; cold, the caches are evicted before every
 call, outside the timed region, and a cold group takes ``--cold-rounds``
-rounds (3x ``--rounds`` by default: a call from memory varies more).
+rounds (3x ``--rounds`` by default: a call from memory varies more). On
+the CPU the eviction reads a buffer ``--evict-factor`` times the last-level
+cache (1.5 by default), which cold rows record as ``evict_bytes`` (``compare``
+judges only cold rows of equal buffers against each other).
 ``--quick`` times warm only on the CPU; the end-to-end case is always warm.
 
 Every row also says how close it comes to this machine's memory
@@ -182,6 +185,7 @@ class Config:
     sparsities: list[float]
     batches: list[int]
     l2: list[str]
+    evict_factor: float
     launch: list[str]
     e2e: bool
     rounds: int
@@ -245,9 +249,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", help=f"comma-separated batch sizes, rows of X (default {DEFAULTS['batch']})")
     parser.add_argument("--l2", help="comma-separated cache modes of the layer and stack cases: warm (each call finds "
                                      "the layer's data where the last one left it) and cold (before every call, untimed, "
-                                     "the caches are emptied, on the CPU by reading a buffer 1.5x the last-level cache, "
-                                     "and a twin of the layer is run, so that only the layer's own data is cold) "
-                                     "(default warm,cold; --quick on the CPU: warm)")
+                                     "the caches are emptied, on the CPU by reading a buffer --evict-factor times the "
+                                     "last-level cache, and a twin of the layer is run, so that only the layer's own "
+                                     "data is cold) (default warm,cold; --quick on the CPU: warm)")
+    parser.add_argument("--evict-factor", type=float,
+                        help=f"cold caches on the CPU: the eviction buffer in multiples of the last-level cache, at "
+                             f"least 1 (default {timing.EVICT_FACTOR}); a larger one leaves less of a layer in a "
+                             "cache whose replacement is not LRU, and costs more time per cold call")
     parser.add_argument("--launch", help="comma-separated launch modes (CUDA): eager (every call issued from Python, "
                                          "its launch overhead included) and graph (each row's call captured once in a "
                                          "CUDA graph and replayed: the device's time alone, dense and CSR alike) "
@@ -323,6 +331,23 @@ def parse_launch(text: str, device: torch.device) -> list[str]:
     return modes
 
 
+#: the largest --evict-factor: beyond it the buffer costs memory and time and evicts nothing more
+MAX_EVICT_FACTOR = 64.0
+
+
+def _evict_factor(value: float | None, device: torch.device) -> float:
+    """--evict-factor, checked: at least 1 and at most ``MAX_EVICT_FACTOR``, CPU only; the default without one."""
+    if value is None:
+        return timing.EVICT_FACTOR
+    if device.type != "cpu":
+        raise UserError(f"--evict-factor sizes the CPU's eviction buffer; on {device.type} the cold mode overwrites "
+                        "twice the L2 instead, so drop the option")
+    if not 1.0 <= value <= MAX_EVICT_FACTOR:
+        raise UserError(f"--evict-factor must be between 1 (the last-level cache itself) and {MAX_EVICT_FACTOR:g}, "
+                        f"got {value:g}")
+    return float(value)
+
+
 def make_method(label: str, **options: Any) -> SparsityMethod:
     """The method of a --methods spec label (``srigl:ablation=false``) with the suite's ``options`` added."""
     spec, = parse_methods(label)
@@ -348,6 +373,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     cold_rounds = base.rounds(COLD_ROUNDS_FACTOR * rounds if args.cold_rounds is None else args.cold_rounds,
                               "--cold-rounds")
     min_time = base.min_time(_preset(args, "min_time"), "--min-time")
+    evict_factor = _evict_factor(args.evict_factor, device)
     dtype = base.resolve_dtype(args.dtype)
     if args.impl not in ("auto", "cpu", "cuda", "reference"):
         raise UserError(f"--impl must be auto, cpu, cuda or reference, got {args.impl!r}")
@@ -357,7 +383,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     e2e_rounds = rounds if args.rounds is not None or not args.quick else QUICK_E2E_ROUNDS
     return Config(
         methods=methods, named=named, dense=dense_baselines.candidates(device.type, dtype), cases=cases,
-        sparsities=sparsities, batches=batches, l2=l2, launch=launch, e2e=not args.no_e2e,
+        sparsities=sparsities, batches=batches, l2=l2, evict_factor=evict_factor, launch=launch, e2e=not args.no_e2e,
         rounds=rounds, cold_rounds=cold_rounds, e2e_rounds=e2e_rounds, min_time=min_time, threads=threads,
         device=device.type, dtype=args.dtype, impl=args.impl, seed=args.seed, quick=args.quick,
         out=str(args.out or records.default_out(NAME)), notes=[],
@@ -544,11 +570,12 @@ def measure_group(group: Group, workloads: Workloads, names: list[str], config: 
         samples = timing.interleaved(fns, rounds=config.rounds_of(group), min_time=config.min_time,
                                      threads=config.threads, device=torch.device(config.device), l2=group.l2,
                                      on_block=on_block, block_context=pools.block, primers=primers,
-                                     torch_threads=pools.torch_threads(names))
+                                     torch_threads=pools.torch_threads(names), evict_factor=config.evict_factor)
     dense = [name for name in names if name in dense_baselines.NAMES]
     fastest = min(dense, key=lambda name: statistics.median(samples[name].samples_s))
-    return [{**_row(group, name, modules, samples, dense, fastest), **_traffic(group, modules[name], samples[name], probe)}
-            for name in names]
+    evict = timing.evict_bytes(torch.device(config.device), config.evict_factor) if group.l2 == "cold" else None
+    return [{**_row(group, name, modules, samples, dense, fastest), "evict_bytes": evict,
+             **_traffic(group, modules[name], samples[name], probe)} for name in names]
 
 
 def _captured(group: Group, fns: dict[str, Callable[[], object]], config: Config) -> dict[str, Callable[[], None]]:
@@ -671,7 +698,7 @@ def _check_e2e_speed(config: Config, impls: dict[str, str]) -> None:
 
 def _probe_bandwidth(config: Config) -> bandwidth.Bandwidth:
     """The run's bandwidth probe (``dstbench.bandwidth``), with one line on stderr."""
-    bw = bandwidth.probe(torch.device(config.device), config.threads)
+    bw = bandwidth.probe(torch.device(config.device), config.threads, evict_factor=config.evict_factor)
     sizes = ", ".join(f"{size / 2**20:g} MiB {gbps:.3g}" for size, gbps in zip(bw.sizes, bw.gbps))
     print(f"dstbench: read bandwidth (GB/s) by working set: {sizes}; last-level cache {bw.llc_bytes / 2**20:g} MiB "
           f"({bw.llc_source})", file=sys.stderr)
@@ -728,7 +755,7 @@ SUITE = register_suite(NAME)(base.Suite(
     compare=SuiteSpec(
         key=("case", "sparsity", "batch", "dtype", "device", "l2", "launch"),
         defaults={"launch": "eager"},
-        setup=("in_features", "out_features", "threads"),
+        setup=("in_features", "out_features", "threads", "evict_bytes"),
         ratios={**base.dense_ratios(DENSE), "speedup_vs_csr": Ratio(CSR, None, "vs CSR")}),
     report=reporting.inference_section,
     references=(base.Reference(DENSE, "dense"), base.Reference(CSR, "CSR", same_sparsity=True))))

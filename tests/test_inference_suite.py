@@ -33,7 +33,7 @@ COLUMNS = {"suite", "method", "impl", "case", "in_features", "out_features", "sp
            "samples_s", "l2", "nnz", "speedup_vs_dense_lo", "speedup_vs_dense_hi", "speedup_vs_csr_lo",
            "speedup_vs_csr_hi", "speedup_vs_torch_dense", "speedup_vs_torch_dense_lo", "speedup_vs_torch_dense_hi",
            "dense_impl", "torch_dense_impl", "dense_impls", "bytes", "gbps", "ceiling_gbps", "limit_frac", "bw_probe",
-           "launch"}
+           "launch", "evict_bytes"}
 
 #: the methods a run times by default: the dense and CSR baselines first, then every other registered method
 TIMED = list(dict.fromkeys(["dense", "rigl", *registry.list_methods()]))
@@ -50,9 +50,9 @@ SMALL_LLC = 4 * 2**20
 @pytest.fixture(autouse=True)
 def small_caches(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(timing, "llc_bytes", lambda device=CPU: (SMALL_LLC, "test"))
-    timing.evictor.cache_clear()
+    timing._evictor.cache_clear()
     yield
-    timing.evictor.cache_clear()
+    timing._evictor.cache_clear()
 
 
 def names(frame) -> list[str]:  # noqa: ANN001
@@ -313,6 +313,44 @@ def test_unknown_cache_mode_is_refused(text: str, tmp_path: Path, capsys: pytest
     assert run(tmp_path / "r", "--l2", text) == 2
     assert "--l2 takes a comma-separated list of warm, cold" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_evict_factor_sizes_the_cold_eviction_and_the_probe(tmp_path: Path) -> None:
+    assert run(tmp_path / "r", "--l2", "warm,cold", "--evict-factor", "3") == 0
+    frame = records.load(tmp_path / "r")
+    assert (frame[frame["l2"] == "cold"]["evict_bytes"] == 3 * SMALL_LLC).all()
+    assert frame[frame["l2"] == "warm"]["evict_bytes"].isna().all()
+    assert {p["bytes"][-1] for p in frame["bw_probe"]} == {3 * SMALL_LLC}  # the probe's beyond-cache buffer
+    assert timing.evictor(CPU, 3).nbytes == 3 * SMALL_LLC
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["segments"][-1]["config"]["evict_factor"] == 3.0
+
+
+def test_cold_rows_of_other_eviction_buffers_are_not_compared(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run(tmp_path / "a", "--l2", "warm,cold") == 0
+    assert run(tmp_path / "b", "--l2", "warm,cold", "--evict-factor", "2") == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--format", "json"]) in (0, 1)
+    comparisons = json.loads(capsys.readouterr().out)["comparisons"]
+    cold = [c for c in comparisons if "l2=cold" in c["case"]]
+    assert cold and {c["status"] for c in cold} == {"not comparable"}
+    assert all(f"evict_bytes {int(1.5 * SMALL_LLC)} -> {2 * SMALL_LLC}" in c["note"] for c in cold)
+    assert {c["status"] for c in comparisons if "l2=cold" not in c["case"]} != {"not comparable"}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--evict-factor", "0.5"], "--evict-factor must be between 1 (the last-level cache itself) and 64, got 0.5"),
+    (["--evict-factor", "100"], "--evict-factor must be between 1 (the last-level cache itself) and 64, got 100"),
+])
+def test_bad_evict_factor_is_refused(extra: list[str], message: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture) -> None:
+    assert run(tmp_path / "r", *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_evict_factor_is_cpu_only() -> None:
+    with pytest.raises(UserError, match="--evict-factor sizes the CPU's eviction buffer; on cuda"):
+        inference._evict_factor(2.0, torch.device("cuda"))
 
 
 def tiny_vit(seed: int, device: torch.device, dtype: torch.dtype) -> nn.Module:

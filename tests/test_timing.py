@@ -60,14 +60,14 @@ def test_block_timer_sleep_is_measured_per_block() -> None:
 
 def test_cold_mode_on_the_cpu_and_unknown_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(timing, "llc_bytes", lambda device=CPU: (2**20, "test"))  # a small eviction buffer
-    timing.evictor.cache_clear()
+    timing._evictor.cache_clear()
     try:
         calls = []
         block = timing.block_timer(lambda: calls.append(1), threads=1, device=CPU, l2="cold")
         assert isinstance(block, timing.CPUColdBlockTimer)
         assert 0 < block(3) <= block.last_wall_s and len(calls) == 3  # the evictions are in the wall time only
     finally:
-        timing.evictor.cache_clear()
+        timing._evictor.cache_clear()
     for mode in ("flushed", "hot"):
         with pytest.raises(ValueError, match="L2 mode"):
             timing.block_timer(lambda: None, threads=1, device=CPU, l2=mode)
@@ -78,7 +78,7 @@ def test_interleaved_rotates_order_and_divides_block_time(monkeypatch: pytest.Mo
     cost = {"a": 1e-3, "b": 2e-3, "c": 4e-3}
     log: list[str] = []
 
-    def fake_block_timer(fn, threads, device, l2="warm", primer=None):  # noqa: ANN001
+    def fake_block_timer(fn, threads, device, l2="warm", primer=None, evict_factor=timing.EVICT_FACTOR):  # noqa: ANN001
         name = fn()
 
         def block(n: int) -> float:
