@@ -514,8 +514,9 @@ def roofline_figure(frame: pd.DataFrame, title: str) -> Figure:
     """Achieved bandwidth (bytes per call / median latency) against the bytes a call moves, one panel per cache mode,
     under the read bandwidth the run's probe measured (the ceiling of ``limit_frac``).
 
-    Warm panel: the probe's bandwidth by working set (grey line). Cold panel: its beyond-cache bandwidth (grey dashed
-    line), since a cold call reads everything from memory.
+    Warm panel: the probe's bandwidth by working set (grey line). Cold panel: its bandwidth reading each working set
+    after an eviction (grey dashed line with ticks), or, for a probe recorded without that, its beyond-cache
+    bandwidth (grey dashed line).
 
     Args:
         frame: inference rows of one machine and batch with ``bytes`` and ``gbps`` (columns method, l2, bytes, gbps,
@@ -531,7 +532,10 @@ def roofline_figure(frame: pd.DataFrame, title: str) -> Figure:
         rows = frame[frame["l2"] == mode]
         for i, probe in enumerate(probes):
             label = "read bandwidth (probe)" if i == 0 else None
-            if mode == "cold":
+            if mode == "cold" and probe.get("cold_gbps"):
+                ax.plot(probe["bytes"][:len(probe["cold_gbps"])], probe["cold_gbps"], color="0.55", ls="--", lw=0.9,
+                        marker="|", markersize=4, label=label, zorder=1)
+            elif mode == "cold":
                 ax.axhline(probe["gbps"][-1], color="0.55", ls="--", lw=0.9, label=label, zorder=1)
             else:
                 ax.plot(probe["bytes"], probe["gbps"], color="0.55", lw=0.9, marker="|", markersize=4, label=label,

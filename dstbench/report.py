@@ -219,7 +219,8 @@ def roofline_section(report: Report, section: Section, frame: pd.DataFrame, mach
                       f"roofline-{prefix}b{batch}{_suffix(launch, 'eager')}",
                       f"Achieved bandwidth (bytes a call moves / median latency) against bytes per call, {title}: "
                       "every layer and stack case and sparsity; the grey line is the read bandwidth the run measured "
-                      "at each working set (warm) or beyond the last-level cache (cold), which limit_frac divides by",
+                      "at each working set, warm, or after an eviction, cold (beyond the last-level cache in runs "
+                      "recorded before the cold probe), which limit_frac divides by",
                       batch_rows)
 
 

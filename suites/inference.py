@@ -25,8 +25,8 @@ Every row also says how close it comes to this machine's memory
 bandwidth: ``bytes`` (``suites/traffic.py``: the layer's stored tensors in
 their dtypes plus x and y), ``gbps`` (bytes / p50) and ``limit_frac`` (gbps
 over ``ceiling_gbps``, the bandwidth that ``dstbench.bandwidth``'s probe
-measured in the same run at that working set, or beyond cache for a cold
-row); ``bw_probe`` holds the whole probe. The end-to-end rows leave them
+measured in the same run at that working set, warm for a warm row and after
+an eviction for a cold one); ``bw_probe`` holds the whole probe. The end-to-end rows leave them
 empty.
 
 One *case group* is (case, sparsity, batch, dtype, device, threads, L2
@@ -65,7 +65,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -699,9 +699,11 @@ def _check_e2e_speed(config: Config, impls: dict[str, str]) -> None:
 def _probe_bandwidth(config: Config) -> bandwidth.Bandwidth:
     """The run's bandwidth probe (``dstbench.bandwidth``), with one line on stderr."""
     bw = bandwidth.probe(torch.device(config.device), config.threads, evict_factor=config.evict_factor)
-    sizes = ", ".join(f"{size / 2**20:g} MiB {gbps:.3g}" for size, gbps in zip(bw.sizes, bw.gbps))
-    print(f"dstbench: read bandwidth (GB/s) by working set: {sizes}; last-level cache {bw.llc_bytes / 2**20:g} MiB "
-          f"({bw.llc_source})", file=sys.stderr)
+    def by_size(gbps: Sequence[float]) -> str:
+        return ", ".join(f"{size / 2**20:g} MiB {value:.3g}" for size, value in zip(bw.sizes, gbps))
+
+    print(f"dstbench: read bandwidth (GB/s) by working set: {by_size(bw.gbps)}; cold: {by_size(bw.cold_gbps or ())}; "
+          f"last-level cache {bw.llc_bytes / 2**20:g} MiB ({bw.llc_source})", file=sys.stderr)
     return bw
 
 

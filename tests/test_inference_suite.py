@@ -636,7 +636,22 @@ def test_bandwidth_probe_returns_positive_bandwidths_per_size() -> None:
     assert list(bw.sizes) == [s for s in bandwidth.SIZES if s < beyond] + [beyond]
     assert beyond > SMALL_LLC == bw.llc_bytes and bw.llc_source == "test"
     assert len(bw.gbps) == len(bw.sizes) and all(g > 0 and math.isfinite(g) for g in bw.gbps)
+    assert len(bw.cold_gbps) == len(bw.sizes) - 1 and all(g > 0 and math.isfinite(g) for g in bw.cold_gbps)
     assert bandwidth.Bandwidth.from_record(json.loads(json.dumps(bw.record()))) == bw
+
+
+def test_the_cold_probe_reads_each_buffer_after_an_eviction_and_its_twin(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    real = timing.interleaved
+
+    def interleaved(fns, **kwargs):  # noqa: ANN001, ANN003
+        seen.append((kwargs.get("l2", "warm"), sorted(fns), sorted(kwargs.get("primers") or {})))
+        return real(fns, **kwargs)
+
+    monkeypatch.setattr(timing, "interleaved", interleaved)
+    bw = bandwidth.probe(CPU, threads=1, rounds=2, min_time=1e-3)
+    below = sorted(str(size) for size in bw.sizes[:-1])
+    assert seen == [("warm", sorted(str(size) for size in bw.sizes), []), ("cold", below, below)]
 
 
 def test_bandwidth_ceiling_interpolates_warm_and_takes_beyond_cache_when_cold() -> None:
@@ -644,7 +659,11 @@ def test_bandwidth_ceiling_interpolates_warm_and_takes_beyond_cache_when_cold() 
     assert bw.ceiling(2**20, "warm") == 100.0 and bw.ceiling(2**22, "warm") == 50.0
     assert bw.ceiling(2**21, "warm") == pytest.approx(75.0)  # halfway in log size
     assert bw.ceiling(10, "warm") == 100.0 and bw.ceiling(2**40, "warm") == 10.0  # clamped
-    assert bw.ceiling(2**20, "cold") == bw.ceiling(2**22, "cold") == 10.0
+    assert bw.ceiling(2**20, "cold") == bw.ceiling(2**22, "cold") == 10.0  # a record without the cold curve
+    cold = bandwidth.Bandwidth((2**20, 2**22, 2**30), (100.0, 50.0, 10.0), 2**28, "test", cold_gbps=(4.0, 16.0))
+    assert cold.ceiling(2**20, "cold") == 4.0 and cold.ceiling(2**21, "cold") == pytest.approx(10.0)
+    assert cold.ceiling(10, "cold") == 4.0 and cold.ceiling(2**40, "cold") == 16.0  # clamped to the cold curve
+    assert cold.ceiling(2**21, "warm") == pytest.approx(75.0)
 
 
 def test_rows_carry_bytes_gbps_and_limit_against_the_runs_probe(tmp_path: Path) -> None:
@@ -657,7 +676,7 @@ def test_rows_carry_bytes_gbps_and_limit_against_the_runs_probe(tmp_path: Path) 
         assert row["gbps"] == pytest.approx(row["bytes"] / row["p50_s"] / 1e9)
         assert row["ceiling_gbps"] == pytest.approx(probe.ceiling(row["bytes"], row["l2"]))
         assert row["limit_frac"] == pytest.approx(row["gbps"] / row["ceiling_gbps"])
-    assert frame.loc["dense/cold", "ceiling_gbps"] == probe.gbps[-1]
+    assert probe.cold_gbps is not None  # cold rows are held against the cold curve
     for name in DENSE:  # 32x48 at batch 2: weight, bias, x, y in float32
         assert frame.loc[f"{name}/warm", "bytes"] == (48 * 32 + 48 + 2 * (32 + 48)) * 4
 
