@@ -244,15 +244,14 @@ def confirm(base: Run, first: Result, suite: str, suite_args: Sequence[str], out
     runs benchmarks in several processes for the same reason. A real slowdown
     regresses both runs; a run-level accident rarely hits the same case twice.
     """
-    flagged = {(c.case, c.method, c.metric) for c in first.comparisons if c.status == "regressed"}
+    flagged = {c.key for c in first.comparisons if c.status == "regressed"}
     print(f"dstbench baseline check: {len(flagged)} case(s) regressed; measuring again to confirm", file=sys.stderr)
     run_suite(suite, suite_args, out)
     second = compare_with_options(base, load_run(out), args)
     for comp in second.comparisons:
-        key = (comp.case, comp.method, comp.metric)
-        if comp.status == "regressed" and key not in flagged:
+        if comp.status == "regressed" and comp.key not in flagged:
             comp.status, comp.note = "unchanged", "regressed in the confirming run only"
-        elif comp.status != "regressed" and key in flagged:
+        elif comp.status != "regressed" and comp.key in flagged:
             comp.note = "regressed in the first run only"
     second.notes.append(f"regressions are confirmed by a second run ({out}); only cases regressed in both count")
     return second
@@ -280,9 +279,9 @@ def same_window(base: Run, result: Result, suite: str, suite_args: Sequence[str]
     except UserError as exc:
         result.notes.append(f"the baseline's commit was not measured again ({exc}), so the two runs' verdict stands")
         return result
-    status = {(c.case, c.method, c.metric): c.status for c in again.comparisons}
+    status = {c.key: c.status for c in again.comparisons}
     for comp in flagged:
-        if status.get((comp.case, comp.method, comp.metric)) in ("unchanged", "improved"):
+        if status.get(comp.key) in ("unchanged", "improved"):
             comp.status = "unchanged"
             comp.note = "the baseline's commit, measured now, is as slow: the machine's window, not the code"
         else:

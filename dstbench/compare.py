@@ -122,6 +122,11 @@ class Comparison:
     p_value: float | None = None
     note: str = ""
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(case, method, metric): what is compared, the same for that case in a comparison of any two runs."""
+        return self.case, self.method, self.metric
+
 
 @dataclass
 class Result:

@@ -149,16 +149,16 @@ def evict_bytes(device: torch.device, factor: float = EVICT_FACTOR) -> int:
 class Evictor:
     """Empties the caches of ``device`` between timed calls by touching a buffer larger than its last-level cache.
 
-    CPU: ``buffer`` (float32, ``nbytes``, default ``evict_bytes``) is filled
+    CPU: ``buffer`` (float32, ``nbytes``; ``evictor`` sizes it by ``evict_bytes``) is filled
     once (pages never written would all map the kernel's one zero page, and
     reading them would read from cache); a call reads it all on the calling
     thread count, then waits for the process's other threads to go quiet.
     CUDA: a call overwrites it.
     """
 
-    def __init__(self, device: torch.device, nbytes: int | None = None) -> None:
+    def __init__(self, device: torch.device, nbytes: int) -> None:
         self.device = device
-        self.buffer = torch.ones(math.ceil((nbytes or evict_bytes(device)) / 4), dtype=torch.float32, device=device)
+        self.buffer = torch.ones(math.ceil(nbytes / 4), dtype=torch.float32, device=device)
 
     @property
     def nbytes(self) -> int:

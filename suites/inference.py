@@ -699,6 +699,7 @@ def _check_e2e_speed(config: Config, impls: dict[str, str]) -> None:
 def _probe_bandwidth(config: Config) -> bandwidth.Bandwidth:
     """The run's bandwidth probe (``dstbench.bandwidth``), with one line on stderr."""
     bw = bandwidth.probe(torch.device(config.device), config.threads, evict_factor=config.evict_factor)
+
     def by_size(gbps: Sequence[float]) -> str:
         return ", ".join(f"{size / 2**20:g} MiB {value:.3g}" for size, value in zip(bw.sizes, gbps))
 
