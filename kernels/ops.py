@@ -26,7 +26,12 @@ compiled graph holds the request and the choice is made at run time):
   and ``condensed_values_grad(dy, x, indices, active_rows, impl) -> (n_active, k)``;
 * ``csr_mm(x, crow_indices, col_indices, values, out_features, bias=None) -> (B, out)``:
   torch's sparse CSR product (MKL / cuSPARSE) on the CSR components, for
-  inference (its backward raises); its output is column-major, as torch's is.
+  inference (its backward raises); its output is column-major, as torch's is;
+* ``self_attention(qkv, num_heads) -> (B, T, D)``: the attention of a packed
+  qkv projection (B, T, 3 D) for inference (its backward raises), by the
+  compiled CPU kernel where ``kernels.cpu.attention_unavailable`` has no
+  objection, else by torch's ``scaled_dot_product_attention``
+  (``kernels.reference.self_attention``).
 
 Each has a fake (meta) implementation giving the output's shape, dtype,
 device and strides, so ``torch.compile(fullgraph=True)`` and ``torch.export``
@@ -265,6 +270,30 @@ def _csr_mm_backward(ctx, dy: Tensor) -> tuple:
 torch.library.register_autograd("dstbench::csr_mm", _csr_mm_backward, lib=_LIB)
 
 
+# --- attention ---------------------------------------------------------------------------------------------------
+
+def _self_attention(qkv: Tensor, num_heads: int) -> Tensor:
+    if qkv.device.type == "cpu":
+        cpu = backend("cpu")
+        if cpu.attention_unavailable(qkv, num_heads) is None:
+            return cpu.self_attention(qkv, num_heads)
+    return backend("reference").self_attention(qkv, num_heads)
+
+
+self_attention_op = _define(
+    "self_attention(Tensor qkv, SymInt num_heads) -> Tensor",
+    _self_attention,
+    lambda qkv, num_heads: qkv.new_empty(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3))
+
+
+def _self_attention_backward(ctx, dy: Tensor) -> tuple:
+    raise UserError("self_attention has no gradient: it is for inference; in training, LinearQKVAttention runs "
+                    "torch's scaled_dot_product_attention")
+
+
+torch.library.register_autograd("dstbench::self_attention", _self_attention_backward, lib=_LIB)
+
+
 # --- the entry points --------------------------------------------------------------------------------------------
 
 def direct(x: Tensor, *weights: Tensor | None) -> bool:
@@ -334,3 +363,15 @@ def csr_mm(x: Tensor, crow_indices: Tensor, col_indices: Tensor, values: Tensor,
     """
     op = _csr_mm if direct(x, values, bias) else csr_mm_op
     return batched(op, x, out_features, crow_indices, col_indices, values, out_features, bias)
+
+
+def self_attention(qkv: Tensor, num_heads: int) -> Tensor:
+    """softmax(q k^T / sqrt(dh)) v per head from a packed qkv projection, for inference (not differentiable).
+
+    Args:
+        qkv: (B, T, 3 D), each token's q, k and v side by side, each as ``num_heads`` heads.
+    Returns:
+        (B, T, D).
+    """
+    op = _self_attention if direct(qkv) else self_attention_op
+    return op(qkv, num_heads)

@@ -2,11 +2,14 @@
 
 They run on any device and dtype, and are differentiable through autograd.
 ``x`` is always (B, in) and the result (B, out); no bias is added here.
+``self_attention`` is torch's own attention on a packed qkv projection, the
+definition the CPU attention kernel is held to.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from dstbench.kernels.formats import diagonal_coords
@@ -79,3 +82,17 @@ def condensed_input_grad(dy: Tensor, values: Tensor, indices: Tensor, active_row
     contrib = dy[:, active_rows.long()].unsqueeze(2) * values  # (B, n_active, k)
     dx = dy.new_zeros(dy.shape[0], in_features)
     return dx.index_add(1, indices.long().flatten(), contrib.flatten(1))
+
+
+def self_attention(qkv: Tensor, num_heads: int, dropout_p: float = 0.0) -> Tensor:
+    """softmax(q k^T / sqrt(dh)) v per head by ``F.scaled_dot_product_attention``, dropout_p on the weights.
+
+    Args:
+        qkv: (B, T, 3 D), each token's q, k and v side by side, each as ``num_heads`` heads of D / num_heads.
+    Returns:
+        (B, T, D), the heads of each token side by side.
+    """
+    b, t, width = qkv.shape
+    d = width // 3
+    q, k, v = qkv.reshape(b, t, 3, num_heads, d // num_heads).permute(2, 0, 3, 1, 4)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p).transpose(1, 2).reshape(b, t, d)

@@ -1,4 +1,4 @@
-"""Compiled, multi-threaded, vectorized CPU kernels for the diagonal and condensed formats.
+"""Compiled, multi-threaded, vectorized CPU kernels for the diagonal and condensed formats, and self-attention.
 
 The backend contract of ``kernels.ops``: the five functions of
 ``kernels.reference`` with the same signatures (``diag_mm`` with its
@@ -7,8 +7,12 @@ of float32, float64, bfloat16 or float16 (bfloat16 and float16 accumulate
 in float32, float64 in float64; float16 where the compiler has _Float16);
 condensed indices are int16 or int32 (int64 is narrowed to int32).
 
-The C++ sources (``diagonal.cpp``, ``condensed.cpp``, ``common.cpp``; no
-torch headers) are compiled with OpenMP and ``-march=native`` on first use
+``self_attention`` (float32 only) is the inference attention of the
+end-to-end ViT (``attention.cpp``; ``attention_unavailable`` says where it
+cannot run).
+
+The C++ sources (``diagonal.cpp``, ``condensed.cpp``, ``attention.cpp``,
+``common.cpp``; no torch headers) are compiled with OpenMP and ``-march=native`` on first use
 by ``build.py`` into a cache, then loaded with ctypes. Each call passes raw
 data pointers and sizes, and ``torch.get_num_threads()`` as the thread
 count; ctypes drops the GIL for the call. ``bind_diag_mm`` and
@@ -36,6 +40,7 @@ from dstbench.kernels.cpu import build, caller
 __all__ = [
     "BoundProduct",
     "assembled_gathers",
+    "attention_unavailable",
     "bind_condensed_mm",
     "bind_diag_mm",
     "condensed_input_grad",
@@ -43,6 +48,7 @@ __all__ = [
     "condensed_values_grad",
     "diag_mm",
     "diag_values_grad",
+    "self_attention",
     "unavailable_reason",
 ]
 
@@ -55,7 +61,10 @@ _STATUS = {  # return codes of the C++ entry points (enum Status in common.cpp)
     1: "diagonal offsets must lie in [0, max(out, in)); rebuild the DiagonalWeight",
     2: "condensed indices must lie in [0, in_features); rebuild the CondensedWeight",
     3: "condensed active_rows must lie in [0, out_features); rebuild the CondensedWeight",
+    5: "the attention kernel takes head widths that are multiples of 16; use torch's scaled_dot_product_attention",
 }
+#: head widths the attention kernel takes: multiples of the widest SIMD vector it may be built for (16 floats)
+ATTENTION_HEAD_MULTIPLE = 16
 _NO_MEMORY = 4
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -76,6 +85,7 @@ class _Library:
         self._loaded = False
         self.functions: dict[tuple, ctypes._CFuncPtr] = {}
         self.gathers: ctypes._CFuncPtr | None = None
+        self.attention: ctypes._CFuncPtr | None = None
         self.error: str | None = None
 
     def load(self) -> str | None:
@@ -90,6 +100,8 @@ class _Library:
                     self.functions = _bind(lib)
                     self.gathers = lib.dst_assembled_gathers
                     self.gathers.argtypes, self.gathers.restype = [_INT], _INT
+                    self.attention = lib.dst_attention_f32
+                    self.attention.argtypes, self.attention.restype = [_P, _P, _I64, _I64, _I64, _I64, _INT], _INT
                 except build.BuildError as exc:
                     self.error = str(exc)
                 except (OSError, AttributeError) as exc:
@@ -146,6 +158,44 @@ def assembled_gathers(on: bool | None = None) -> bool:
     if reason:
         raise UserError(f"the CPU kernels cannot run: {reason}")
     return bool(_library.gathers(-1 if on is None else int(on)))
+
+
+def attention_unavailable(qkv: Tensor, num_heads: int) -> str | None:
+    """Why ``self_attention(qkv, num_heads)`` cannot run, or None if it can (builds the kernels on first call)."""
+    if not qkv.is_cpu or qkv.dtype != torch.float32:
+        return f"it takes float32 CPU tensors, got {qkv.dtype} on {qkv.device}"
+    if qkv.dim() != 3 or num_heads < 1 or qkv.shape[2] % (3 * num_heads):
+        return f"qkv must be (B, T, 3 D) with D divisible by num_heads {num_heads}, got {tuple(qkv.shape)}"
+    if (qkv.shape[2] // (3 * num_heads)) % ATTENTION_HEAD_MULTIPLE:
+        return f"its head width must be a multiple of {ATTENTION_HEAD_MULTIPLE}, got {qkv.shape[2] // (3 * num_heads)}"
+    return _library.load()
+
+
+def self_attention(qkv: Tensor, num_heads: int) -> Tensor:
+    """softmax(q k^T / sqrt(dh)) v for every head, from a packed qkv projection; float32, for inference.
+
+    Args:
+        qkv: (B, T, 3 D), each token's q, k and v side by side, each as ``num_heads`` heads of dh = D / heads
+            (the output of ``nn.Linear(D, 3 D)``); dh a multiple of ``ATTENTION_HEAD_MULTIPLE``.
+    Returns:
+        (B, T, D), the heads of each token side by side (what the output projection reads).
+
+    Raises:
+        UserError: where ``attention_unavailable`` gives a reason.
+    """
+    reason = attention_unavailable(qkv, num_heads)
+    if reason:
+        raise UserError(f"the CPU attention kernel cannot run: {reason}")
+    qkv = qkv.contiguous()
+    batch, tokens, width = qkv.shape
+    if batch == 0 or tokens == 0:
+        return qkv.new_empty(batch, tokens, width // 3)
+    y = torch.empty(batch, tokens, width // 3)
+    status = _library.attention(qkv.data_ptr(), y.data_ptr(), batch, tokens, num_heads, width // (3 * num_heads),
+                                torch.get_num_threads())
+    if status:
+        _raise(status)
+    return y
 
 
 def _kernel(key: tuple, a: Tensor, b: Tensor) -> ctypes._CFuncPtr:

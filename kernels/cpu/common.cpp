@@ -1,7 +1,7 @@
 // Shared parts of the CPU kernels: SIMD vector types, bfloat16 conversion,
 // loads/stores, scratch buffers and a converting transpose.
 //
-// build.py prepends this file to diagonal.cpp and to condensed.cpp, making two
+// build.py prepends this file to diagonal.cpp, condensed.cpp and attention.cpp, making three
 // translation units (with #line directives, so errors name the right file);
 // everything here is inline or a template.
 // Vectors are GCC/Clang vector extensions sized to the widest ISA the
@@ -12,6 +12,7 @@
 #include <immintrin.h>
 #endif
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -37,7 +38,7 @@ typedef uint16_t vh __attribute__((vector_size(VBYTES / 2)));
 typedef uint32_t vu __attribute__((vector_size(VBYTES)));
 
 // Return codes of the extern "C" entry points (mirrored in kernels/cpu/__init__.py).
-enum Status { OK = 0, BAD_OFFSET = 1, BAD_INDEX = 2, BAD_ROW = 3, NO_MEMORY = 4 };
+enum Status { OK = 0, BAD_OFFSET = 1, BAD_INDEX = 2, BAD_ROW = 3, NO_MEMORY = 4, BAD_SHAPE = 5 };
 
 // Work (multiply-adds) below which a call runs on one thread: a parallel
 // region costs a few microseconds.
