@@ -33,8 +33,10 @@
 // consecutive xT rows, aligned, with no side copies. (The tiled kernel's x loads start at the offset of
 // each diagonal, so most of them straddle two cache lines.) The diagonals go chunk by chunk of the xT rows
 // they read (LANE_CHUNK_BYTES, about L1), the partial sums waiting in a per-group buffer between chunks; a
-// block's diagonals in a chunk are runs of the sorted offsets (SortedOffsets, in O(1)), and only
-// those whose end falls inside the block are checked row by row, in a loop of their own. The last chunk's
+// block's diagonals in a chunk are runs of the sorted offsets (SortedOffsets, in O(1)), and those whose end
+// falls inside the block (dst_long) take their values from a side copy of each diagonal around its two ends,
+// zeros (or the cyclic wrap) past them, in a loop of their own (checked row by row instead, they cost 10-12%
+// of b16-fc1 at batch 256). The last chunk's
 // results are staged STAGE_ROWS output indices at a time and written to y through the 16 x 16 register
 // transpose. The rows past the last whole vector, when they are few (LONG_MAX_TAIL, SHORT_MAX_TAIL), go to
 // diag_mm_runs (dst_long) or to diag_mm_tiles with all threads sharing the tiles (dst_short) instead.
@@ -439,8 +441,10 @@ struct DiagLanes {
     using V = typename Acc<T>::V;
     static constexpr int W = lanes<T>(), RM = LANE_ROWS;
     struct Diag {
-        int64_t s;   // offset
-        const T* v;  // its values (D,)
+        int64_t s;    // offset
+        const T* v;   // its values (D,)
+        const T* lo;  // dst_long: its values at short indices [1 - RM, RM - 1), cyclic on the long axis (0 off it)
+        const T* hi;  // dst_long: ... at [D - RM + 1, D + RM - 1)
     };
     // A run [first, first + count) of the sorted diagonals, cyclic: diag holds them twice, so no run wraps.
     struct Run {
@@ -475,7 +479,7 @@ struct DiagLanes {
     // cyclic long axis, zero where that passes the short side). dst_short: output t + i reads u = t + i + s,
     // values at t + i. dst_long: it reads j = j0 + i, j0 = t - s (cyclic, in (-RM, D)), values at j; the
     // `inner` diagonals have all R rows on the short side, the `ends` ones (a block that passes an end of
-    // the diagonal) are checked row by row.
+    // the diagonal) read their R values from the diagonal's side copy of that end (Diag::lo, Diag::hi).
     template <bool LONG, int R, int NV>
     void block(int64_t t, Run inner, const Run (&ends)[2], const A* xt, const A* in, A* out) const {
         constexpr int64_t ld = NV * W;
@@ -500,19 +504,13 @@ struct DiagLanes {
             __builtin_prefetch(vp + VALUE_PREFETCH);
             madd<R, NV>(acc, vp, xp);
         }
-        for (const Run& e : ends)
+        for (const Run& e : ends)  // their values past the diagonal's ends from its side copies
             for (const Diag* d = e.first; d != e.first + e.count; ++d) {
                 int64_t j0 = t - d->s;
                 if (j0 < 0) j0 += P;
                 if (j0 > P - RM) j0 -= P;
-                for (int i = 0; i < R; ++i) {
-                    int64_t j = j0 + i;
-                    if (j < 0) j += P;
-                    if (j >= P) j -= P;
-                    const bool on = j < D;  // a zero value past the end, without a branch: acc stays in registers
-                    const V b = splat<V>(on ? to_acc(d->v[on ? j : 0]) : A(0));
-                    for (int q = 0; q < NV; ++q) acc[i][q] += b * vload(xt + ((j0 + i + RM - 1) * NV + q) * W);
-                }
+                const T* vp = j0 < 0 ? d->lo + (j0 + RM - 1) : j0 > D - RM ? d->hi + (j0 - (D - RM + 1)) : d->v + j0;
+                madd<R, NV>(acc, vp, xt + (j0 + RM - 1) * ld);
             }
         for (int i = 0; i < R; ++i)
             for (int q = 0; q < NV; ++q) std::memcpy(out + i * ld + q * W, &acc[i][q], sizeof(V));
@@ -593,8 +591,21 @@ int diag_mm_lanes(const T* x, const int64_t* off, const T* v, const T* bias, T* 
     constexpr int W = lanes<T>(), RM = LANE_ROWS;
     const int64_t P = std::max(nsrc, ndst), D = std::min(nsrc, ndst);
     const SortedOffsets so(off, K, P);
+    // dst_long: each diagonal's values around its two ends, 2 (RM - 1) each (see Diag); which short index (or
+    // -1, a zero) each side position holds is the same for all diagonals (at).
+    constexpr int64_t SIDE = 2 * (RM - 1);
+    std::vector<T> ends(dst_long ? K * 2 * SIDE : 0);
+    int64_t at[2 * SIDE];
+    for (int64_t i = 0; i < SIDE && dst_long; ++i) {
+        at[i] = cyc(1 - RM + i, P, D);
+        at[SIDE + i] = cyc(D - RM + 1 + i, P, D);
+    }
     std::vector<typename M::Diag> diag(2 * K);
-    for (int64_t k = 0; k < 2 * K; ++k) diag[k] = {so.soff[k % K], v + so.order[k % K] * D};
+    for (int64_t k = 0; k < 2 * K; ++k) {
+        T* lo = dst_long ? ends.data() + (k % K) * 2 * SIDE : nullptr;
+        diag[k] = {so.soff[k % K], v + so.order[k % K] * D, lo, dst_long ? lo + SIDE : nullptr};
+        for (int64_t i = 0; i < 2 * SIDE && dst_long && k < K; ++i) lo[i] = at[i] >= 0 ? diag[k].v[at[i]] : T(0);
+    }
     std::vector<A> bvec(ndst, A(0));
     for (int64_t t = 0; bias && t < ndst; ++t) bvec[t] = to_acc(bias[t]);
     const M m{diag.data(), &so, bvec.data(), P, D, ndst};
