@@ -57,14 +57,15 @@ _SCALARS = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", 
 _OPTIONAL = frozenset({torch.float16})
 _DTYPE_NAMES = "float32, float64, bfloat16 or float16"
 _INDICES = {torch.int16: "i16", torch.int32: "i32"}
+#: head widths the attention kernel takes: multiples of the widest SIMD vector it may be built for (16 floats)
+ATTENTION_HEAD_MULTIPLE = 16
 _STATUS = {  # return codes of the C++ entry points (enum Status in common.cpp)
     1: "diagonal offsets must lie in [0, max(out, in)); rebuild the DiagonalWeight",
     2: "condensed indices must lie in [0, in_features); rebuild the CondensedWeight",
     3: "condensed active_rows must lie in [0, out_features); rebuild the CondensedWeight",
-    5: "the attention kernel takes head widths that are multiples of 16; use torch's scaled_dot_product_attention",
+    5: f"the attention kernel takes head widths that are multiples of {ATTENTION_HEAD_MULTIPLE}; use torch's "
+       "scaled_dot_product_attention",
 }
-#: head widths the attention kernel takes: multiples of the widest SIMD vector it may be built for (16 floats)
-ATTENTION_HEAD_MULTIPLE = 16
 _NO_MEMORY = 4
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int

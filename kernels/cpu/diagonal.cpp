@@ -440,11 +440,13 @@ struct DiagLanes {
     using A = typename Acc<T>::A;
     using V = typename Acc<T>::V;
     static constexpr int W = lanes<T>(), RM = LANE_ROWS;
+    // Values per end in a diagonal's side copy.
+    static constexpr int64_t SIDE = 2 * (RM - 1);
     struct Diag {
-        int64_t s;    // offset
-        const T* v;   // its values (D,)
-        const T* lo;  // dst_long: its values at short indices [1 - RM, RM - 1), cyclic on the long axis (0 off it)
-        const T* hi;  // dst_long: ... at [D - RM + 1, D + RM - 1)
+        int64_t s;      // offset
+        const T* v;     // its values (D,)
+        const T* side;  // dst_long: its values at short indices [1 - RM, RM - 1), then at [D - RM + 1, D + RM - 1),
+                        // cyclic on the long axis (0 off the short side): 2 SIDE
     };
     // A run [first, first + count) of the sorted diagonals, cyclic: diag holds them twice, so no run wraps.
     struct Run {
@@ -479,7 +481,7 @@ struct DiagLanes {
     // cyclic long axis, zero where that passes the short side). dst_short: output t + i reads u = t + i + s,
     // values at t + i. dst_long: it reads j = j0 + i, j0 = t - s (cyclic, in (-RM, D)), values at j; the
     // `inner` diagonals have all R rows on the short side, the `ends` ones (a block that passes an end of
-    // the diagonal) read their R values from the diagonal's side copy of that end (Diag::lo, Diag::hi).
+    // the diagonal) read their R values from the diagonal's side copy of that end (Diag::side).
     template <bool LONG, int R, int NV>
     void block(int64_t t, Run inner, const Run (&ends)[2], const A* xt, const A* in, A* out) const {
         constexpr int64_t ld = NV * W;
@@ -509,7 +511,9 @@ struct DiagLanes {
                 int64_t j0 = t - d->s;
                 if (j0 < 0) j0 += P;
                 if (j0 > P - RM) j0 -= P;
-                const T* vp = j0 < 0 ? d->lo + (j0 + RM - 1) : j0 > D - RM ? d->hi + (j0 - (D - RM + 1)) : d->v + j0;
+                const T* vp = j0 < 0        ? d->side + (j0 + RM - 1)
+                              : j0 > D - RM ? d->side + SIDE + (j0 - (D - RM + 1))
+                                            : d->v + j0;
                 madd<R, NV>(acc, vp, xt + (j0 + RM - 1) * ld);
             }
         for (int i = 0; i < R; ++i)
@@ -591,10 +595,10 @@ int diag_mm_lanes(const T* x, const int64_t* off, const T* v, const T* bias, T* 
     constexpr int W = lanes<T>(), RM = LANE_ROWS;
     const int64_t P = std::max(nsrc, ndst), D = std::min(nsrc, ndst);
     const SortedOffsets so(off, K, P);
-    // dst_long: each diagonal's values around its two ends, 2 (RM - 1) each (see Diag); which short index (or
-    // -1, a zero) each side position holds is the same for all diagonals (at).
-    constexpr int64_t SIDE = 2 * (RM - 1);
-    std::vector<T> ends(dst_long ? K * 2 * SIDE : 0);
+    // dst_long: each diagonal's values around its two ends (Diag::side); which short index (or -1, a zero) each
+    // side position holds is the same for all diagonals (at).
+    constexpr int64_t SIDE = M::SIDE;
+    std::vector<T> sides(dst_long ? K * 2 * SIDE : 0);
     int64_t at[2 * SIDE];
     for (int64_t i = 0; i < SIDE && dst_long; ++i) {
         at[i] = cyc(1 - RM + i, P, D);
@@ -602,9 +606,9 @@ int diag_mm_lanes(const T* x, const int64_t* off, const T* v, const T* bias, T* 
     }
     std::vector<typename M::Diag> diag(2 * K);
     for (int64_t k = 0; k < 2 * K; ++k) {
-        T* lo = dst_long ? ends.data() + (k % K) * 2 * SIDE : nullptr;
-        diag[k] = {so.soff[k % K], v + so.order[k % K] * D, lo, dst_long ? lo + SIDE : nullptr};
-        for (int64_t i = 0; i < 2 * SIDE && dst_long && k < K; ++i) lo[i] = at[i] >= 0 ? diag[k].v[at[i]] : T(0);
+        T* side = dst_long ? sides.data() + (k % K) * 2 * SIDE : nullptr;
+        diag[k] = {so.soff[k % K], v + so.order[k % K] * D, side};
+        for (int64_t i = 0; i < 2 * SIDE && dst_long && k < K; ++i) side[i] = at[i] >= 0 ? diag[k].v[at[i]] : T(0);
     }
     std::vector<A> bvec(ndst, A(0));
     for (int64_t t = 0; bias && t < ndst; ++t) bvec[t] = to_acc(bias[t]);
