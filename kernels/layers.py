@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from dstbench.kernels import cpu as cpu_kernels
 from dstbench.kernels import ops
 from dstbench.kernels.formats import CondensedWeight, DiagonalWeight
 
@@ -120,10 +121,15 @@ class _KernelLinear(nn.Module):
     buffers; for 2-D x, the bound product without ``ops.batched`` around
     it), because with cold caches every Python step costs several times its
     warm time. Everything else goes through the ``torch.ops.dstbench``
-    operators.
+    operators. A layer whose bound product holds a copy of some buffers
+    (``copied``, their names: the condensed layer's lane-packed copy) also rebinds
+    when an in-place change (``load_state_dict``, ``copy_``) moves the version
+    counter of a weight tensor; inference tensors keep no such counter, so
+    there only a replaced buffer rebinds.
     """
 
     _binder: str  # the name of the kernels.cpu / kernels.cuda function binding this layer's buffers
+    copied: tuple[str, ...] = ()
 
     def __init__(self, out_features: int, in_features: int, values: Tensor, bias: Tensor | None, impl: str) -> None:
         super().__init__()
@@ -131,7 +137,7 @@ class _KernelLinear(nn.Module):
         self.register_buffer("values", values.detach().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.requested_impl = impl
-        self._bound: tuple[tuple, object] | None = None  # (the buffers bound, the BoundProduct)
+        self._bound: tuple[tuple, tuple, object] | None = None  # (the buffers bound, their versions, the product)
 
     def _bind(self, x: Tensor):
         """A new bound product of the current buffers (``kernels.cpu.BoundProduct`` on the CPU,
@@ -143,8 +149,30 @@ class _KernelLinear(nn.Module):
             return None
         bound = getattr(ops.backend(impl), self._binder)(*self._weights(), self.in_features, self.out_features,
                                                          bias=self._buffers["bias"])
-        self._bound = (tuple(self._buffers.values()), bound)
+        self._bound = (tuple(self._buffers.values()), self._versions(), bound)
         return bound
+
+    def _versions(self) -> tuple[int, ...]:
+        """The version counters of the ``copied`` buffers (read from ``_buffers``: the module's attribute lookup
+        cost ~0.5 us a name at batch 1), or () for inference tensors, which keep none."""
+        buffers = self._buffers
+        try:
+            return tuple([buffers[name]._version for name in self.copied])
+        except RuntimeError:
+            return ()
+
+    def _current(self, x: Tensor):
+        """The product bound to the current buffers, bound anew where they were replaced or changed (x: a tensor
+        on the device of the call); None where no kernel of ``kernels.cpu`` / ``kernels.cuda`` runs x."""
+        bound = self._bound
+        if bound is not None and all(map(operator.is_, bound[0], self._buffers.values())) \
+                and bound[1] == self._versions():
+            return bound[2]
+        return self._bind(x)
+
+    def bound_product(self):
+        """The product an eager call on the weights' device runs (``_current``)."""
+        return self._current(torch.empty(0, device=self.values.device))
 
     def __getstate__(self) -> dict:
         """The state to copy or pickle, without the bound product (it holds a native function pointer)."""
@@ -154,11 +182,7 @@ class _KernelLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if ops.direct(x):
-            bound = self._bound
-            if bound is not None and all(map(operator.is_, bound[0], self._buffers.values())):
-                bound = bound[1]  # the buffers bound are still the layer's
-            else:
-                bound = self._bind(x)
+            bound = self._current(x)
             if bound is not None:
                 # ops.batched makes the same test; skipping the call saved 1-8 us per cold call (b16-fc1, batch 1)
                 return bound(x) if x.dim() == 2 else ops.batched(bound, x, self.out_features)
@@ -182,6 +206,7 @@ class CondensedLinear(_KernelLinear):
     """
 
     _binder = "bind_condensed_mm"
+    copied = ("values", "indices", "active_rows")  # kernels.cpu.BoundLanes: the lane-packed copy
 
     def __init__(self, weight: CondensedWeight, impl: str = "auto") -> None:
         super().__init__(weight.out_features, weight.in_features, weight.values, weight.bias, impl)
@@ -190,6 +215,14 @@ class CondensedLinear(_KernelLinear):
 
     def _weights(self) -> tuple[Tensor, ...]:
         return self.values, self.indices, self.active_rows
+
+    def call_tensors(self, batch: int) -> list[Tensor]:
+        """The stored tensors an eager call on ``batch`` rows reads: the lane-packed copy and the bias where the
+        bound product runs that batch through it (``kernels.cpu.BoundLanes``), else the layer's buffers."""
+        pack = getattr(self.bound_product(), "pack", None)
+        if pack is not None and batch <= cpu_kernels.LANES_BATCH:
+            return [pack.blob] + ([] if self.bias is None else [self.bias])
+        return list(self.buffers())
 
     def _product(self, x: Tensor) -> Tensor:
         return ops.condensed_mm(x, self.values, self.indices, self.active_rows, self.out_features,

@@ -6,7 +6,8 @@ submodules: dense weight and bias; CSR row pointers, column indices and
 values; condensed values, column indices and active rows; diagonal offsets
 and values; oneDNN's reordered weight), each counted once in its stored
 dtype, plus x (batch, in) read and y (batch, out) written in the run's dtype.
-A module that runs a sequence of layers (``layers``, the token stack) moves
+The condensed layer counts its lane-packed copy instead of its values and
+indices at the batch sizes the copy runs (``call_tensors``). A module that runs a sequence of layers (``layers``, the token stack) moves
 the sum over its layers, each with its own input and output.
 """
 
@@ -23,10 +24,15 @@ def _identity(tensor: Tensor) -> tuple:
     return ("opaque", id(tensor))
 
 
+def _bytes(tensors: list[Tensor]) -> int:
+    """Bytes of the distinct tensors in ``tensors``."""
+    distinct = {_identity(t): t for t in tensors}
+    return sum(t.numel() * t.element_size() for t in distinct.values())
+
+
 def stored_bytes(module: nn.Module) -> int:
     """Bytes of the distinct tensors ``module`` holds: parameters and buffers, its submodules' included."""
-    tensors = {_identity(t): t for t in [*module.parameters(), *module.buffers()]}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    return _bytes([*module.parameters(), *module.buffers()])
 
 
 def activation_bytes(module: nn.Module, batch: int, itemsize: int) -> int:
@@ -38,5 +44,14 @@ def activation_bytes(module: nn.Module, batch: int, itemsize: int) -> int:
 
 
 def call_bytes(module: nn.Module, batch: int, itemsize: int) -> int:
-    """``stored_bytes`` + ``activation_bytes``: what one call of ``module`` on (batch, in) moves at least."""
-    return stored_bytes(module) + activation_bytes(module, batch, itemsize)
+    """``stored_bytes`` + ``activation_bytes``: what one call of ``module`` on (batch, in) moves at least.
+
+    A layer that reads a copy of its weights at some batch sizes (``call_tensors(batch)``: the condensed
+    layer's lane-packed copy at batch <= 2) counts the tensors that call reads instead of those it stores.
+    """
+    layers = getattr(module, "layers", None)
+    if layers is not None:
+        return sum(call_bytes(layer, batch, itemsize) for layer in layers)
+    call_tensors = getattr(module, "call_tensors", None)
+    stored = stored_bytes(module) if call_tensors is None else _bytes(call_tensors(batch))
+    return stored + activation_bytes(module, batch, itemsize)

@@ -181,14 +181,15 @@ def test_layers_rebind_when_buffers_change_and_fall_back_for_other_input() -> No
         dense = (layer._product(torch.eye(16)) - layer.bias).T  # the layer's weight (out, in), by the operator path
         with torch.no_grad():
             torch.testing.assert_close(layer(x), x @ dense.T + layer.bias)  # the bound product
-            first = layer._bound[1]
+            first = layer.bound_product()
             layer(x)
-            assert layer._bound[1] is first  # unchanged buffers keep their binding
+            assert layer.bound_product() is first  # unchanged buffers keep their binding
             layer.bias = torch.zeros(24)  # a replaced buffer is rebound
             torch.testing.assert_close(layer(x), x @ dense.T)
-            assert layer._bound[1] is not first
-            layer.values.mul_(2)  # an in-place update is seen by the bound product
+            assert layer.bound_product() is not first
+            layer.values.mul_(2)  # an in-place update is seen by the bound product (or rebinds a copy of it)
             torch.testing.assert_close(layer(x), 2 * x @ dense.T)
+            torch.testing.assert_close(layer(x[:1]), 2 * x[:1] @ dense.T)
             copied = copy.deepcopy(layer)  # copies and pickles leave the native binding behind
             pickle.loads(pickle.dumps(layer))
             torch.testing.assert_close(copied(x), layer(x))
@@ -215,10 +216,13 @@ def test_native_call_path_matches_the_python_path_and_reports_kernel_errors() ->
             y = bound(x)
             bound._native = None  # the Python path on the same binding
             torch.testing.assert_close(y, bound(x), rtol=0, atol=0)
-    values, indices, rows = torch.randn(40, 3), torch.full((40, 3), 30, dtype=torch.int16), torch.arange(40)
-    bound = cpu.bind_condensed_mm(values, indices, rows, 24, 40)  # indices past in_features: the kernel's check
+    # indices past in_features: the kernel's check (float64: no lane-packed copy, whose packing would refuse them)
+    values, indices, rows = torch.randn(40, 3).double(), torch.full((40, 3), 30, dtype=torch.int16), torch.arange(40)
+    bound = cpu.bind_condensed_mm(values, indices, rows, 24, 40)
     with pytest.raises(UserError, match="condensed indices must lie in"):
-        bound(torch.randn(1, 24))
+        bound(torch.randn(1, 24).double())
+    with pytest.raises(UserError, match="condensed indices must lie in"):  # float32: refused at binding
+        cpu.bind_condensed_mm(values.float(), indices, rows, 24, 40)
 
 
 def _diag_parts(w: torch.Tensor, bias: torch.Tensor) -> tuple:

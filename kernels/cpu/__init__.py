@@ -11,8 +11,14 @@ condensed indices are int16 or int32 (int64 is narrowed to int32).
 end-to-end ViT (``attention.cpp``; ``attention_unavailable`` says where it
 cannot run).
 
+``pack_lanes`` builds the lane-packed copy of a float32 condensed weight
+(``lanes.cpp``, AVX-512 only; ``lanes_unavailable`` says where it cannot
+run), and ``lanes_mm`` runs batches of at most ``LANES_BATCH`` rows through
+it: ``bind_condensed_mm`` binds it where it can, so an inference layer's
+batch-1 product runs gather-free.
+
 The C++ sources (``diagonal.cpp``, ``condensed.cpp``, ``attention.cpp``,
-``common.cpp``; no torch headers) are compiled with OpenMP and ``-march=native`` on first use
+``lanes.cpp``, ``common.cpp``; no torch headers) are compiled with OpenMP and ``-march=native`` on first use
 by ``build.py`` into a cache, then loaded with ctypes. Each call passes raw
 data pointers and sizes, and ``torch.get_num_threads()`` as the thread
 count; ctypes drops the GIL for the call. ``bind_diag_mm`` and
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -38,7 +45,10 @@ from dstbench.kernels.arguments import check_bias
 from dstbench.kernels.cpu import build, caller
 
 __all__ = [
+    "LANES_BATCH",
+    "BoundLanes",
     "BoundProduct",
+    "LanePack",
     "assembled_gathers",
     "attention_unavailable",
     "bind_condensed_mm",
@@ -48,6 +58,9 @@ __all__ = [
     "condensed_values_grad",
     "diag_mm",
     "diag_values_grad",
+    "lanes_mm",
+    "lanes_unavailable",
+    "pack_lanes",
     "self_attention",
     "unavailable_reason",
 ]
@@ -67,6 +80,10 @@ _STATUS = {  # return codes of the C++ entry points (enum Status in common.cpp)
        "scaled_dot_product_attention",
 }
 _NO_MEMORY = 4
+#: the largest batch the lane-packed copy runs (LANES_BATCH in lanes.cpp)
+LANES_BATCH = 2
+#: the most inputs it takes (16-bit window starts: LANES_MAX_IN in lanes.cpp)
+LANES_MAX_IN = 65535
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
@@ -87,6 +104,7 @@ class _Library:
         self.functions: dict[tuple, ctypes._CFuncPtr] = {}
         self.gathers: ctypes._CFuncPtr | None = None
         self.attention: ctypes._CFuncPtr | None = None
+        self.lanes: dict[tuple, ctypes._CFuncPtr] = {}
         self.error: str | None = None
 
     def load(self) -> str | None:
@@ -103,6 +121,7 @@ class _Library:
                     self.gathers.argtypes, self.gathers.restype = [_INT], _INT
                     self.attention = lib.dst_attention_f32
                     self.attention.argtypes, self.attention.restype = [_P, _P, _I64, _I64, _I64, _I64, _INT], _INT
+                    self.lanes = _bind_lanes(lib)
                 except build.BuildError as exc:
                     self.error = str(exc)
                 except (OSError, AttributeError) as exc:
@@ -126,6 +145,22 @@ def _bind(lib: ctypes.CDLL) -> dict[tuple, ctypes._CFuncPtr]:
                 fn.argtypes = argtypes
                 fn.restype = ctypes.c_int
                 functions[key] = fn
+    return functions
+
+
+def _bind_lanes(lib: ctypes.CDLL) -> dict[tuple, ctypes._CFuncPtr]:
+    """The lane-packed copy's entry points: "available", "bytes", "mm", and ("steps" | "pack", index dtype)."""
+    signatures = {"available": ("dst_lanes_available", [], _INT),
+                  "bytes": ("dst_lanes_bytes", [_I64, _I64], _I64),
+                  "mm": ("dst_lanes_mm_f32", [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT], _INT)}
+    for dtype, isuffix in _INDICES.items():
+        signatures["steps", dtype] = (f"dst_lanes_steps_{isuffix}", [_P, _P, _I64, _I64, _I64, _I64, _P], _INT)
+        signatures["pack", dtype] = (f"dst_lanes_pack_f32_{isuffix}", [_P, _P, _P, _I64, _I64, _I64, _I64, _P], _INT)
+    functions = {}
+    for key, (symbol, argtypes, restype) in signatures.items():
+        fn = getattr(lib, symbol)
+        fn.argtypes, fn.restype = argtypes, restype
+        functions[key] = fn
     return functions
 
 
@@ -196,6 +231,79 @@ def self_attention(qkv: Tensor, num_heads: int) -> Tensor:
                                 torch.get_num_threads())
     if status:
         _raise(status)
+    return y
+
+
+class LanePack(NamedTuple):
+    """A lane-packed copy of a float32 condensed weight (layout at the top of ``lanes.cpp``).
+
+    ``blob`` is the copy, (bytes,) uint8: values (steps, 16) float32, each step's window start and lane offsets,
+    each group's first step and its lanes' output columns; ``n`` active rows, ``steps`` steps in all.
+    """
+
+    blob: Tensor
+    n: int
+    steps: int
+
+
+def lanes_unavailable(values: Tensor, in_features: int) -> str | None:
+    """Why ``pack_lanes`` cannot copy these weights, or None if it can (builds the kernels on first call)."""
+    if values.dtype != torch.float32 or not values.is_cpu:
+        return f"it takes float32 CPU weights, got {values.dtype} on {values.device}"
+    if in_features > LANES_MAX_IN:
+        return f"it takes at most {LANES_MAX_IN} inputs, got {in_features}"
+    reason = _library.load()
+    if reason is None and not _library.lanes["available"]():
+        return "the kernels were compiled without AVX-512"
+    return reason
+
+
+def pack_lanes(values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int, out_features: int) -> LanePack:
+    """The lane-packed copy of a condensed weight: values (n_active, k) float32, indices (n_active, k), active_rows.
+
+    Raises:
+        UserError: where ``lanes_unavailable`` gives a reason, or indices or rows out of range.
+    """
+    reason = lanes_unavailable(values, in_features)
+    if reason:
+        raise UserError(f"the lane-packed condensed product cannot run: {reason}")
+    indices, rows = _condensed_ids(indices, active_rows, values.shape)
+    n, k = values.shape
+    steps = ctypes.c_int64()
+    status = _library.lanes["steps", indices.dtype](indices.data_ptr(), rows.data_ptr(), n, k, in_features,
+                                                    out_features, ctypes.byref(steps))
+    if status:
+        _raise(status)
+    blob = torch.empty(_library.lanes["bytes"](n, steps.value), dtype=torch.uint8)
+    status = _library.lanes["pack", indices.dtype](values.contiguous().data_ptr(), indices.data_ptr(), rows.data_ptr(),
+                                                   n, k, in_features, steps.value, blob.data_ptr())
+    if status:
+        _raise(status)
+    return LanePack(blob, n, steps.value)
+
+
+def lanes_mm(x: Tensor, pack: LanePack, in_features: int, out_features: int, bias: Tensor | None = None) -> Tensor:
+    """``condensed_mm`` of the weight ``pack`` copies: x (B, in) float32 -> (B, out), B <= ``LANES_BATCH``.
+
+    Columns of ablated rows hold the bias (0 without one).
+
+    Raises:
+        UserError: x of another dtype, device or shape, or a batch above ``LANES_BATCH``.
+    """
+    if x.dtype != torch.float32 or not x.is_cpu or x.dim() != 2 or x.shape[1] != in_features:
+        raise UserError(f"the lane-packed product takes float32 CPU x of shape (B, {in_features}), "
+                        f"got {x.dtype} {tuple(x.shape)} on {x.device}")
+    if x.shape[0] > LANES_BATCH:
+        raise UserError(f"the lane-packed product takes batches of at most {LANES_BATCH} rows, got {x.shape[0]}; "
+                        "use condensed_mm")
+    bias = check_bias(bias, x, out_features)
+    if pack.n == 0 or x.shape[0] == 0:
+        y = x.new_zeros(x.shape[0], out_features)
+        return y if bias is None else y.add_(bias)
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], out_features)
+    _run(_library.lanes["mm"], x.data_ptr(), pack.blob.data_ptr(), _ptr(bias), y.data_ptr(), x.shape[0], in_features,
+         out_features, pack.n, pack.steps)
     return y
 
 
@@ -433,9 +541,41 @@ def bind_diag_mm(offsets: Tensor, values: Tensor, in_features: int, out_features
                         int(out_features >= in_features)), in_features, out_features, values.dtype, fallback, "diag_mm")
 
 
+class BoundLanes(BoundProduct):
+    """A bound condensed product whose batches of at most ``LANES_BATCH`` rows run through ``pack``, its
+    lane-packed copy (``lanes_mm``), and larger ones through the condensed kernel.
+
+    The copy is made once, at binding: an in-place change of the bound values, indices or rows is not seen
+    (``layers.CondensedLinear`` rebinds when their version counters move). The bias is read at each call.
+    """
+
+    __slots__ = ("pack", "_lanes_pointers")
+
+    def __init__(self, pack: LanePack, fn: ctypes._CFuncPtr, weights: tuple[Tensor | None, ...],
+                 sizes: tuple[int, ...], in_features: int, out_features: int, fallback) -> None:
+        super().__init__(fn, weights, sizes, in_features, out_features, torch.float32, fallback, "lanes_mm")
+        self.pack = pack
+        self._lanes_pointers = (pack.blob.data_ptr(), _ptr(weights[-1]))
+        if self._native is not None:
+            self._native_args = (ctypes.cast(_library.lanes["mm"], ctypes.c_void_p).value, pack.blob.data_ptr(),
+                                 pack.n, pack.steps, LANES_BATCH, *self._native_args)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self._native is not None or not (x.dtype is torch.float32 and x.dim() == 2 and 0 < x.shape[0] <= LANES_BATCH
+                                            and x.shape[1] == self.in_features and x.is_cpu and x.is_contiguous()):
+            return super().__call__(x)
+        y = torch.empty(x.shape[0], self.out_features)
+        status = _library.lanes["mm"](x.data_ptr(), *self._lanes_pointers, y.data_ptr(), x.shape[0], self.in_features,
+                                      self.out_features, self.pack.n, self.pack.steps, torch.get_num_threads())
+        if status:
+            _raise(status)
+        return y
+
+
 def bind_condensed_mm(values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int, out_features: int,
                       bias: Tensor | None = None) -> BoundProduct:
-    """``condensed_mm(x, values, indices, active_rows, out_features, bias=bias)`` bound to these weights."""
+    """``condensed_mm(x, values, indices, active_rows, out_features, bias=bias)`` bound to these weights:
+    a ``BoundLanes`` where ``lanes_unavailable`` gives no reason and there are weights, else a ``BoundProduct``."""
     fn = _kernel(("dst_condensed_mm", _index_dtype(indices)), values, values)
     indices, rows = _condensed_ids(indices, active_rows, values.shape)
     values, bias = values.contiguous(), check_bias(bias, values, out_features)
@@ -443,6 +583,10 @@ def bind_condensed_mm(values: Tensor, indices: Tensor, active_rows: Tensor, in_f
     def fallback(x: Tensor) -> Tensor:
         return condensed_mm(x, values, indices, rows, out_features, bias=bias)
 
-    fn = fn if values.numel() else None
-    return BoundProduct(fn, (values, indices, rows, bias), (in_features, out_features, *values.shape), in_features,
-                        out_features, values.dtype, fallback, "condensed_mm")
+    weights, sizes = (values, indices, rows, bias), (in_features, out_features, *values.shape)
+    if not values.numel():
+        return BoundProduct(None, weights, sizes, in_features, out_features, values.dtype, fallback, "condensed_mm")
+    if lanes_unavailable(values, in_features) is None:
+        pack = pack_lanes(values, indices, rows, in_features, out_features)
+        return BoundLanes(pack, fn, weights, sizes, in_features, out_features, fallback)
+    return BoundProduct(fn, weights, sizes, in_features, out_features, values.dtype, fallback, "condensed_mm")

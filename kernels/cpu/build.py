@@ -1,8 +1,8 @@
 """Compile the CPU kernels with the system C++ compiler, once per machine, and load them.
 
-The sources (plain C++17 + OpenMP, no torch headers) form three translation
-units, ``common.cpp`` followed by ``diagonal.cpp``, ``condensed.cpp`` or
-``attention.cpp`` (``UNITS``), compiled in parallel and linked into one shared library in the
+The sources (plain C++17 + OpenMP, no torch headers) form four translation
+units, ``common.cpp`` followed by ``diagonal.cpp``, ``condensed.cpp``,
+``attention.cpp`` or ``lanes.cpp`` (``UNITS``), compiled in parallel and linked into one shared library in the
 cache folder ``$DSTBENCH_CACHE/kernels`` (default ``~/.cache/dstbench/kernels``).
 The file name carries a hash of the sources, the flags, the compiler and
 its version, and the CPU's feature flags, so an edit, a new compiler or a
@@ -25,7 +25,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-UNITS = (("common.cpp", "diagonal.cpp"), ("common.cpp", "condensed.cpp"), ("common.cpp", "attention.cpp"))
+UNITS = (("common.cpp", "diagonal.cpp"), ("common.cpp", "condensed.cpp"), ("common.cpp", "attention.cpp"),
+         ("common.cpp", "lanes.cpp"))
 FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-fPIC")
 _SOURCE_DIR = Path(__file__).resolve().parent
 _COMPILE_TIMEOUT_S = 300

@@ -13,6 +13,9 @@ using DiagFn = int (*)(const void*, const void*, const void*, const void*, void*
 using CondensedFn = int (*)(const void*, const void*, const void*, const void*, const void*, void*, int64_t, int64_t,
                             int64_t, int64_t, int64_t, int);
 
+using LanesFn = int (*)(const void*, const void*, const void*, void*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                        int);
+
 const void* pointer(int64_t address) { return reinterpret_cast<const void*>(address); }
 
 // Whether the fast path takes x: (B > 0, in), contiguous, on the CPU, of the weights' dtype.
@@ -46,7 +49,21 @@ torch::Tensor condensed_mm(const torch::Tensor& x, int64_t fn, at::ScalarType dt
     return status ? torch::Tensor() : y;
 }
 
+// condensed_mm for a weight that also has a lane-packed copy (kernels/cpu/lanes.cpp): batches of at most `small`
+// rows go through the copy (lanes_fn, with its blob, n_lanes active rows and steps), larger ones as condensed_mm.
+torch::Tensor lanes_mm(const torch::Tensor& x, int64_t lanes_fn, int64_t blob, int64_t n_lanes, int64_t steps,
+                       int64_t small, int64_t fn, at::ScalarType dtype, int64_t values, int64_t indices, int64_t rows,
+                       int64_t bias, int64_t in, int64_t out, int64_t n, int64_t k) {
+    if (!accepts(x, dtype, in)) return {};
+    if (x.size(0) > small) return condensed_mm(x, fn, dtype, values, indices, rows, bias, in, out, n, k);
+    torch::Tensor y = torch::empty({x.size(0), out}, x.options());
+    const int status = reinterpret_cast<LanesFn>(lanes_fn)(x.data_ptr(), pointer(blob), pointer(bias), y.data_ptr(),
+                                                           x.size(0), in, out, n_lanes, steps, at::get_num_threads());
+    return status ? torch::Tensor() : y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("diag_mm", &diag_mm);
     m.def("condensed_mm", &condensed_mm);
+    m.def("lanes_mm", &lanes_mm);
 }

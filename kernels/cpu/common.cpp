@@ -212,6 +212,13 @@ inline auto hsum(const V& v) -> decltype(v[0] + 0) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// This thread's share [i0, i1) of n items, inside a parallel region.
+inline void thread_share(int64_t n, int64_t& i0, int64_t& i1) {
+    const int64_t p = omp_get_thread_num(), np = omp_get_num_threads();
+    i0 = p * n / np;
+    i1 = (p + 1) * n / np;
+}
+
 #if defined(__AVX512BF16__)
 // 32 bfloat16 lanes as the operand type of vdpbf16ps (each float lane of the result adds the products of one
 // pair of them).

@@ -74,13 +74,6 @@ bool claim_rows(const I* idx, int64_t k, int64_t nin, int64_t i0, int64_t i1, in
     return false;
 }
 
-// This thread's share [i0, i1) of n rows, inside a parallel region.
-inline void thread_rows(int64_t n, int64_t& i0, int64_t& i1) {
-    const int64_t p = omp_get_thread_num(), np = omp_get_num_threads();
-    i0 = p * n / np;
-    i1 = (p + 1) * n / np;
-}
-
 inline bool rows_ok(const int64_t* rows, int64_t n, int64_t nout) {
     for (int64_t i = 0; i < n; ++i)
         if (rows[i] < 0 || rows[i] >= nout) return false;
@@ -598,7 +591,7 @@ int condensed_mm(const T* x, const T* v, const I* idx, const int64_t* rows, cons
 #pragma omp parallel num_threads(nt) if (work > PARALLEL_MIN_WORK)
         {
             int64_t i0, i1;
-            thread_rows(n, i0, i1);
+            thread_share(n, i0, i1);
             if (!c.gather_rows(x, i0, i1, y)) {
 #pragma omp atomic write
                 bad = 1;
@@ -667,7 +660,7 @@ int condensed_values_grad(const T* dy, const T* x, const I* idx, const int64_t* 
 #pragma omp parallel num_threads(nt) if (work > PARALLEL_MIN_WORK)
         {
             int64_t i0, i1;
-            thread_rows(n, i0, i1);
+            thread_share(n, i0, i1);
             if (claim_rows(idx, k, nin, i0, i1, &bad)) c.gather_grad_rows(dy, x, i0, i1, dv);
         }
         return bad ? BAD_INDEX : OK;
@@ -679,7 +672,7 @@ int condensed_values_grad(const T* dy, const T* x, const I* idx, const int64_t* 
 #pragma omp parallel num_threads(nt) if (work > PARALLEL_MIN_WORK)
     {
         int64_t i0, i1;
-        thread_rows(n, i0, i1);
+        thread_share(n, i0, i1);
         if (claim_rows(idx, k, nin, i0, i1, &bad)) c.dot_rows(dyT.p, xT.p, i0, i1, dv);
     }
     return bad ? BAD_INDEX : OK;
@@ -701,7 +694,7 @@ int condensed_input_grad(const T* dy, const T* v, const I* idx, const int64_t* r
 #pragma omp parallel num_threads(parts)
         {
             int64_t i0, i1;
-            thread_rows(n, i0, i1);
+            thread_share(n, i0, i1);
             if (claim_rows(idx, k, nin, i0, i1, &bad))
                 c.scatter_small_rows(dy, i0, i1, acc.p + omp_get_thread_num() * B * nin);
         }
