@@ -94,8 +94,9 @@ def test_diagonal_matches_reference_and_dense(out_f: int, in_f: int, batch: int,
 
 
 # bfloat16 at batches 1-2 takes the AVX512-BF16 pair kernel where the CPU has it: pairs far apart on the long
-# side (49 and 3 of 50) go one diagonal at a time, and the odd fifth diagonal goes alone
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+# side (49 and 3 of 50) go one diagonal at a time, and the odd fifth diagonal goes alone; float32 and float64 take
+# the runs
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("batch", [1, 2, 6])
 @pytest.mark.parametrize("out_f, in_f", [(50, 20), (20, 50), (24, 24)])
 def test_diagonal_unsorted_and_repeated_offsets(out_f: int, in_f: int, batch: int, dtype: torch.dtype) -> None:
