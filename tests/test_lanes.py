@@ -10,7 +10,7 @@ from dstbench.errors import UserError
 from dstbench.kernels import cpu
 from dstbench.kernels.formats import CondensedWeight
 from dstbench.kernels.layers import CondensedLinear
-from suites import traffic
+from dstbench.suites import traffic
 
 _REASON = cpu.lanes_unavailable(torch.zeros(1, 1), 1)
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"lane-packed product unavailable: {_REASON}")
