@@ -7,8 +7,9 @@ values; condensed values, column indices and active rows; diagonal offsets
 and values; oneDNN's reordered weight), each counted once in its stored
 dtype, plus x (batch, in) read and y (batch, out) written in the run's dtype.
 The condensed layer counts its lane-packed copy instead of its values and
-indices at the batch sizes the copy runs (``call_tensors``). A module that runs a sequence of layers (``layers``, the token stack) moves
-the sum over its layers, each with its own input and output.
+indices at the batch sizes the copy runs (``call_tensors``). A module that
+runs a sequence of layers (``layers``, the token stack) moves the sum over
+its layers, each with its own input and output.
 """
 
 from __future__ import annotations
