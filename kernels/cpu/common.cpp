@@ -212,6 +212,23 @@ inline auto hsum(const V& v) -> decltype(v[0] + 0) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Whether the n condensed indices idx are all in [0, nin) (vectorized; used by condensed.cpp and lanes.cpp).
+template <class I>
+bool indices_ok(const I* idx, int64_t n, int64_t nin) {
+    const uint32_t limit = uint32_t(std::min<int64_t>(nin, INT32_MAX));
+    uint32_t bad = 0;  // negative ids wrap to huge unsigned values
+#pragma omp simd reduction(| : bad)
+    for (int64_t e = 0; e < n; ++e) bad |= uint32_t(uint32_t(int32_t(idx[e])) >= limit);
+    return bad == 0;
+}
+
+// Whether the n active rows are all in [0, nout).
+inline bool rows_ok(const int64_t* rows, int64_t n, int64_t nout) {
+    for (int64_t i = 0; i < n; ++i)
+        if (rows[i] < 0 || rows[i] >= nout) return false;
+    return true;
+}
+
 // This thread's share [i0, i1) of n items, inside a parallel region.
 inline void thread_share(int64_t n, int64_t& i0, int64_t& i1) {
     const int64_t p = omp_get_thread_num(), np = omp_get_num_threads();

@@ -44,15 +44,6 @@ constexpr int64_t FORWARD_VECTORS = 2;
 // L2), so that weights that are in no cache stream in while earlier rows are gathered.
 constexpr int64_t PREFETCH_BYTES = 4096;
 
-template <class I>
-bool indices_ok(const I* idx, int64_t n, int64_t nin) {
-    const uint32_t limit = uint32_t(std::min<int64_t>(nin, INT32_MAX));
-    uint32_t bad = 0;  // negative ids wrap to huge unsigned values
-#pragma omp simd reduction(| : bad)
-    for (int64_t e = 0; e < n; ++e) bad |= uint32_t(uint32_t(int32_t(idx[e])) >= limit);
-    return bad == 0;
-}
-
 // Eight non-negative indices from p, read as 64-bit words.
 inline void unpack8(const int16_t* p, uint32_t c[8]) {
     uint64_t w[2];
@@ -72,12 +63,6 @@ bool claim_rows(const I* idx, int64_t k, int64_t nin, int64_t i0, int64_t i1, in
 #pragma omp atomic write
     *bad = 1;
     return false;
-}
-
-inline bool rows_ok(const int64_t* rows, int64_t n, int64_t nout) {
-    for (int64_t i = 0; i < n; ++i)
-        if (rows[i] < 0 || rows[i] >= nout) return false;
-    return true;
 }
 
 // Lane groups: nv vectors split evenly into groups of at most `most` vectors, at least min(nt, nv) of them.

@@ -115,10 +115,8 @@ template <class I>
 int lanes_steps(const I* idx, const int64_t* rows, int64_t n, int64_t k, int64_t nin, int64_t nout,
                 int64_t* steps) {
     if (nin > LANES_MAX_IN) return BAD_SHAPE;
-    for (int64_t i = 0; i < n; ++i)
-        if (rows[i] < 0 || rows[i] >= nout) return BAD_ROW;
-    for (int64_t e = 0; e < n * k; ++e)
-        if (idx[e] < 0 || int64_t(idx[e]) >= nin) return BAD_INDEX;
+    if (!rows_ok(rows, n, nout)) return BAD_ROW;
+    if (!indices_ok(idx, n * k, nin)) return BAD_INDEX;
     *steps = 0;
     const std::vector<int64_t> order = group_order(idx, n, k, nin);
     for (int64_t i0 = 0; i0 < n; i0 += GROUP)
