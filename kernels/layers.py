@@ -219,9 +219,9 @@ class CondensedLinear(_KernelLinear):
     def call_tensors(self, batch: int) -> list[Tensor]:
         """The stored tensors an eager call on ``batch`` rows reads: the lane-packed copy and the bias where the
         bound product runs that batch through it (``kernels.cpu.BoundLanes``), else the layer's buffers."""
-        pack = getattr(self.bound_product(), "pack", None)
-        if pack is not None and batch <= cpu_kernels.LANES_BATCH:
-            return [pack.blob] + ([] if self.bias is None else [self.bias])
+        bound = self.bound_product()
+        if isinstance(bound, cpu_kernels.BoundLanes) and bound.copies(batch):
+            return [bound.pack.blob] + ([] if self.bias is None else [self.bias])
         return list(self.buffers())
 
     def _product(self, x: Tensor) -> Tensor:

@@ -86,6 +86,8 @@ LANES_BATCH = 2
 LANES_MAX_IN = 65535
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+#: the buffer callback of the lane-packed copy: bytes -> pointer (null when it cannot be had)
+_ALLOC = ctypes.CFUNCTYPE(_P, _I64)
 _SIGNATURES = {
     "dst_diag_mm": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT, _INT],
     "dst_diag_values_grad": [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT],
@@ -149,13 +151,12 @@ def _bind(lib: ctypes.CDLL) -> dict[tuple, ctypes._CFuncPtr]:
 
 
 def _bind_lanes(lib: ctypes.CDLL) -> dict[tuple, ctypes._CFuncPtr]:
-    """The lane-packed copy's entry points: "available", "bytes", "mm", and ("steps" | "pack", index dtype)."""
+    """The lane-packed copy's entry points: "available", "mm", and ("pack", index dtype)."""
     signatures = {"available": ("dst_lanes_available", [], _INT),
-                  "bytes": ("dst_lanes_bytes", [_I64, _I64], _I64),
                   "mm": ("dst_lanes_mm_f32", [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT], _INT)}
     for dtype, isuffix in _INDICES.items():
-        signatures["steps", dtype] = (f"dst_lanes_steps_{isuffix}", [_P, _P, _I64, _I64, _I64, _I64, _P], _INT)
-        signatures["pack", dtype] = (f"dst_lanes_pack_f32_{isuffix}", [_P, _P, _P, _I64, _I64, _I64, _I64, _P], _INT)
+        signatures["pack", dtype] = (f"dst_lanes_pack_f32_{isuffix}",
+                                     [_P, _P, _P, _I64, _I64, _I64, _I64, _ALLOC, _P], _INT)
     functions = {}
     for key, (symbol, argtypes, restype) in signatures.items():
         fn = getattr(lib, symbol)
@@ -237,8 +238,9 @@ def self_attention(qkv: Tensor, num_heads: int) -> Tensor:
 class LanePack(NamedTuple):
     """A lane-packed copy of a float32 condensed weight (layout at the top of ``lanes.cpp``).
 
-    ``blob`` is the copy, (bytes,) uint8: values (steps, 16) float32, each step's window start and lane offsets,
-    each group's first step and its lanes' output columns; ``n`` active rows, ``steps`` steps in all.
+    ``blob`` is the copy, (bytes,) uint8: values (steps, 48) float32, each step's window start and lane offsets,
+    each group's first step and its lanes' output columns, and the output columns of no active row; ``n`` active
+    rows, ``steps`` steps in all.
     """
 
     blob: Tensor
@@ -269,17 +271,21 @@ def pack_lanes(values: Tensor, indices: Tensor, active_rows: Tensor, in_features
         raise UserError(f"the lane-packed condensed product cannot run: {reason}")
     indices, rows = _condensed_ids(indices, active_rows, values.shape)
     n, k = values.shape
+    blobs: list[Tensor] = []
+
+    def alloc(nbytes: int) -> int | None:  # the copy's buffer, asked for once its size is known; null on failure
+        try:
+            blobs.append(torch.empty(nbytes, dtype=torch.uint8))
+        except RuntimeError:
+            return None
+        return blobs[-1].data_ptr()
+
     steps = ctypes.c_int64()
-    status = _library.lanes["steps", indices.dtype](indices.data_ptr(), rows.data_ptr(), n, k, in_features,
-                                                    out_features, ctypes.byref(steps))
-    if status:
-        _raise(status)
-    blob = torch.empty(_library.lanes["bytes"](n, steps.value), dtype=torch.uint8)
     status = _library.lanes["pack", indices.dtype](values.contiguous().data_ptr(), indices.data_ptr(), rows.data_ptr(),
-                                                   n, k, in_features, steps.value, blob.data_ptr())
+                                                   n, k, in_features, out_features, _ALLOC(alloc), ctypes.byref(steps))
     if status:
         _raise(status)
-    return LanePack(blob, n, steps.value)
+    return LanePack(blobs[0], n, steps.value)
 
 
 def lanes_mm(x: Tensor, pack: LanePack, in_features: int, out_features: int, bias: Tensor | None = None) -> Tensor:
@@ -560,8 +566,13 @@ class BoundLanes(BoundProduct):
             self._native_args = (ctypes.cast(_library.lanes["mm"], ctypes.c_void_p).value, pack.blob.data_ptr(),
                                  pack.n, pack.steps, LANES_BATCH, *self._native_args)
 
+    @staticmethod
+    def copies(batch: int) -> bool:
+        """Whether a call on ``batch`` rows reads the copy (else the condensed weights)."""
+        return 0 < batch <= LANES_BATCH
+
     def __call__(self, x: Tensor) -> Tensor:
-        if self._native is not None or not (x.dtype is torch.float32 and x.dim() == 2 and 0 < x.shape[0] <= LANES_BATCH
+        if self._native is not None or not (x.dtype is torch.float32 and x.dim() == 2 and self.copies(x.shape[0])
                                             and x.shape[1] == self.in_features and x.is_cpu and x.is_contiguous()):
             return super().__call__(x)
         y = torch.empty(x.shape[0], self.out_features)

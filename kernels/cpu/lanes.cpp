@@ -15,10 +15,12 @@
 // but load x's window for every 16 lanes; measured (2 threads, 768 -> 3072, batch 1): 16 rows 14.6 us, 32 rows
 // 12.2 us, 48 rows 11.5 us, 64 rows 11.6 us, against 32 us for condensed_mm's assembled gathers.
 //
-// Layout of the copy (one byte buffer, LanesLayout::bytes(G, S) bytes for G groups and S steps in all):
+// Layout of the copy (one byte buffer, LanesLayout::bytes(G, S, Z) bytes for G groups, S steps in all and Z
+// ablated output columns):
 //   float    values[S][GROUP]   the lanes' values, 0 in lanes with no entry
 //   int64_t  first[G + 1]       group g's steps are [first[g], first[g + 1])
 //   int32_t  rows[G][GROUP]     the output column of each lane, -1 for the lanes past the last active row
+//   int32_t  idle[Z]            the output columns of no active row (their bias, or 0)
 //   uint16_t start[S]           each step's window start
 //   uint8_t  offset[S][GROUP]   each lane's index minus the window start (0 in lanes with no entry)
 
@@ -41,18 +43,20 @@ struct LanesLayout {
     float* values;
     int64_t* first;
     int32_t* rows;
+    int32_t* idle;
     uint16_t* start;
     uint8_t* offset;
 
-    static int64_t bytes(int64_t groups, int64_t steps) {
-        return steps * GROUP * 4 + (groups + 1) * 8 + groups * GROUP * 4 + steps * 2 + steps * GROUP;
+    static int64_t bytes(int64_t groups, int64_t steps, int64_t idle) {
+        return steps * GROUP * 4 + (groups + 1) * 8 + groups * GROUP * 4 + idle * 4 + steps * 2 + steps * GROUP;
     }
-    LanesLayout(void* blob, int64_t groups, int64_t steps) {
+    LanesLayout(void* blob, int64_t groups, int64_t steps, int64_t nidle) {
         char* p = static_cast<char*>(blob);
         values = reinterpret_cast<float*>(p);
         first = reinterpret_cast<int64_t*>(p + steps * GROUP * 4);
         rows = reinterpret_cast<int32_t*>(first + groups + 1);
-        start = reinterpret_cast<uint16_t*>(rows + groups * GROUP);
+        idle = rows + groups * GROUP;
+        start = reinterpret_cast<uint16_t*>(idle + nidle);
         offset = reinterpret_cast<uint8_t*>(start + steps);
     }
 };
@@ -111,44 +115,52 @@ void schedule_group(const I* idx, int64_t k, const int64_t* row, int m, F&& step
     }
 }
 
+// The copy of the active rows `rows` (n, in [0, nout)) of v and idx (n, k): the rows and indices are checked,
+// each group scheduled once, and the copy written into alloc(bytes), a buffer the caller owns; *steps is set to
+// the steps in all. Returns BAD_ROW, BAD_INDEX or BAD_SHAPE for bad input, NO_MEMORY if alloc returns null.
 template <class I>
-int lanes_steps(const I* idx, const int64_t* rows, int64_t n, int64_t k, int64_t nin, int64_t nout,
-                int64_t* steps) {
+int lanes_pack(const float* v, const I* idx, const int64_t* rows, int64_t n, int64_t k, int64_t nin, int64_t nout,
+               void* (*alloc)(int64_t), int64_t* steps) {
     if (nin > LANES_MAX_IN) return BAD_SHAPE;
     if (!rows_ok(rows, n, nout)) return BAD_ROW;
     if (!indices_ok(idx, n * k, nin)) return BAD_INDEX;
-    *steps = 0;
-    const std::vector<int64_t> order = group_order(idx, n, k, nin);
-    for (int64_t i0 = 0; i0 < n; i0 += GROUP)
-        schedule_group(idx, k, order.data() + i0, int(std::min<int64_t>(GROUP, n - i0)),
-                       [&](uint32_t, const int32_t*) { ++*steps; });
-    return OK;
-}
-
-// Fills the layout for the steps lanes_steps counted (indices and rows already checked there), in its order.
-template <class I>
-void lanes_pack(const float* v, const I* idx, const int64_t* rows, int64_t n, int64_t k, int64_t nin, int64_t steps,
-                void* blob) {
     const int64_t groups = ceil_div(n, int64_t(GROUP));
-    const LanesLayout L(blob, groups, steps);
     const std::vector<int64_t> order = group_order(idx, n, k, nin);
-    int64_t s = 0;
+    std::vector<int64_t> first(groups + 1, 0);
+    std::vector<uint16_t> start;
+    std::vector<int32_t> entries;  // (S, GROUP): each lane's entry of its row, -1 for none
+    for (int64_t g = 0; g < groups; ++g) {
+        first[g] = int64_t(start.size());
+        schedule_group(idx, k, order.data() + g * GROUP, int(std::min<int64_t>(GROUP, n - g * GROUP)),
+                       [&](uint32_t s, const int32_t* entry) {
+                           start.push_back(uint16_t(s));
+                           entries.insert(entries.end(), entry, entry + GROUP);
+                       });
+    }
+    first[groups] = *steps = int64_t(start.size());
+    std::vector<char> active(nout, 0);
+    for (int64_t i = 0; i < n; ++i) active[rows[i]] = 1;
+    std::vector<int32_t> idle;
+    for (int64_t c = 0; c < nout; ++c)
+        if (!active[c]) idle.push_back(int32_t(c));
+    void* blob = alloc(LanesLayout::bytes(groups, *steps, int64_t(idle.size())));
+    if (!blob) return NO_MEMORY;
+    const LanesLayout L(blob, groups, *steps, int64_t(idle.size()));
+    std::copy(first.begin(), first.end(), L.first);
+    std::copy(idle.begin(), idle.end(), L.idle);
+    std::copy(start.begin(), start.end(), L.start);
     for (int64_t g = 0; g < groups; ++g) {
         const int64_t* row = order.data() + g * GROUP;
         const int m = int(std::min<int64_t>(GROUP, n - g * GROUP));
-        L.first[g] = s;
         for (int r = 0; r < GROUP; ++r) L.rows[g * GROUP + r] = r < m ? int32_t(rows[row[r]]) : -1;
-        schedule_group(idx, k, row, m, [&](uint32_t start, const int32_t* entry) {
-            L.start[s] = uint16_t(start);
+        for (int64_t s = first[g]; s < first[g + 1]; ++s)
             for (int r = 0; r < GROUP; ++r) {
-                const bool on = entry[r] >= 0;
-                L.values[s * GROUP + r] = on ? v[row[r] * k + entry[r]] : 0.f;
-                L.offset[s * GROUP + r] = on ? uint8_t(uint32_t(idx[row[r] * k + entry[r]]) - start) : 0;
+                const int32_t j = entries[s * GROUP + r];
+                L.values[s * GROUP + r] = j >= 0 ? v[row[r] * k + j] : 0.f;
+                L.offset[s * GROUP + r] = j >= 0 ? uint8_t(uint32_t(idx[row[r] * k + j]) - start[s]) : 0;
             }
-            ++s;
-        });
     }
-    L.first[groups] = s;
+    return OK;
 }
 
 #if defined(__AVX512F__)
@@ -204,10 +216,9 @@ int lanes_mm(const float* x, const void* blob, const float* bias, float* y, int6
              int64_t n, int64_t steps, int nt) {
     if (B > LANES_BATCH || nin > LANES_MAX_IN) return BAD_SHAPE;
     const int64_t groups = ceil_div(n, int64_t(GROUP)), ldx = nin + LANES_WINDOW;
-    const LanesLayout L(const_cast<void*>(blob), groups, steps);
-    if (n < nout)  // ablated rows' columns: their bias, or zero
-        for (int64_t b = 0; b < B; ++b)
-            for (int64_t c = 0; c < nout; ++c) y[b * nout + c] = bias ? bias[c] : 0.f;
+    const LanesLayout L(const_cast<void*>(blob), groups, steps, nout - n);
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t z = 0; z < nout - n; ++z) y[b * nout + L.idle[z]] = bias ? bias[L.idle[z]] : 0.f;
     Scratch<float> xp(B * ldx);
     if (!xp.ok()) return NO_MEMORY;
     for (int64_t b = 0; b < B; ++b) {
@@ -240,11 +251,6 @@ extern "C" int dst_lanes_available() {
 #endif
 }
 
-// The bytes of the copy of n active rows in `steps` steps.
-extern "C" int64_t dst_lanes_bytes(int64_t n, int64_t steps) {
-    return dst::LanesLayout::bytes(dst::ceil_div(n, int64_t(dst::GROUP)), steps);
-}
-
 extern "C" int dst_lanes_mm_f32(const void* x, const void* blob, const void* bias, void* y, int64_t B, int64_t nin,
                                 int64_t nout, int64_t n, int64_t steps, int nt) {
 #if defined(__AVX512F__)
@@ -256,20 +262,12 @@ extern "C" int dst_lanes_mm_f32(const void* x, const void* blob, const void* bia
 }
 
 #define DST_LANES_ENTRY(ISUFFIX, I)                                                                              \
-    extern "C" int dst_lanes_steps_##ISUFFIX(const void* idx, const int64_t* rows, int64_t n, int64_t k,         \
-                                             int64_t nin, int64_t nout, int64_t* steps) {                        \
-        try {                                                                                                    \
-            return dst::lanes_steps(static_cast<const I*>(idx), rows, n, k, nin, nout, steps);                   \
-        } catch (const std::bad_alloc&) {                                                                        \
-            return dst::NO_MEMORY;                                                                               \
-        }                                                                                                        \
-    }                                                                                                            \
     extern "C" int dst_lanes_pack_f32_##ISUFFIX(const void* v, const void* idx, const int64_t* rows, int64_t n,  \
-                                                int64_t k, int64_t nin, int64_t steps, void* blob) {             \
+                                                int64_t k, int64_t nin, int64_t nout, void* (*alloc)(int64_t),   \
+                                                int64_t* steps) {                                                \
         try {                                                                                                    \
-            dst::lanes_pack(static_cast<const float*>(v), static_cast<const I*>(idx), rows, n, k, nin, steps,    \
-                            blob);                                                                               \
-            return dst::OK;                                                                                      \
+            return dst::lanes_pack(static_cast<const float*>(v), static_cast<const I*>(idx), rows, n, k, nin,    \
+                                   nout, alloc, steps);                                                          \
         } catch (const std::bad_alloc&) {                                                                        \
             return dst::NO_MEMORY;                                                                               \
         }                                                                                                        \
