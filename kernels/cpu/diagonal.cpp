@@ -278,6 +278,25 @@ inline void axpy(A* __restrict acc, const T* __restrict v, const T* __restrict x
     for (; i < n; ++i) acc[i] += to_acc(v[i]) * to_acc(x[i]);
 }
 
+// y[t] = bias[t] (0 without one) + sum over q < np of acc[q * ld + t], for t in [t0, t1): a vector of columns at a
+// time (one scalar column at a time, this took 2 us of every call, ViT-B/16 fc1 at batch 1: 3072 columns).
+template <class T, class A>
+void sum_shares(const A* acc, int64_t ld, int np, const T* bias, T* y, int64_t t0, int64_t t1) {
+    using V = typename Acc<T>::V;
+    constexpr int64_t W = lanes<T>();
+    int64_t t = t0;
+    for (; t + W <= t1; t += W) {
+        V sum = bias ? vload(bias + t) : V{};
+        for (int q = 0; q < np; ++q) sum += vload(acc + q * ld + t);
+        vstore(y + t, sum, int(W));
+    }
+    for (; t < t1; ++t) {
+        A sum = bias ? to_acc(bias[t]) : A(0);
+        for (int q = 0; q < np; ++q) sum += acc[q * ld + t];
+        y[t] = from_acc<T>(sum);
+    }
+}
+
 // Small batches: for each diagonal and batch row (the diagonal's values read once for all rows),
 // acc[t] += v[j] * x[u] along the diagonal, in at most two contiguous runs (split at the wrap point). Each
 // thread takes a contiguous share of the diagonals, so it streams one stretch of the values front to back
@@ -289,12 +308,13 @@ int diag_mm_runs(const T* x, const int64_t* off, const T* v, const T* bias, T* y
     using A = typename Acc<T>::A;
     const int64_t P = std::max(nsrc, ndst), D = std::min(nsrc, ndst);
     const int parts = B * K * D > PARALLEL_MIN_WORK ? std::max(1, std::min<int>(nt, int(K))) : 1;
-    Scratch<A> acc(int64_t(parts) * B * ndst, true);
+    Scratch<A> acc(int64_t(parts) * B * ndst);
     if (!acc.ok()) return NO_MEMORY;
 #pragma omp parallel num_threads(parts)
     {
         const int64_t p = omp_get_thread_num(), np = omp_get_num_threads();
         const int64_t k0 = K * p / np, k1 = K * (p + 1) / np;
+        std::memset(static_cast<void*>(acc.p + p * B * ndst), 0, B * ndst * sizeof(A));
         for (int64_t k = k0; k < k1; ++k) {
             const int64_t s = off[k];
             const T* vk = v + k * D;
@@ -314,14 +334,7 @@ int diag_mm_runs(const T* x, const int64_t* off, const T* v, const T* bias, T* y
         }
 #pragma omp barrier
         const int64_t ta = ndst * p / np, tb = ndst * (p + 1) / np;
-        for (int64_t b = 0; b < B; ++b) {
-            T* yb = y + b * ndst;
-            for (int64_t t = ta; t < tb; ++t) {
-                A sum = bias ? to_acc(bias[t]) : A(0);
-                for (int64_t q = 0; q < np; ++q) sum += acc.p[(q * B + b) * ndst + t];
-                yb[t] = from_acc<T>(sum);
-            }
-        }
+        for (int64_t b = 0; b < B; ++b) sum_shares(acc.p + b * ndst, B * ndst, int(np), bias, y + b * ndst, ta, tb);
     }
     return OK;
 }
