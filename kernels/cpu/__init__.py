@@ -270,6 +270,12 @@ def pack_lanes(values: Tensor, indices: Tensor, active_rows: Tensor, in_features
     if reason:
         raise UserError(f"the lane-packed condensed product cannot run: {reason}")
     indices, rows = _condensed_ids(indices, active_rows, values.shape)
+    return _pack_lanes(values.contiguous(), indices, rows, in_features, out_features)
+
+
+def _pack_lanes(values: Tensor, indices: Tensor, rows: Tensor, in_features: int, out_features: int) -> LanePack:
+    """``pack_lanes`` of contiguous float32 values and the ids ``_condensed_ids`` returned, where
+    ``lanes_unavailable`` gave no reason (the C++ still range-checks the rows and indices)."""
     n, k = values.shape
     blobs: list[Tensor] = []
 
@@ -281,7 +287,7 @@ def pack_lanes(values: Tensor, indices: Tensor, active_rows: Tensor, in_features
         return blobs[-1].data_ptr()
 
     steps = ctypes.c_int64()
-    status = _library.lanes["pack", indices.dtype](values.contiguous().data_ptr(), indices.data_ptr(), rows.data_ptr(),
+    status = _library.lanes["pack", indices.dtype](values.data_ptr(), indices.data_ptr(), rows.data_ptr(),
                                                    n, k, in_features, out_features, _ALLOC(alloc), ctypes.byref(steps))
     if status:
         _raise(status)
@@ -598,6 +604,6 @@ def bind_condensed_mm(values: Tensor, indices: Tensor, active_rows: Tensor, in_f
     if not values.numel():
         return BoundProduct(None, weights, sizes, in_features, out_features, values.dtype, fallback, "condensed_mm")
     if lanes_unavailable(values, in_features) is None:
-        pack = pack_lanes(values, indices, rows, in_features, out_features)
+        pack = _pack_lanes(values, indices, rows, in_features, out_features)
         return BoundLanes(pack, fn, weights, sizes, in_features, out_features, fallback)
     return BoundProduct(fn, weights, sizes, in_features, out_features, values.dtype, fallback, "condensed_mm")
