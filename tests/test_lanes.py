@@ -105,6 +105,8 @@ def test_bad_input_is_refused() -> None:
         cpu.pack_lanes(values, torch.full_like(idx, -1), rows, 10, 8)
     with pytest.raises(UserError, match=r"active_rows must lie in \[0, out_features\)"):
         cpu.pack_lanes(values, idx, torch.full_like(rows, 8), 10, 8)
+    with pytest.raises(UserError, match="active_rows must be distinct"):  # the copy lists out - n idle columns
+        cpu.pack_lanes(values, idx, torch.tensor([0, 1, 2, 3, 4, 5, 6, 6]), 10, 8)
     with pytest.raises(UserError, match="float32 CPU weights"):
         cpu.pack_lanes(values.double(), idx, rows, 10, 8)
     assert "at most 65535 inputs" in cpu.lanes_unavailable(values, 70000)
@@ -113,6 +115,21 @@ def test_bad_input_is_refused() -> None:
         cpu.lanes_mm(torch.randn(3, 10), pack, 10, 8)
     with pytest.raises(UserError, match=r"float32 CPU x of shape \(B, 10\)"):
         cpu.lanes_mm(torch.randn(1, 10).double(), pack, 10, 8)
+
+
+def test_a_copy_that_cannot_be_allocated_is_a_memory_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C++ asks Python for the copy's buffer once its size is known; a failed allocation stops the packing."""
+    values, idx, rows = weight(8, 10, 8, 3, torch.int16)
+    empty = torch.empty
+
+    def failing(*args, **kwargs):
+        if kwargs.get("dtype") is torch.uint8:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory")
+        return empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", failing)
+    with pytest.raises(MemoryError, match="ran out of memory"):
+        cpu.pack_lanes(values, idx, rows, 10, 8)
 
 
 def test_layer_runs_small_batches_through_the_copy_and_rebinds_on_in_place_changes() -> None:

@@ -78,6 +78,7 @@ _STATUS = {  # return codes of the C++ entry points (enum Status in common.cpp)
     3: "condensed active_rows must lie in [0, out_features); rebuild the CondensedWeight",
     5: f"the attention kernel takes head widths that are multiples of {ATTENTION_HEAD_MULTIPLE}; use torch's "
        "scaled_dot_product_attention",
+    6: "condensed active_rows must be distinct (a row appears twice); rebuild the CondensedWeight",
 }
 _NO_MEMORY = 4
 #: the largest batch the lane-packed copy runs (LANES_BATCH in lanes.cpp)

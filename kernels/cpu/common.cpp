@@ -38,7 +38,7 @@ typedef uint16_t vh __attribute__((vector_size(VBYTES / 2)));
 typedef uint32_t vu __attribute__((vector_size(VBYTES)));
 
 // Return codes of the extern "C" entry points (mirrored in kernels/cpu/__init__.py).
-enum Status { OK = 0, BAD_OFFSET = 1, BAD_INDEX = 2, BAD_ROW = 3, NO_MEMORY = 4, BAD_SHAPE = 5 };
+enum Status { OK = 0, BAD_OFFSET = 1, BAD_INDEX = 2, BAD_ROW = 3, NO_MEMORY = 4, BAD_SHAPE = 5, DUP_ROW = 6 };
 
 // Work (multiply-adds) below which a call runs on one thread: a parallel
 // region costs a few microseconds.

@@ -117,7 +117,8 @@ void schedule_group(const I* idx, int64_t k, const int64_t* row, int m, F&& step
 
 // The copy of the active rows `rows` (n, in [0, nout)) of v and idx (n, k): the rows and indices are checked,
 // each group scheduled once, and the copy written into alloc(bytes), a buffer the caller owns; *steps is set to
-// the steps in all. Returns BAD_ROW, BAD_INDEX or BAD_SHAPE for bad input, NO_MEMORY if alloc returns null.
+// the steps in all. Returns BAD_ROW, DUP_ROW, BAD_INDEX or BAD_SHAPE for bad input, NO_MEMORY if alloc returns
+// null.
 template <class I>
 int lanes_pack(const float* v, const I* idx, const int64_t* rows, int64_t n, int64_t k, int64_t nin, int64_t nout,
                void* (*alloc)(int64_t), int64_t* steps) {
@@ -138,8 +139,11 @@ int lanes_pack(const float* v, const I* idx, const int64_t* rows, int64_t n, int
                        });
     }
     first[groups] = *steps = int64_t(start.size());
-    std::vector<char> active(nout, 0);
-    for (int64_t i = 0; i < n; ++i) active[rows[i]] = 1;
+    std::vector<char> active(nout, 0);  // the copy's layout holds nout - n idle columns: rows must be distinct
+    for (int64_t i = 0; i < n; ++i) {
+        if (active[rows[i]]) return DUP_ROW;
+        active[rows[i]] = 1;
+    }
     std::vector<int32_t> idle;
     for (int64_t c = 0; c < nout; ++c)
         if (!active[c]) idle.push_back(int32_t(c));
