@@ -259,6 +259,8 @@ def test_float16_rounds_to_nearest_even() -> None:
                                   torch.tensor([4]), 4), "active_rows"),
         (lambda: cpu.condensed_mm(torch.ones(2, 3), torch.ones(1, 2), torch.tensor([[0, 1]], dtype=torch.uint8),
                                   torch.tensor([0]), 4), "int16 or int32"),
+        (lambda: cpu.condensed_mm(torch.ones(2, 3), torch.ones(2, 2), torch.tensor([[0, 1], [1, 2]], dtype=torch.int16),
+                                  torch.tensor([3, 3]), 4), "active_rows must be distinct"),
         (lambda: cpu.condensed_input_grad(torch.ones(2, 4), torch.ones(1, 2), torch.tensor([[0, 9]], dtype=torch.int16),
                                           torch.tensor([0]), 3), "indices"),
         (lambda: cpu.condensed_values_grad(torch.ones(2, 4), torch.ones(2, 3), torch.tensor([[0, 1]], dtype=torch.int16),

@@ -547,19 +547,24 @@ void dispatch_vectors(int nv, F&& f) {
     }
 }
 
-// Output columns of ablated rows (not in rows[0, n)) are their bias, or zero without one.
+// Output columns of ablated rows (not in rows[0, n)) are their bias, or zero without one. Returns false, writing
+// nothing, if a row appears twice (two rows would then write one column).
 template <class T>
-void fill_idle_columns(const int64_t* rows, int64_t n, const T* bias, T* y, int64_t B, int64_t nout) {
+bool fill_idle_columns(const int64_t* rows, int64_t n, const T* bias, T* y, int64_t B, int64_t nout) {
     bool all = n == nout;  // the common case: rows = 0, 1, ..., nout - 1
     for (int64_t i = 0; all && i < n; ++i) all = rows[i] == i;
-    if (all) return;
+    if (all) return true;
     std::vector<char> active(nout, 0);
-    for (int64_t i = 0; i < n; ++i) active[rows[i]] = 1;
+    for (int64_t i = 0; i < n; ++i) {
+        if (active[rows[i]]) return false;
+        active[rows[i]] = 1;
+    }
     std::vector<int64_t> idle;
     for (int64_t c = 0; c < nout; ++c)
         if (!active[c]) idle.push_back(c);
     for (int64_t b = 0; b < B && !idle.empty(); ++b)
         for (int64_t c : idle) y[b * nout + c] = bias ? bias[c] : T{};
+    return true;
 }
 
 template <class T, class I>
@@ -568,7 +573,7 @@ int condensed_mm(const T* x, const T* v, const I* idx, const int64_t* rows, cons
     using A = typename Acc<T>::A;
     constexpr int W = lanes<T>();
     if (!rows_ok(rows, n, nout)) return BAD_ROW;
-    fill_idle_columns(rows, n, bias, y, B, nout);
+    if (!fill_idle_columns(rows, n, bias, y, B, nout)) return DUP_ROW;
     const Condensed<T, I> c{v, idx, rows, bias, n, k, nin, nout, B, ceil_div(B, W) * W};
     const int64_t work = B * n * k;
     int bad = 0;
