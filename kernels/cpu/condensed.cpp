@@ -554,14 +554,8 @@ bool fill_idle_columns(const int64_t* rows, int64_t n, const T* bias, T* y, int6
     bool all = n == nout;  // the common case: rows = 0, 1, ..., nout - 1
     for (int64_t i = 0; all && i < n; ++i) all = rows[i] == i;
     if (all) return true;
-    std::vector<char> active(nout, 0);
-    for (int64_t i = 0; i < n; ++i) {
-        if (active[rows[i]]) return false;
-        active[rows[i]] = 1;
-    }
     std::vector<int64_t> idle;
-    for (int64_t c = 0; c < nout; ++c)
-        if (!active[c]) idle.push_back(c);
+    if (!idle_columns(rows, n, nout, idle)) return false;
     for (int64_t b = 0; b < B && !idle.empty(); ++b)
         for (int64_t c : idle) y[b * nout + c] = bias ? bias[c] : T{};
     return true;
@@ -688,11 +682,7 @@ int condensed_input_grad(const T* dy, const T* v, const I* idx, const int64_t* r
             if (claim_rows(idx, k, nin, i0, i1, &bad))
                 c.scatter_small_rows(dy, i0, i1, acc.p + omp_get_thread_num() * B * nin);
         }
-        for (int64_t e = 0; e < B * nin; ++e) {
-            A s = acc.p[e];
-            for (int p = 1; p < parts; ++p) s += acc.p[p * B * nin + e];
-            dx[e] = from_acc<T>(s);
-        }
+        sum_shares(acc.p, B * nin, int(parts), static_cast<const T*>(nullptr), dx, 0, B * nin);
         return bad ? BAD_INDEX : OK;
     }
     const LaneGroups lg(c.Bp / W, nt, group_vectors(nin));

@@ -278,25 +278,6 @@ inline void axpy(A* __restrict acc, const T* __restrict v, const T* __restrict x
     for (; i < n; ++i) acc[i] += to_acc(v[i]) * to_acc(x[i]);
 }
 
-// y[t] = bias[t] (0 without one) + sum over q < np of acc[q * ld + t], for t in [t0, t1): a vector of columns at a
-// time (one scalar column at a time, this took 2 us of every call, ViT-B/16 fc1 at batch 1: 3072 columns).
-template <class T, class A>
-void sum_shares(const A* acc, int64_t ld, int np, const T* bias, T* y, int64_t t0, int64_t t1) {
-    using V = typename Acc<T>::V;
-    constexpr int64_t W = lanes<T>();
-    int64_t t = t0;
-    for (; t + W <= t1; t += W) {
-        V sum = bias ? vload(bias + t) : V{};
-        for (int q = 0; q < np; ++q) sum += vload(acc + q * ld + t);
-        vstore(y + t, sum, int(W));
-    }
-    for (; t < t1; ++t) {
-        A sum = bias ? to_acc(bias[t]) : A(0);
-        for (int q = 0; q < np; ++q) sum += acc[q * ld + t];
-        y[t] = from_acc<T>(sum);
-    }
-}
-
 // Small batches: for each diagonal and batch row (the diagonal's values read once for all rows),
 // acc[t] += v[j] * x[u] along the diagonal, in at most two contiguous runs (split at the wrap point). Each
 // thread takes a contiguous share of the diagonals, so it streams one stretch of the values front to back

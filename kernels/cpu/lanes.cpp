@@ -139,14 +139,8 @@ int lanes_pack(const float* v, const I* idx, const int64_t* rows, int64_t n, int
                        });
     }
     first[groups] = *steps = int64_t(start.size());
-    std::vector<char> active(nout, 0);  // the copy's layout holds nout - n idle columns: rows must be distinct
-    for (int64_t i = 0; i < n; ++i) {
-        if (active[rows[i]]) return DUP_ROW;
-        active[rows[i]] = 1;
-    }
-    std::vector<int32_t> idle;
-    for (int64_t c = 0; c < nout; ++c)
-        if (!active[c]) idle.push_back(int32_t(c));
+    std::vector<int64_t> idle;  // the copy's layout holds nout - n idle columns: rows must be distinct
+    if (!idle_columns(rows, n, nout, idle)) return DUP_ROW;
     void* blob = alloc(LanesLayout::bytes(groups, *steps, int64_t(idle.size())));
     if (!blob) return NO_MEMORY;
     const LanesLayout L(blob, groups, *steps, int64_t(idle.size()));
