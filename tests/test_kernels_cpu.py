@@ -81,6 +81,8 @@ DIAG_CASES = [  # out, in, batch, K
     (45, 40, 97, 45), (40, 45, 130, 20), (70, 70, 70, 12), (5, 3, 70, 5), (3, 5, 66, 1), (1, 1, 64, 1),
     (7, 1, 80, 3), (1, 7, 80, 7), (20, 9, 70, 15), (9, 20, 97, 20), (3072, 768, 70, 31), (768, 3072, 70, 31),
     (300, 50, 129, 150), (45, 40, 71, 45), (40, 45, 72, 20), (40, 45, 73, 20), (768, 3072, 197, 31),
+    # a lane group's rows of x over 256 KiB are transposed strip of 16 rows by strip: ragged rows and columns
+    (500, 2100, 70, 40),
 ]
 
 
@@ -147,6 +149,8 @@ COND_CASES = [  # out, in, batch, n_active, k
     # bfloat16 at batches 1-2 gathers 32 entries at a time where the CPU has AVX512-BF16: whole blocks and a
     # tail, rows that are exactly two blocks, the last input (whose 32-bit word ends at x's spare element)
     (3072, 768, 1, 300, 77), (50, 40, 2, 45, 40), (20, 64, 1, 19, 64),
+    # a lane group's rows of x over 256 KiB are transposed strip of 16 rows by strip: 24 of 32 rows, 2100 inputs
+    (300, 2100, 40, 280, 30),
 ]
 
 
