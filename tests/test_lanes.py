@@ -3,6 +3,8 @@ float64, its errors, and the condensed layer that binds it (rebinding, bytes per
 
 from __future__ import annotations
 
+import ctypes
+
 import pytest
 import torch
 
@@ -95,6 +97,14 @@ def test_copy_holds_about_one_and_a_half_slots_per_entry() -> None:
     assert 1.0 <= slots < 1.6
     groups = -(-3000 // 48)
     assert pack.blob.numel() == pack.steps * (48 * 5 + 2) + (groups + 1) * 8 + groups * 48 * 4 + 72 * 4
+
+
+def test_python_limits_mirror_the_compiled_ones() -> None:
+    """The batch that picks the copy (``BoundLanes.copies``, the C++ call path's ``small``) and the inputs it
+    takes are Python constants; lanes.cpp holds its own, and a drift would send batches it refuses to it."""
+    batch, max_in = ctypes.c_int64(), ctypes.c_int64()
+    cpu._library.lanes["limits"](ctypes.byref(batch), ctypes.byref(max_in))
+    assert (batch.value, max_in.value) == (cpu.LANES_BATCH, cpu.LANES_MAX_IN)
 
 
 def test_bad_input_is_refused() -> None:

@@ -81,9 +81,9 @@ _STATUS = {  # return codes of the C++ entry points (enum Status in common.cpp)
     6: "condensed active_rows must be distinct (a row appears twice); rebuild the CondensedWeight",
 }
 _NO_MEMORY = 4
-#: the largest batch the lane-packed copy runs (LANES_BATCH in lanes.cpp)
+#: the largest batch the lane-packed copy runs (LANES_BATCH in lanes.cpp; a test holds the two equal)
 LANES_BATCH = 2
-#: the most inputs it takes (16-bit window starts: LANES_MAX_IN in lanes.cpp)
+#: the most inputs it takes (16-bit window starts: LANES_MAX_IN in lanes.cpp, likewise)
 LANES_MAX_IN = 65535
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -152,12 +152,13 @@ def _bind(lib: ctypes.CDLL) -> dict[tuple, ctypes._CFuncPtr]:
 
 
 def _bind_lanes(lib: ctypes.CDLL) -> dict[tuple, ctypes._CFuncPtr]:
-    """The lane-packed copy's entry points: "available", "mm", and ("pack", index dtype)."""
+    """The lane-packed copy's entry points: "available", "mm", "limits", and ("pack", index dtype)."""
     signatures = {"available": ("dst_lanes_available", [], _INT),
                   "mm": ("dst_lanes_mm_f32", [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT], _INT)}
     for dtype, isuffix in _INDICES.items():
         signatures["pack", dtype] = (f"dst_lanes_pack_f32_{isuffix}",
                                      [_P, _P, _P, _I64, _I64, _I64, _I64, _ALLOC, _P], _INT)
+    signatures["limits"] = ("dst_lanes_limits", [_P, _P], None)
     functions = {}
     for key, (symbol, argtypes, restype) in signatures.items():
         fn = getattr(lib, symbol)

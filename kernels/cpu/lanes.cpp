@@ -249,6 +249,12 @@ extern "C" int dst_lanes_available() {
 #endif
 }
 
+// The copy's limits, for the Python side's mirror of them: the largest batch lanes_mm takes and the most inputs.
+extern "C" void dst_lanes_limits(int64_t* batch, int64_t* max_in) {
+    *batch = dst::LANES_BATCH;
+    *max_in = dst::LANES_MAX_IN;
+}
+
 extern "C" int dst_lanes_mm_f32(const void* x, const void* blob, const void* bias, void* y, int64_t B, int64_t nin,
                                 int64_t nout, int64_t n, int64_t steps, int nt) {
 #if defined(__AVX512F__)
