@@ -125,6 +125,8 @@ int lanes_pack(const float* v, const I* idx, const int64_t* rows, int64_t n, int
     if (nin > LANES_MAX_IN) return BAD_SHAPE;
     if (!rows_ok(rows, n, nout)) return BAD_ROW;
     if (!indices_ok(idx, n * k, nin)) return BAD_INDEX;
+    std::vector<int64_t> idle;  // the copy's layout holds nout - n idle columns: rows must be distinct
+    if (!idle_columns(rows, n, nout, idle)) return DUP_ROW;
     const int64_t groups = ceil_div(n, int64_t(GROUP));
     const std::vector<int64_t> order = group_order(idx, n, k, nin);
     std::vector<int64_t> first(groups + 1, 0);
@@ -139,8 +141,6 @@ int lanes_pack(const float* v, const I* idx, const int64_t* rows, int64_t n, int
                        });
     }
     first[groups] = *steps = int64_t(start.size());
-    std::vector<int64_t> idle;  // the copy's layout holds nout - n idle columns: rows must be distinct
-    if (!idle_columns(rows, n, nout, idle)) return DUP_ROW;
     void* blob = alloc(LanesLayout::bytes(groups, *steps, int64_t(idle.size())));
     if (!blob) return NO_MEMORY;
     const LanesLayout L(blob, groups, *steps, int64_t(idle.size()));
