@@ -20,7 +20,10 @@ its reference's rounds or the per-round speedups above ``--max-dispersion``,
 default 25%: the middle half of the rounds spans more than the drop being
 looked for) is *noisy*: it is reported with a note to rerun, and never
 counts as a regression. Quiet runs stay below ~17%, while a machine busy
-during part of a run scatters the rounds it hits by 30% and more. Cases whose kernels, shapes or thread
+during part of a run scatters the rounds it hits by 30% and more. A judged case whose two rows were timed with the
+run's threads far nearer in one run than in the other (``core_rtt_ns``, ``dstbench.core_latency``: the
+larger round trip of one at least twice the other's) says so in its note: on a virtual machine that moves its
+vCPUs, a batch-1 row can lose 20-30% that way with no change to the code. Cases whose kernels, shapes or thread
 counts differ, or that only one run has, are *not comparable*; two runs of
 different machine classes (``dstbench.env.machine_class``) are not
 comparable at all unless ``--allow-machine-mismatch``.
@@ -336,7 +339,22 @@ def _compare_case(spec: SuiteSpec, metric: str, key: tuple, method: str, label: 
     comp.status = "unchanged"
     spreads = {"base": _spread(base_ref, base_row, base_r), "new": _spread(new_ref, new_row, new_r)}
     _judge(comp, base_r, new_r, threshold, alpha, spreads, max_dispersion)
+    if comp.status in ("regressed", "improved"):
+        moved = _placement_change(base_row, new_row)
+        comp.note = "; ".join(part for part in (comp.note, moved) if part)
     return comp
+
+
+def _placement_change(base: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """A note when the two rows' threads were at least twice as far apart in one run as in the other (the larger
+    of each row's ``core_rtt_ns`` probes), else None."""
+    if not base.get("core_rtt_ns") or not new.get("core_rtt_ns"):
+        return None
+    far_base, far_new = max(base["core_rtt_ns"]), max(new["core_rtt_ns"])
+    if max(far_base, far_new) < 2 * min(far_base, far_new):
+        return None
+    return (f"the threads' cores were {far_base:.0f} ns apart (round trip) in base, {far_new:.0f} ns in new: the "
+            "host placed them differently; rerun to tell that from the code")
 
 
 def _varying(spec: SuiteSpec, runs: Sequence[Run]) -> set[str]:
@@ -356,7 +374,14 @@ def _describe(run: Run) -> dict[str, Any]:
         "torch": env.get("torch"),
         "threads": env.get("threads"),
         "started_at": run.meta.get("started_at"),
+        "core_rtt_ns": _rtt_range(run),
     }
+
+
+def _rtt_range(run: Run) -> list[float] | None:
+    """The least and greatest ``core_rtt_ns`` probe of the run's rows, or None if none has one."""
+    values = [ns for row in run.rows for ns in row.get("core_rtt_ns") or ()]
+    return [min(values), max(values)] if values else None
 
 
 def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA,
@@ -432,7 +457,9 @@ def _columns() -> list[Column]:
 
 def _run_line(info: dict[str, Any]) -> str:
     sha = (info["git_sha"] or "unknown")[:10] + ("+dirty" if info["git_dirty"] else "")
-    return f"{info['path']} ({sha}, {info['machine']}, torch {info['torch']})"
+    rtt = info.get("core_rtt_ns")
+    apart = f", cores {rtt[0]:.0f}-{rtt[1]:.0f} ns apart" if rtt else ""
+    return f"{info['path']} ({sha}, {info['machine']}, torch {info['torch']}{apart})"
 
 
 def _rule(result: Result) -> str:

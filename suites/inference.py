@@ -27,7 +27,10 @@ their dtypes plus x and y), ``gbps`` (bytes / p50) and ``limit_frac`` (gbps
 over ``ceiling_gbps``, the bandwidth that ``dstbench.bandwidth``'s probe
 measured in the same run at that working set, warm for a warm row and after
 an eviction for a cold one); ``bw_probe`` holds the whole probe. The end-to-end rows leave them
-empty.
+empty. On the CPU with 2 or more threads every row also carries ``core_rtt_ns``, the round trip of a cache
+line between two of the kernels' threads (``dstbench.core_latency``) probed just before and just after its
+group was timed: on a virtual machine that moves the threads' cores, it tells a batch-1 row measured with the
+cores near each other from one measured with them far apart.
 
 One *case group* is (case, sparsity, batch, dtype, device, threads, L2
 mode). All methods of a group, plus the dense and CSR (``rigl``) baselines,
@@ -71,7 +74,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dstbench import bandwidth, cuda_graphs, records, registry, stats, threadpools, timing
+from dstbench import bandwidth, core_latency, cuda_graphs, records, registry, stats, threadpools, timing
 from dstbench import report as reporting
 from dstbench.compare import Ratio, SuiteSpec
 from dstbench.errors import UserError
@@ -566,16 +569,25 @@ def measure_group(group: Group, workloads: Workloads, names: list[str], config: 
     if group.l2 == "cold" and group.device == "cpu":  # an L2 flush on CUDA leaves the host's code warm: no twins
         primers = {name: (lambda m=twin: m(x)) for name, twin in workloads.twins(group, names).items()}
     pools = threadpools.PoolLimits(config.threads, dense_baselines.BLAS)
+    rtt_before = _core_rtt(config)
     with torch.inference_mode():
         samples = timing.interleaved(fns, rounds=config.rounds_of(group), min_time=config.min_time,
                                      threads=config.threads, device=torch.device(config.device), l2=group.l2,
                                      on_block=on_block, block_context=pools.block, primers=primers,
                                      torch_threads=pools.torch_threads(names), evict_factor=config.evict_factor)
+    rtt_after = _core_rtt(config)
+    rtt = None if rtt_before is None or rtt_after is None else [rtt_before, rtt_after]
     dense = [name for name in names if name in dense_baselines.NAMES]
     fastest = min(dense, key=lambda name: statistics.median(samples[name].samples_s))
     evict = timing.evict_bytes(torch.device(config.device), config.evict_factor) if group.l2 == "cold" else None
-    return [{**_row(group, name, modules, samples, dense, fastest), "evict_bytes": evict,
+    return [{**_row(group, name, modules, samples, dense, fastest), "evict_bytes": evict, "core_rtt_ns": rtt,
              **_traffic(group, modules[name], samples[name], probe)} for name in names]
+
+
+def _core_rtt(config: Config) -> float | None:
+    """The round trip between two of the CPU kernels' threads now (``dstbench.core_latency``), in ns; None on
+    CUDA or with one thread."""
+    return core_latency.probe(config.threads) if config.device == "cpu" else None
 
 
 def _captured(group: Group, fns: dict[str, Callable[[], object]], config: Config) -> dict[str, Callable[[], None]]:
@@ -746,6 +758,10 @@ def _run(args: argparse.Namespace) -> int:
     by_id = {row["case_id"]: row for row in store.rows}
     rows = [by_id[case_id] for case_id in wanted if case_id in by_id]
     print(summary_table(rows, config.device))
+    rtts = [ns for row in rows for ns in row.get("core_rtt_ns") or ()]
+    if rtts:
+        print(f"core round trip between the kernels' threads, probed around each group: {min(rtts):.0f}-"
+              f"{max(rtts):.0f} ns (core_rtt_ns)")
     for line in config.notes:
         print(f"note: {line}")
     print(f"{len(pending)} case groups timed in {time.perf_counter() - start:.1f} s; records in {config.out}")

@@ -359,3 +359,36 @@ def test_changed_shape_or_threads_are_not_comparable(tmp_path: Path, capsys: pyt
     assert notes[("rigl", "vs dense")] == "rigl threads 2 -> 1"
     assert notes[("dynadiag", "vs CSR")] == "rigl threads 2 -> 1"
     assert notes[("dynadiag", "vs dense")] == ""
+
+
+def with_rtt(rows: list[dict], before: float, after: float) -> list[dict]:
+    """The rows, each with the core round trips ``[before, after]`` probed around its group."""
+    return [{**row, "core_rtt_ns": [before, after]} for row in rows]
+
+
+def test_a_change_measured_with_the_cores_moved_apart_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base_rows = with_rtt(syn.inference_rows(seed=1, cases=ONE_CASE), 110.0, 115.0)
+    new_rows = with_rtt(syn.inference_rows(seed=2, cases=ONE_CASE, slow={"dynadiag": 2.0}), 120.0, 530.0)
+    base, new = run_pair(tmp_path, base_rows, new_rows)
+    code, data = compare_json(capsys, str(base), str(new))
+    assert code == 1
+    notes = {(c["method"], c["status"]): c["note"] for c in data["comparisons"]}
+    assert "115 ns apart (round trip) in base, 530 ns in new" in notes["dynadiag", "regressed"]
+    assert notes["srigl", "unchanged"] == ""  # unjudged changes get no placement note
+    assert data["base"]["core_rtt_ns"] == [110.0, 115.0] and data["new"]["core_rtt_ns"] == [120.0, 530.0]
+    main(["compare", str(base), str(new)])
+    assert "cores 120-530 ns apart" in capsys.readouterr().out
+
+
+def test_a_change_with_the_cores_as_near_as_before_has_no_placement_note(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    base_rows = with_rtt(syn.inference_rows(seed=1, cases=ONE_CASE), 110.0, 115.0)
+    new_rows = with_rtt(syn.inference_rows(seed=2, cases=ONE_CASE, slow={"dynadiag": 2.0}), 200.0, 229.0)
+    base, new = run_pair(tmp_path, base_rows, new_rows)
+    code, data = compare_json(capsys, str(base), str(new))
+    assert code == 1
+    assert all("apart" not in c["note"] for c in data["comparisons"])
+    old_base, _ = run_pair(tmp_path / "old", syn.inference_rows(seed=1, cases=ONE_CASE), new_rows)
+    code, data = compare_json(capsys, str(old_base), str(new))
+    assert code == 1 and data["base"]["core_rtt_ns"] is None  # rows recorded before the probe: no note either
+    assert all("apart" not in c["note"] for c in data["comparisons"])

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import VisionTransformer
 
-from dstbench import bandwidth, cuda_graphs, records, registry, timing
+from dstbench import bandwidth, core_latency, cuda_graphs, records, registry, timing
 from dstbench.cli import main
 from dstbench.errors import UserError
 from dstbench.kernels import ops
@@ -33,7 +33,7 @@ COLUMNS = {"suite", "method", "impl", "case", "in_features", "out_features", "sp
            "samples_s", "l2", "nnz", "speedup_vs_dense_lo", "speedup_vs_dense_hi", "speedup_vs_csr_lo",
            "speedup_vs_csr_hi", "speedup_vs_torch_dense", "speedup_vs_torch_dense_lo", "speedup_vs_torch_dense_hi",
            "dense_impl", "torch_dense_impl", "dense_impls", "bytes", "gbps", "ceiling_gbps", "limit_frac", "bw_probe",
-           "launch", "evict_bytes"}
+           "launch", "evict_bytes", "core_rtt_ns"}
 
 #: the methods a run times by default: the dense and CSR baselines first, then every other registered method
 TIMED = list(dict.fromkeys(["dense", "rigl", *registry.list_methods()]))
@@ -719,3 +719,27 @@ def test_report_of_rows_without_bytes_draws_no_roofline(tmp_path: Path) -> None:
     assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "report")]) == 0
     figures = {p.name for p in (tmp_path / "report" / "figures").iterdir()}
     assert "speedup-32x48.pdf" in figures and not [f for f in figures if f.startswith("roofline")]
+
+
+def test_rows_carry_the_core_round_trips_probed_around_their_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    probes = iter([120.0, 530.0, 110.0, 118.0])
+    seen: list[int] = []
+
+    def probe(threads: int) -> float:
+        seen.append(threads)
+        return next(probes)
+
+    monkeypatch.setattr(core_latency, "probe", probe)
+    assert run(tmp_path / "r", "--threads", "2", "--batch", "1,2") == 0
+    frame = records.load(tmp_path / "r")
+    assert seen == [2, 2, 2, 2]
+    assert list(frame.groupby("group_id", sort=False)["core_rtt_ns"].first()) == [[120.0, 530.0], [110.0, 118.0]]
+    assert frame.groupby("group_id")["core_rtt_ns"].apply(lambda s: len({tuple(v) for v in s})).eq(1).all()
+    assert "probed around each group: 110-530 ns" in capsys.readouterr().out
+
+
+def test_one_thread_records_no_core_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run(tmp_path / "r") == 0
+    assert records.load(tmp_path / "r")["core_rtt_ns"].isna().all()
+    assert "core round trip" not in capsys.readouterr().out

@@ -107,6 +107,7 @@ class _Library:
         self.functions: dict[tuple, ctypes._CFuncPtr] = {}
         self.gathers: ctypes._CFuncPtr | None = None
         self.attention: ctypes._CFuncPtr | None = None
+        self.round_trip: ctypes._CFuncPtr | None = None
         self.lanes: dict[tuple, ctypes._CFuncPtr] = {}
         self.error: str | None = None
 
@@ -125,6 +126,8 @@ class _Library:
                     self.attention = lib.dst_attention_f32
                     self.attention.argtypes, self.attention.restype = [_P, _P, _I64, _I64, _I64, _I64, _INT], _INT
                     self.lanes = _bind_lanes(lib)
+                    self.round_trip = lib.dst_core_round_trip_ns
+                    self.round_trip.argtypes, self.round_trip.restype = [_I64], ctypes.c_double
                 except build.BuildError as exc:
                     self.error = str(exc)
                 except (OSError, AttributeError) as exc:
@@ -197,6 +200,17 @@ def assembled_gathers(on: bool | None = None) -> bool:
     if reason:
         raise UserError(f"the CPU kernels cannot run: {reason}")
     return bool(_library.gathers(-1 if on is None else int(on)))
+
+
+def core_round_trip_ns(trips: int) -> float | None:
+    """Mean nanoseconds per round trip of a cache line between two threads of the kernels' OpenMP pool, over
+    ``trips`` trips (``core_probe.cpp``); None when the compiled kernels are unavailable or the pool gives fewer
+    than two threads.
+    """
+    if _library.load():
+        return None
+    ns = _library.round_trip(trips)
+    return ns if ns > 0 else None
 
 
 def attention_unavailable(qkv: Tensor, num_heads: int) -> str | None:
