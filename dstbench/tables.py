@@ -128,10 +128,12 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def inference_table(frame: pd.DataFrame, machines: bool) -> Table:
-    """Every inference row: latency p50 and speedups vs the fastest dense (named), vs torch's dense and vs CSR."""
+    """Every inference row: latency p50 and speedups vs the fastest dense (named), vs torch's dense and vs CSR; and,
+    where the rows recorded it, the core round trip probed before and after the row's group (``core_rtt_ns``)."""
+    probed = "core_rtt_ns" in frame and bool(frame["core_rtt_ns"].map(_probes).any())
     headers = (["machine"] if machines else []) + ["case", "shape", "batch", "sparsity", "method", "kernel", "n",
                                                    "p50", "vs dense [95% CI]", "dense", "vs torch dense",
-                                                   "vs CSR [95% CI]"]
+                                                   "vs CSR [95% CI]"] + (["threads apart"] if probed else [])
     rows = []
     for _, r in _sorted(frame, ["machine", "case", "batch", "sparsity"]).iterrows():
         rows.append(([r["machine"]] if machines else []) + [
@@ -140,11 +142,25 @@ def inference_table(frame: pd.DataFrame, machines: bool) -> Table:
             fmt_speedup(r["speedup_vs_dense"], r.get("speedup_vs_dense_lo"), r.get("speedup_vs_dense_hi")),
             "–" if _missing(r.get("dense_impl")) else str(r["dense_impl"]), fmt_speedup(r.get("speedup_vs_torch_dense")),
             fmt_speedup(r.get("speedup_vs_csr"), r.get("speedup_vs_csr_lo"), r.get("speedup_vs_csr_hi")),
-        ])
-    align = (["l"] if machines else []) + ["l", "l", "r", "r", "l", "l", "r", "r", "r", "l", "r", "r"]
-    return Table(headers, align, rows, "Inference latency (median) and speedups with 95% bootstrap intervals: "
-                                       "vs dense is against the fastest dense library of the case (named), vs torch "
-                                       "dense against torch's default.")
+        ] + ([_fmt_round_trips(r.get("core_rtt_ns"))] if probed else []))
+    align = (["l"] if machines else []) + ["l", "l", "r", "r", "l", "l", "r", "r", "r", "l", "r", "r"] + (
+        ["r"] if probed else [])
+    caption = ("Inference latency (median) and speedups with 95% bootstrap intervals: vs dense is against the fastest "
+               "dense library of the case (named), vs torch dense against torch's default.")
+    if probed:
+        caption += (" Threads apart: the round trip of a cache line between two of the kernels' threads, probed "
+                    "before / after the row's group (a VM whose host moves its vCPUs apart slows batch-1 calls).")
+    return Table(headers, align, rows, caption)
+
+
+def _probes(value: object) -> bool:
+    """Whether a row's ``core_rtt_ns`` holds probes (a [before, after] pair), not None or NaN."""
+    return isinstance(value, (list, tuple)) and len(value) > 0
+
+
+def _fmt_round_trips(value: object) -> str:
+    """'120 / 536 ns' for a [before, after] pair of probes, '–' without one."""
+    return " / ".join(f"{ns:.0f}" for ns in value) + " ns" if _probes(value) else "–"
 
 
 def speedup_pivot(frame: pd.DataFrame, machines: bool, baseline: str) -> Table:

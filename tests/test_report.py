@@ -377,3 +377,15 @@ def test_the_legend_order_is_the_declared_one_in_every_figure() -> None:
     boxes = [t.get_text() for t in plots.latency_figure(frame, "t", "dense").legends[0].get_texts()]
     assert boxes[:2] == ["Dense (mkl)", "Dense (openblas)"] and speed[0] == "Dense (1×)"
     assert [b for b in boxes if not b.startswith("Dense")] == speed[1:]
+
+
+def test_the_full_inference_table_shows_the_core_round_trips_where_rows_have_them() -> None:
+    rows = syn.inference_rows(cases=ONE_CASE, sparsities=(0.9,), batches=(1, 256))
+    probed = [{**row, "core_rtt_ns": [120.4, 536.0] if row["batch"] == 1 else [118.0, 119.0]} for row in rows]
+    table = tables.inference_table(pd.DataFrame(probed), machines=False)
+    apart = table.headers.index("threads apart")
+    batch = table.headers.index("batch")
+    assert {(row[batch], row[apart]) for row in table.rows} == {("1", "120 / 536 ns"), ("256", "118 / 119 ns")}
+    mixed = probed[:len(probed) // 2] + [{**row, "core_rtt_ns": None} for row in probed[len(probed) // 2:]]
+    assert "–" in {row[apart] for row in tables.inference_table(pd.DataFrame(mixed), machines=False).rows}
+    assert "threads apart" not in tables.inference_table(pd.DataFrame(rows), machines=False).headers
