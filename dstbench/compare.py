@@ -50,7 +50,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from dstbench import registry, stats
+from dstbench import core_latency, registry, stats
 from dstbench.errors import OneLineParser, UserError
 from dstbench.runs import Run, load_run, machine_class, machine_label
 from dstbench.table import Column, format_table
@@ -374,14 +374,8 @@ def _describe(run: Run) -> dict[str, Any]:
         "torch": env.get("torch"),
         "threads": env.get("threads"),
         "started_at": run.meta.get("started_at"),
-        "core_rtt_ns": _rtt_range(run),
+        "core_rtt_ns": core_latency.probed_range(run.rows),
     }
-
-
-def _rtt_range(run: Run) -> list[float] | None:
-    """The least and greatest ``core_rtt_ns`` probe of the run's rows, or None if none has one."""
-    values = [ns for row in run.rows for ns in row.get("core_rtt_ns") or ()]
-    return [min(values), max(values)] if values else None
 
 
 def compare_runs(base: Run, new: Run, threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA,

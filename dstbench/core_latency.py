@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import statistics
+from typing import Any, Iterable, Mapping
 
 from dstbench.kernels import cpu
 
@@ -40,3 +41,9 @@ def probe(threads: int) -> float | None:
     if any(value is None for value in values):
         return None
     return statistics.median(values)
+
+
+def probed_range(rows: Iterable[Mapping[str, Any]]) -> tuple[float, float] | None:
+    """The least and greatest of the rows' ``core_rtt_ns`` probes, or None if no row has any."""
+    values = [ns for row in rows for ns in row.get("core_rtt_ns") or ()]
+    return (min(values), max(values)) if values else None

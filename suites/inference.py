@@ -758,10 +758,10 @@ def _run(args: argparse.Namespace) -> int:
     by_id = {row["case_id"]: row for row in store.rows}
     rows = [by_id[case_id] for case_id in wanted if case_id in by_id]
     print(summary_table(rows, config.device))
-    rtts = [ns for row in rows for ns in row.get("core_rtt_ns") or ()]
+    rtts = core_latency.probed_range(rows)
     if rtts:
-        print(f"core round trip between the kernels' threads, probed around each group: {min(rtts):.0f}-"
-              f"{max(rtts):.0f} ns (core_rtt_ns)")
+        print(f"core round trip between the kernels' threads, probed around each group: {rtts[0]:.0f}-"
+              f"{rtts[1]:.0f} ns (core_rtt_ns)")
     for line in config.notes:
         print(f"note: {line}")
     print(f"{len(pending)} case groups timed in {time.perf_counter() - start:.1f} s; records in {config.out}")
