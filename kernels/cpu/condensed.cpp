@@ -6,7 +6,7 @@
 // operands, padded to Bp = a multiple of the SIMD width W: xT (in, Bp), so every nonzero is one
 // broadcast multiply-add over a contiguous run of batch lanes. The lanes are
 // split into groups (one group per thread when there are enough); a row's accumulators for its
-// group stay in registers.
+// group stay in registers while it goes through a pass over its entries (PASS_BYTES).
 //
 // condensed_mm        per row and lane group (at most FORWARD_VECTORS vectors, its slice of xT stored
 //                     contiguously): acc += v[i, j] * xT[idx[i, j], group]; then scattered into y's
@@ -34,6 +34,13 @@ inline int64_t group_vectors(int64_t rows) {
     return std::clamp<int64_t>(GROUP_BYTES / (rows * VBYTES), MIN_VECTORS, MAX_VECTORS);
 }
 constexpr int64_t ROW_CHUNK = 32;
+// A chunk's rows go through their entries in passes, [k p / np, k (p + 1) / np) in pass p, np = the lane group's
+// slice bytes / PASS_BYTES (at least 1). Indices sorted within a row (as the condensed format stores them) then
+// keep each pass on about 1 / np of the slice, which stays in L1 while the chunk's rows use it; the sums keep
+// their order. Measured (AMD EPYC Zen 5, 2 threads, 90%, float32, raw kernel, median ratio of 30 interleaved
+// rounds): b16-fc2 at batch 256 (slice 384 KiB, np = 6) 0.92x the time of one pass; 32 and 48 KiB were slower
+// than 64, 96 and 128 KiB no better.
+constexpr int64_t PASS_BYTES = 64 << 10;
 // The forward product's lane groups: at most this many vectors, whose rows accumulate four at a time (each x
 // row of a group's slice is then two cache lines, and 4 rows x 2 vectors of accumulators leave registers for
 // the broadcasts). Measured (AMD EPYC Zen 5, 2 threads, 90%, float32) against 4 vectors x 2 rows: b16-fc1 at
@@ -398,18 +405,44 @@ struct Condensed {
     }
 #endif
 
-    // out[r] = bias + sum_j v[i + r, j] * xg[idx[i + r, j], lanes] for rows i, ..., i + R - 1 and the NV vectors of
-    // lanes of the lane group's slice xg (nin, ld). Several rows at a time keep more multiply-adds in flight:
-    // with few vectors a row's chain of dependent multiply-adds is the limit (AMD EPYC Zen 5, 2 threads,
-    // b16-fc2 at batch 16: 113 -> 69 us with two rows; at batch 197: 710 -> 646 us).
+    // out[r] (+)= sum over entries j in [j0, j1) of v[i + r, j] * xg[idx[i + r, j], lanes] for rows i, ..., i + R - 1
+    // and the NV vectors of lanes of the lane group's slice xg (nin, NV * W); out starts from the bias when `first`.
+    // Several rows at a time keep more multiply-adds in flight: with few vectors a row's chain of dependent
+    // multiply-adds is the limit (AMD EPYC Zen 5, 2 threads, b16-fc2 at batch 16: 113 -> 69 us with two rows; at
+    // batch 197: 710 -> 646 us). Float32 with int16 indices takes four entries a row at a time: their indices in one
+    // 64-bit load, their values in one 128-bit load whose lanes are broadcast by permutes, so that each entry's
+    // multiply-adds cost one load per vector and little more (the loop is bound by loads; measured as for
+    // PASS_BYTES: b16-fc1 at batch 256, one pass, 0.87x the time of a load per index and per value; eight entries at
+    // a time, 1.34x).
     template <int NV, int R>
-    __attribute__((always_inline)) void accumulate_rows(const A* xg, int64_t ld, int64_t i, A (*out)[NV * W]) const {
+    __attribute__((always_inline)) void accumulate_rows(const A* xg, int64_t i, int64_t j0, int64_t j1, bool first,
+                                                        A (*out)[NV * W]) const {
+        constexpr int64_t ld = NV * W;
         V acc[R][NV];
         for (int r = 0; r < R; ++r)
-            for (int q = 0; q < NV; ++q) acc[r][q] = splat<V>(bias_of(i + r));
+            for (int q = 0; q < NV; ++q) acc[r][q] = first ? splat<V>(bias_of(i + r)) : vload(out[r] + q * W);
         const T* vi = v + i * k;
         const I* ii = idx + i * k;
-        for (int64_t j = 0; j < k; ++j) {
+        int64_t j = j0;
+#if defined(__AVX512F__)
+        if constexpr (std::is_same<T, float>::value && sizeof(I) == 2 && W == 16) {
+            for (; j + 4 <= j1; j += 4) {
+                uint64_t c[R];
+                __m512 vs[R];
+                for (int r = 0; r < R; ++r) {
+                    std::memcpy(&c[r], ii + j + r * k, sizeof c[r]);
+                    vs[r] = _mm512_castps128_ps512(_mm_loadu_ps(vi + j + r * k));
+                }
+                for (int u = 0; u < 4; ++u)
+                    for (int r = 0; r < R; ++r) {
+                        const V a = V(_mm512_permutexvar_ps(_mm512_set1_epi32(u), vs[r]));
+                        const A* p = xg + int64_t(uint16_t(c[r] >> (16 * u))) * ld;
+                        for (int q = 0; q < NV; ++q) acc[r][q] += a * vload(p + q * W);
+                    }
+            }
+        }
+#endif
+        for (; j < j1; ++j) {
             for (int r = 0; r < R; ++r) {
                 const V a = splat<V>(to_acc(vi[j + r * k]));
                 const A* p = xg + int64_t(ii[j + r * k]) * ld;
@@ -420,17 +453,21 @@ struct Condensed {
     }
 
     // y[:, rows[i]] for i in [i0, i1) (at most ROW_CHUNK rows) and lanes [c0, c0 + NV * W), from the lane
-    // group's slice xg (nin, ld) of x transposed.
+    // group's slice xg (nin, NV * W) of x transposed, in passes over the entries (PASS_BYTES).
     // The rows' results are staged in `out` and then written batch row by batch row, so each
     // batch row of y is touched once per chunk (one page, not one per row); float32 runs of 16 rows
     // that fill 16 consecutive columns go through registers 16 x 16 at a time.
     template <int NV>
-    void mm_rows(const A* xg, int64_t ld, int64_t c0, int64_t i0, int64_t i1, T* y) const {
+    void mm_rows(const A* xg, int64_t c0, int64_t i0, int64_t i1, T* y) const {
         alignas(64) A out[ROW_CHUNK][NV * W];
-        int64_t i = i0;
-        for (; i + 4 <= i1; i += 4) accumulate_rows<NV, 4>(xg, ld, i, out + (i - i0));
-        for (; i + 2 <= i1; i += 2) accumulate_rows<NV, 2>(xg, ld, i, out + (i - i0));
-        if (i < i1) accumulate_rows<NV, 1>(xg, ld, i, out + (i - i0));
+        const int64_t np = std::clamp<int64_t>(nin * NV * W * int64_t(sizeof(A)) / PASS_BYTES, 1, std::max<int64_t>(k, 1));
+        for (int64_t pass = 0; pass < np; ++pass) {
+            const int64_t j0 = k * pass / np, j1 = k * (pass + 1) / np;
+            int64_t i = i0;
+            for (; i + 4 <= i1; i += 4) accumulate_rows<NV, 4>(xg, i, j0, j1, pass == 0, out + (i - i0));
+            for (; i + 2 <= i1; i += 2) accumulate_rows<NV, 2>(xg, i, j0, j1, pass == 0, out + (i - i0));
+            if (i < i1) accumulate_rows<NV, 1>(xg, i, j0, j1, pass == 0, out + (i - i0));
+        }
         const int64_t nb = std::min<int64_t>(NV * W, B - c0);
         for (int64_t g = i0; g < i1; g += 16) {  // 16 rows at a time
             const int64_t ge = std::min(i1, g + 16);
@@ -624,7 +661,7 @@ int condensed_mm(const T* x, const T* v, const I* idx, const int64_t* rows, cons
                 const int64_t i0 = chunk * ROW_CHUNK, i1 = std::min(n, i0 + ROW_CHUNK);
                 if (!checked[chunk] && !claim_rows(idx, k, nin, i0, i1, &bad)) continue;
                 checked[chunk] = 1;
-                dispatch_vectors(nv, [&](auto v) { c.template mm_rows<v()>(xg.p + nin * b0, v() * W, b0, i0, i1, y); });
+                dispatch_vectors(nv, [&](auto v) { c.template mm_rows<v()>(xg.p + nin * b0, b0, i0, i1, y); });
             }
         }
     }
