@@ -117,6 +117,14 @@ struct Condensed {
     using A = typename Acc<T>::A;
     using V = typename Acc<T>::V;
     static constexpr int W = lanes<T>();
+    // The batched forward's four-entry steps (accumulate_rows) and its passes (PASS_BYTES): float32 with int16
+    // indices on AVX-512; the other types keep one entry per step and one pass (passes with a load per index and per
+    // value were slower: README, design).
+#if defined(__AVX512F__)
+    static constexpr bool FOUR_STEPS = std::is_same<T, float>::value && sizeof(I) == 2 && W == 16;
+#else
+    static constexpr bool FOUR_STEPS = false;
+#endif
 
     const T* v;
     const I* idx;
@@ -425,7 +433,7 @@ struct Condensed {
         const I* ii = idx + i * k;
         int64_t j = j0;
 #if defined(__AVX512F__)
-        if constexpr (std::is_same<T, float>::value && sizeof(I) == 2 && W == 16) {
+        if constexpr (FOUR_STEPS) {
             for (; j + 4 <= j1; j += 4) {
                 uint64_t c[R];
                 __m512 vs[R];
@@ -460,7 +468,8 @@ struct Condensed {
     template <int NV>
     void mm_rows(const A* xg, int64_t c0, int64_t i0, int64_t i1, T* y) const {
         alignas(64) A out[ROW_CHUNK][NV * W];
-        const int64_t np = std::clamp<int64_t>(nin * NV * W * int64_t(sizeof(A)) / PASS_BYTES, 1, std::max<int64_t>(k, 1));
+        const int64_t np =
+            FOUR_STEPS ? std::clamp<int64_t>(nin * NV * W * int64_t(sizeof(A)) / PASS_BYTES, 1, std::max<int64_t>(k, 1)) : 1;
         for (int64_t pass = 0; pass < np; ++pass) {
             const int64_t j0 = k * pass / np, j1 = k * (pass + 1) / np;
             int64_t i = i0;
