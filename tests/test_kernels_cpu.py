@@ -151,10 +151,11 @@ COND_CASES = [  # out, in, batch, n_active, k
     (3072, 768, 1, 300, 77), (50, 40, 2, 45, 40), (20, 64, 1, 19, 64),
     # a lane group's rows of x over 256 KiB are transposed strip of 16 rows by strip: 24 of 32 rows, 2100 inputs
     (300, 2100, 40, 280, 30),
-    # float32 with int16 indices on AVX-512: batched rows go four entries a step, in passes when a lane group's
-    # slice of x is over 64 KiB: 3 passes (1600 inputs) and 4 (2100) above, entries split unevenly, each with a tail
-    # of fewer than four; here 8 passes capped at the 2 entries a row has
-    (20, 4000, 33, 20, 2),
+    # float32 with int16 indices on AVX-512: batched rows of 16 entries or more (fewer: one at a time, as k = 1-10
+    # above) go four entries a step, in passes when a lane group's slice of x is over 64 KiB: 3 passes (1600
+    # inputs) and 4 (2100) above, entries split unevenly, each with a tail of fewer than four; here 19 passes capped
+    # at the 16 entries a row has
+    (20, 10000, 33, 20, 16),
 ]
 
 

@@ -41,6 +41,10 @@ constexpr int64_t ROW_CHUNK = 32;
 // rounds): b16-fc2 at batch 256 (slice 384 KiB, np = 6) 0.92x the time of one pass; 32 and 48 KiB were slower
 // than 64, 96 and 128 KiB no better.
 constexpr int64_t PASS_BYTES = 64 << 10;
+// Rows of fewer entries take them one at a time (raw kernel, batch 256, 10% of the inputs, against one entry a
+// step: 64 -> 256 (k = 6) 1.12x and 128 -> 256 (k = 13) 1.05x the time in four-entry steps, 160 -> 256 (k = 16)
+// 0.98x, 256 -> 256 0.97x; k = 6 and 13 now 1.02-1.07x).
+constexpr int64_t FOUR_STEPS_MIN_K = 16;
 // The forward product's lane groups: at most this many vectors, whose rows accumulate four at a time (each x
 // row of a group's slice is then two cache lines, and 4 rows x 2 vectors of accumulators leave registers for
 // the broadcasts). Measured (AMD EPYC Zen 5, 2 threads, 90%, float32) against 4 vectors x 2 rows: b16-fc1 at
@@ -422,7 +426,7 @@ struct Condensed {
     // multiply-adds cost one load per vector and little more (the loop is bound by loads; measured as for
     // PASS_BYTES: b16-fc1 at batch 256, one pass, 0.87x the time of a load per index and per value; eight entries at
     // a time, 1.34x).
-    template <int NV, int R>
+    template <int NV, int R, bool FOUR>
     __attribute__((always_inline)) void accumulate_rows(const A* xg, int64_t i, int64_t j0, int64_t j1, bool first,
                                                         A (*out)[NV * W]) const {
         constexpr int64_t ld = NV * W;
@@ -433,7 +437,7 @@ struct Condensed {
         const I* ii = idx + i * k;
         int64_t j = j0;
 #if defined(__AVX512F__)
-        if constexpr (FOUR_STEPS) {
+        if constexpr (FOUR) {
             for (; j + 4 <= j1; j += 4) {
                 uint64_t c[R];
                 __m512 vs[R];
@@ -468,15 +472,23 @@ struct Condensed {
     template <int NV>
     void mm_rows(const A* xg, int64_t c0, int64_t i0, int64_t i1, T* y) const {
         alignas(64) A out[ROW_CHUNK][NV * W];
-        const int64_t np =
-            FOUR_STEPS ? std::clamp<int64_t>(nin * NV * W * int64_t(sizeof(A)) / PASS_BYTES, 1, std::max<int64_t>(k, 1)) : 1;
-        for (int64_t pass = 0; pass < np; ++pass) {
-            const int64_t j0 = k * pass / np, j1 = k * (pass + 1) / np;
-            int64_t i = i0;
-            for (; i + 4 <= i1; i += 4) accumulate_rows<NV, 4>(xg, i, j0, j1, pass == 0, out + (i - i0));
-            for (; i + 2 <= i1; i += 2) accumulate_rows<NV, 2>(xg, i, j0, j1, pass == 0, out + (i - i0));
-            if (i < i1) accumulate_rows<NV, 1>(xg, i, j0, j1, pass == 0, out + (i - i0));
-        }
+        // One loop or the other for the whole call: with both in one function, rows of few entries ran 10% slower.
+        const auto accumulate = [&](auto four) {
+            const int64_t np =
+                four() ? std::clamp<int64_t>(nin * NV * W * int64_t(sizeof(A)) / PASS_BYTES, 1, std::max<int64_t>(k, 1))
+                       : 1;
+            for (int64_t pass = 0; pass < np; ++pass) {
+                const int64_t j0 = k * pass / np, j1 = k * (pass + 1) / np;
+                int64_t i = i0;
+                for (; i + 4 <= i1; i += 4) accumulate_rows<NV, 4, four()>(xg, i, j0, j1, pass == 0, out + (i - i0));
+                for (; i + 2 <= i1; i += 2) accumulate_rows<NV, 2, four()>(xg, i, j0, j1, pass == 0, out + (i - i0));
+                if (i < i1) accumulate_rows<NV, 1, four()>(xg, i, j0, j1, pass == 0, out + (i - i0));
+            }
+        };
+        if (FOUR_STEPS && k >= FOUR_STEPS_MIN_K)
+            accumulate(std::integral_constant<bool, FOUR_STEPS>{});
+        else
+            accumulate(std::false_type{});
         const int64_t nb = std::min<int64_t>(NV * W, B - c0);
         for (int64_t g = i0; g < i1; g += 16) {  // 16 rows at a time
             const int64_t ge = std::min(i1, g + 16);
