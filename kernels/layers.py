@@ -122,7 +122,7 @@ class _KernelLinear(nn.Module):
     it), because with cold caches every Python step costs several times its
     warm time. Everything else goes through the ``torch.ops.dstbench``
     operators. A layer whose bound product holds a copy of some buffers
-    (``copied``, their names: the condensed layer's lane-packed copy) also rebinds
+    (``copied``, their names: the condensed layer's lane-packed copy, the diagonal layer's tile-packed one) also rebinds
     when an in-place change (``load_state_dict``, ``copy_``) moves the version
     counter of a weight tensor; inference tensors keep no such counter, so
     there only a replaced buffer rebinds.
@@ -174,6 +174,14 @@ class _KernelLinear(nn.Module):
         """The product an eager call on the weights' device runs (``_current``)."""
         return self._current(torch.empty(0, device=self.values.device))
 
+    def call_tensors(self, batch: int) -> list[Tensor]:
+        """The stored tensors an eager call on ``batch`` rows reads: the packed copy and the bias where the bound
+        product runs that batch through one (``kernels.cpu.BoundCopy``), else the layer's buffers."""
+        bound = self.bound_product()
+        if isinstance(bound, cpu_kernels.BoundCopy) and bound.copies(batch):
+            return [bound.blob] + ([] if self.bias is None else [self.bias])
+        return list(self.buffers())
+
     def __getstate__(self) -> dict:
         """The state to copy or pickle, without the bound product (it holds a native function pointer)."""
         state = self.__dict__.copy()
@@ -206,7 +214,7 @@ class CondensedLinear(_KernelLinear):
     """
 
     _binder = "bind_condensed_mm"
-    copied = ("values", "indices", "active_rows")  # kernels.cpu.BoundLanes: the lane-packed copy
+    copied = ("values", "indices", "active_rows")  # kernels.cpu.BoundCopy: the lane-packed copy
 
     def __init__(self, weight: CondensedWeight, impl: str = "auto") -> None:
         super().__init__(weight.out_features, weight.in_features, weight.values, weight.bias, impl)
@@ -215,14 +223,6 @@ class CondensedLinear(_KernelLinear):
 
     def _weights(self) -> tuple[Tensor, ...]:
         return self.values, self.indices, self.active_rows
-
-    def call_tensors(self, batch: int) -> list[Tensor]:
-        """The stored tensors an eager call on ``batch`` rows reads: the lane-packed copy and the bias where the
-        bound product runs that batch through it (``kernels.cpu.BoundLanes``), else the layer's buffers."""
-        bound = self.bound_product()
-        if isinstance(bound, cpu_kernels.BoundLanes) and bound.copies(batch):
-            return [bound.pack.blob] + ([] if self.bias is None else [self.bias])
-        return list(self.buffers())
 
     def _product(self, x: Tensor) -> Tensor:
         return ops.condensed_mm(x, self.values, self.indices, self.active_rows, self.out_features,
@@ -238,6 +238,7 @@ class DiagonalLinear(_KernelLinear):
     """
 
     _binder = "bind_diag_mm"
+    copied = ("offsets", "values")  # kernels.cpu.BoundCopy: the tile-packed copy
 
     def __init__(self, weight: DiagonalWeight, impl: str = "auto") -> None:
         super().__init__(weight.out_features, weight.in_features, weight.values, weight.bias, impl)

@@ -7,7 +7,8 @@ values; condensed values, column indices and active rows; diagonal offsets
 and values; oneDNN's reordered weight), each counted once in its stored
 dtype, plus x (batch, in) read and y (batch, out) written in the run's dtype.
 The condensed layer counts its lane-packed copy instead of its values and
-indices at the batch sizes the copy runs (``call_tensors``). A module that
+indices, and the diagonal layer its tile-packed copy instead of its offsets
+and values, at the batch sizes the copy runs (``call_tensors``). A module that
 runs a sequence of layers (``layers``, the token stack) moves the sum over
 its layers, each with its own input and output.
 """
@@ -48,7 +49,8 @@ def call_bytes(module: nn.Module, batch: int, itemsize: int) -> int:
     """``stored_bytes`` + ``activation_bytes``: what one call of ``module`` on (batch, in) moves at least.
 
     A layer that reads a copy of its weights at some batch sizes (``call_tensors(batch)``: the condensed
-    layer's lane-packed copy at batch <= 2) counts the tensors that call reads instead of those it stores.
+    layer's lane-packed copy and the diagonal layer's tile-packed one at batch <= 2) counts the tensors that call
+    reads instead of those it stores.
     """
     layers = getattr(module, "layers", None)
     if layers is not None:

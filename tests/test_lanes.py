@@ -100,7 +100,7 @@ def test_copy_holds_about_one_and_a_half_slots_per_entry() -> None:
 
 
 def test_python_limits_mirror_the_compiled_ones() -> None:
-    """The batch that picks the copy (``BoundLanes.copies``, the C++ call path's ``small``) and the inputs it
+    """The batch that picks the copy (``BoundCopy.copies``, the C++ call path's ``small``) and the inputs it
     takes are Python constants; lanes.cpp holds its own, and a drift would send batches it refuses to it."""
     batch, max_in = ctypes.c_int64(), ctypes.c_int64()
     cpu._library.lanes["limits"](ctypes.byref(batch), ctypes.byref(max_in))
@@ -149,7 +149,7 @@ def test_layer_runs_small_batches_through_the_copy_and_rebinds_on_in_place_chang
     with torch.no_grad():
         x1, x5 = torch.randn(1, 40), torch.randn(5, 40)
         bound = layer.bound_product()
-        assert isinstance(bound, cpu.BoundLanes)
+        assert isinstance(bound, cpu.BoundCopy)
         torch.testing.assert_close(layer(x1), ref(x1))
         torch.testing.assert_close(layer(x5), ref(x5))
         assert layer.bound_product() is bound  # nothing changed: the same binding
@@ -163,7 +163,7 @@ def test_layer_runs_small_batches_through_the_copy_and_rebinds_on_in_place_chang
 def test_bytes_per_call_count_the_tensors_the_call_reads() -> None:
     w = torch.randn(48, 40, generator=torch.Generator().manual_seed(0))
     layer = CondensedLinear(CondensedWeight.top_k(w, 0.75, torch.randn(48)))
-    pack = layer.bound_product().pack
+    pack = layer.bound_product()
     act = 40 + 48
     assert traffic.call_bytes(layer, 1, 4) == pack.blob.numel() + 48 * 4 + act * 4
     assert traffic.call_bytes(layer, 2, 4) == pack.blob.numel() + 48 * 4 + 2 * act * 4

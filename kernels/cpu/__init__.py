@@ -15,11 +15,14 @@ cannot run).
 (``lanes.cpp``, AVX-512 only; ``lanes_unavailable`` says where it cannot
 run), and ``lanes_mm`` runs batches of at most ``LANES_BATCH`` rows through
 it: ``bind_condensed_mm`` binds it where it can, so an inference layer's
-batch-1 product runs gather-free.
+batch-1 product runs gather-free. Likewise ``bind_diag_mm`` binds a
+tile-packed copy of a float32 diagonal weight (``diag_pack.cpp``, AVX-512
+only) for batches of at most ``DIAG_PACK_BATCH`` rows: each thread streams
+its outputs' values once, with no reduction between threads.
 
 The C++ sources (``diagonal.cpp``, ``condensed.cpp``, ``attention.cpp``,
-``lanes.cpp``, ``common.cpp``; no torch headers) are compiled with OpenMP and ``-march=native`` on first use
-by ``build.py`` into a cache, then loaded with ctypes. Each call passes raw
+``lanes.cpp``, ``diag_pack.cpp``, ``common.cpp``; no torch headers) are compiled with OpenMP and
+``-march=native`` on first use by ``build.py`` into a cache, then loaded with ctypes. Each call passes raw
 data pointers and sizes, and ``torch.get_num_threads()`` as the thread
 count; ctypes drops the GIL for the call. ``bind_diag_mm`` and
 ``bind_condensed_mm`` check an inference layer's weights once and return a
@@ -45,8 +48,9 @@ from dstbench.kernels.arguments import check_bias
 from dstbench.kernels.cpu import build, caller
 
 __all__ = [
+    "DIAG_PACK_BATCH",
     "LANES_BATCH",
-    "BoundLanes",
+    "BoundCopy",
     "BoundProduct",
     "LanePack",
     "assembled_gathers",
@@ -57,6 +61,7 @@ __all__ = [
     "condensed_mm",
     "condensed_values_grad",
     "diag_mm",
+    "diag_pack_unavailable",
     "diag_values_grad",
     "lanes_mm",
     "lanes_unavailable",
@@ -85,6 +90,8 @@ _NO_MEMORY = 4
 LANES_BATCH = 2
 #: the most inputs it takes (16-bit window starts: LANES_MAX_IN in lanes.cpp, likewise)
 LANES_MAX_IN = 65535
+#: the largest batch the tile-packed diagonal copy runs (DIAG_PACK_BATCH in diag_pack.cpp; a test holds them equal)
+DIAG_PACK_BATCH = 2
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 #: the buffer callback of the lane-packed copy: bytes -> pointer (null when it cannot be had)
@@ -109,6 +116,7 @@ class _Library:
         self.attention: ctypes._CFuncPtr | None = None
         self.round_trip: ctypes._CFuncPtr | None = None
         self.lanes: dict[tuple, ctypes._CFuncPtr] = {}
+        self.diag_pack: dict[str, ctypes._CFuncPtr] = {}
         self.error: str | None = None
 
     def load(self) -> str | None:
@@ -126,6 +134,7 @@ class _Library:
                     self.attention = lib.dst_attention_f32
                     self.attention.argtypes, self.attention.restype = [_P, _P, _I64, _I64, _I64, _I64, _INT], _INT
                     self.lanes = _bind_lanes(lib)
+                    self.diag_pack = _bind_diag_pack(lib)
                     self.round_trip = lib.dst_core_round_trip_ns
                     self.round_trip.argtypes, self.round_trip.restype = [_I64], ctypes.c_double
                 except build.BuildError as exc:
@@ -162,6 +171,20 @@ def _bind_lanes(lib: ctypes.CDLL) -> dict[tuple, ctypes._CFuncPtr]:
         signatures["pack", dtype] = (f"dst_lanes_pack_f32_{isuffix}",
                                      [_P, _P, _P, _I64, _I64, _I64, _I64, _ALLOC, _P], _INT)
     signatures["limits"] = ("dst_lanes_limits", [_P, _P], None)
+    return _entry_points(lib, signatures)
+
+
+def _bind_diag_pack(lib: ctypes.CDLL) -> dict[str, ctypes._CFuncPtr]:
+    """The tile-packed diagonal copy's entry points: "available", "batch", "pack" and "mm"."""
+    signatures = {"available": ("dst_diag_pack_available", [], _INT),
+                  "batch": ("dst_diag_pack_batch", [], _I64),
+                  "pack": ("dst_diag_pack_f32", [_P, _P, _I64, _I64, _I64, _ALLOC, _P], _INT),
+                  "mm": ("dst_diag_pack_mm_f32", [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT], _INT)}
+    return _entry_points(lib, signatures)
+
+
+def _entry_points(lib: ctypes.CDLL, signatures: dict) -> dict:
+    """key -> the library's function, for signatures key -> (symbol, argument types, result type)."""
     functions = {}
     for key, (symbol, argtypes, restype) in signatures.items():
         fn = getattr(lib, symbol)
@@ -276,6 +299,17 @@ def lanes_unavailable(values: Tensor, in_features: int) -> str | None:
     return reason
 
 
+def diag_pack_unavailable(values: Tensor) -> str | None:
+    """Why ``bind_diag_mm`` cannot make the tile-packed copy of these diagonal values, or None if it can (builds the
+    kernels on first call)."""
+    if values.dtype != torch.float32 or not values.is_cpu:
+        return f"it takes float32 CPU weights, got {values.dtype} on {values.device}"
+    reason = _library.load()
+    if reason is None and not _library.diag_pack["available"]():
+        return "the kernels were compiled without AVX-512"
+    return reason
+
+
 def pack_lanes(values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int, out_features: int) -> LanePack:
     """The lane-packed copy of a condensed weight: values (n_active, k) float32, indices (n_active, k), active_rows.
 
@@ -293,21 +327,28 @@ def _pack_lanes(values: Tensor, indices: Tensor, rows: Tensor, in_features: int,
     """``pack_lanes`` of contiguous float32 values and the ids ``_condensed_ids`` returned, where
     ``lanes_unavailable`` gave no reason (the C++ still range-checks the rows and indices)."""
     n, k = values.shape
+    blob, steps = _copy(_library.lanes["pack", indices.dtype], values.data_ptr(), indices.data_ptr(), rows.data_ptr(),
+                        n, k, in_features, out_features)
+    return LanePack(blob, n, steps)
+
+
+def _copy(pack: ctypes._CFuncPtr, *args) -> tuple[Tensor, int]:
+    """The buffer that ``pack(*args, alloc, count)`` writes a packed copy into, and the count it sets: the C++ asks
+    ``alloc`` for the buffer (a uint8 tensor) once its size is known, and gets null where it cannot be had."""
     blobs: list[Tensor] = []
 
-    def alloc(nbytes: int) -> int | None:  # the copy's buffer, asked for once its size is known; null on failure
+    def alloc(nbytes: int) -> int | None:
         try:
             blobs.append(torch.empty(nbytes, dtype=torch.uint8))
         except RuntimeError:
             return None
         return blobs[-1].data_ptr()
 
-    steps = ctypes.c_int64()
-    status = _library.lanes["pack", indices.dtype](values.data_ptr(), indices.data_ptr(), rows.data_ptr(),
-                                                   n, k, in_features, out_features, _ALLOC(alloc), ctypes.byref(steps))
+    count = ctypes.c_int64()
+    status = pack(*args, _ALLOC(alloc), ctypes.byref(count))
     if status:
         _raise(status)
-    return LanePack(blobs[0], n, steps.value)
+    return blobs[0], count.value
 
 
 def lanes_mm(x: Tensor, pack: LanePack, in_features: int, out_features: int, bias: Tensor | None = None) -> Tensor:
@@ -556,7 +597,9 @@ class BoundProduct:
 
 def bind_diag_mm(offsets: Tensor, values: Tensor, in_features: int, out_features: int,
                  bias: Tensor | None = None) -> BoundProduct:
-    """``diag_mm(x, offsets, values, out_features, bias=bias)`` bound to these weights (``BoundProduct``)."""
+    """``diag_mm(x, offsets, values, out_features, bias=bias)`` bound to these weights: a ``BoundCopy`` with the
+    tile-packed copy where ``diag_pack_unavailable`` gives no reason and there are weights, else a
+    ``BoundProduct``."""
     fn = _kernel(("dst_diag_mm",), values, values)
     offsets = _check_diag(offsets, values, out_features, in_features)
     values, bias = values.contiguous(), check_bias(bias, values, out_features)
@@ -564,42 +607,53 @@ def bind_diag_mm(offsets: Tensor, values: Tensor, in_features: int, out_features
     def fallback(x: Tensor) -> Tensor:
         return diag_mm(x, offsets, values, out_features, bias=bias)
 
-    fn = fn if offsets.shape[0] else None
-    return BoundProduct(fn, (offsets, values, bias), (in_features, out_features, offsets.shape[0],
-                        int(out_features >= in_features)), in_features, out_features, values.dtype, fallback, "diag_mm")
+    weights, k = (offsets, values, bias), offsets.shape[0]
+    sizes = (in_features, out_features, k, int(out_features >= in_features))
+    if not k:
+        return BoundProduct(None, weights, sizes, in_features, out_features, values.dtype, fallback, "diag_mm")
+    if diag_pack_unavailable(values) is None:
+        blob, entries = _copy(_library.diag_pack["pack"], offsets.data_ptr(), values.data_ptr(), k, in_features,
+                              out_features)
+        return BoundCopy(blob, k, entries, DIAG_PACK_BATCH, _library.diag_pack["mm"], "diag_pack_mm", fn, weights,
+                         sizes, in_features, out_features, fallback)
+    return BoundProduct(fn, weights, sizes, in_features, out_features, values.dtype, fallback, "diag_mm")
 
 
-class BoundLanes(BoundProduct):
-    """A bound condensed product whose batches of at most ``LANES_BATCH`` rows run through ``pack``, its
-    lane-packed copy (``lanes_mm``), and larger ones through the condensed kernel.
+class BoundCopy(BoundProduct):
+    """A bound product whose batches of at most ``batch`` rows run through ``blob``, a packed copy of the weights
+    made once at binding, and larger ones through the format's kernel: the lane-packed condensed copy
+    (``lanes_mm``, ``lanes.cpp``) or the tile-packed diagonal one (``diag_pack.cpp``).
 
-    The copy is made once, at binding: an in-place change of the bound values, indices or rows is not seen
-    (``layers.CondensedLinear`` rebinds when their version counters move). The bias is read at each call.
+    ``copy_fn`` is the copy's entry point, (x, blob, bias, y, B, in, out, n, steps, threads), with ``n`` and
+    ``steps`` from its packing; ``native`` names its function in the C++ call path. An in-place change of the bound
+    weights is not seen by the copy (``layers`` rebinds when their version counters move). The bias is read at
+    each call.
     """
 
-    __slots__ = ("pack", "_lanes_pointers")
+    __slots__ = ("blob", "batch", "_copy_fn", "_copy_args")
 
-    def __init__(self, pack: LanePack, fn: ctypes._CFuncPtr, weights: tuple[Tensor | None, ...],
-                 sizes: tuple[int, ...], in_features: int, out_features: int, fallback) -> None:
-        super().__init__(fn, weights, sizes, in_features, out_features, torch.float32, fallback, "lanes_mm")
-        self.pack = pack
-        self._lanes_pointers = (pack.blob.data_ptr(), _ptr(weights[-1]))
+    def __init__(self, blob: Tensor, n: int, steps: int, batch: int, copy_fn: ctypes._CFuncPtr, native: str,
+                 fn: ctypes._CFuncPtr, weights: tuple[Tensor | None, ...], sizes: tuple[int, ...], in_features: int,
+                 out_features: int, fallback) -> None:
+        super().__init__(fn, weights, sizes, in_features, out_features, torch.float32, fallback, native)
+        self.blob, self.batch, self._copy_fn = blob, batch, copy_fn
+        self._copy_args = (blob.data_ptr(), _ptr(weights[-1]), n, steps)
         if self._native is not None:
-            self._native_args = (ctypes.cast(_library.lanes["mm"], ctypes.c_void_p).value, pack.blob.data_ptr(),
-                                 pack.n, pack.steps, LANES_BATCH, *self._native_args)
+            self._native_args = (ctypes.cast(copy_fn, ctypes.c_void_p).value, blob.data_ptr(), n, steps, batch,
+                                 *self._native_args)
 
-    @staticmethod
-    def copies(batch: int) -> bool:
-        """Whether a call on ``batch`` rows reads the copy (else the condensed weights)."""
-        return 0 < batch <= LANES_BATCH
+    def copies(self, batch: int) -> bool:
+        """Whether a call on ``batch`` rows reads the copy (else the format's own weights)."""
+        return 0 < batch <= self.batch
 
     def __call__(self, x: Tensor) -> Tensor:
         if self._native is not None or not (x.dtype is torch.float32 and x.dim() == 2 and self.copies(x.shape[0])
                                             and x.shape[1] == self.in_features and x.is_cpu and x.is_contiguous()):
             return super().__call__(x)
+        blob, bias, n, steps = self._copy_args
         y = torch.empty(x.shape[0], self.out_features)
-        status = _library.lanes["mm"](x.data_ptr(), *self._lanes_pointers, y.data_ptr(), x.shape[0], self.in_features,
-                                      self.out_features, self.pack.n, self.pack.steps, torch.get_num_threads())
+        status = self._copy_fn(x.data_ptr(), blob, bias, y.data_ptr(), x.shape[0], self.in_features,
+                               self.out_features, n, steps, torch.get_num_threads())
         if status:
             _raise(status)
         return y
@@ -608,7 +662,8 @@ class BoundLanes(BoundProduct):
 def bind_condensed_mm(values: Tensor, indices: Tensor, active_rows: Tensor, in_features: int, out_features: int,
                       bias: Tensor | None = None) -> BoundProduct:
     """``condensed_mm(x, values, indices, active_rows, out_features, bias=bias)`` bound to these weights:
-    a ``BoundLanes`` where ``lanes_unavailable`` gives no reason and there are weights, else a ``BoundProduct``."""
+    a ``BoundCopy`` of the lane-packed copy where ``lanes_unavailable`` gives no reason and there are weights,
+    else a ``BoundProduct``."""
     fn = _kernel(("dst_condensed_mm", _index_dtype(indices)), values, values)
     indices, rows = _condensed_ids(indices, active_rows, values.shape)
     values, bias = values.contiguous(), check_bias(bias, values, out_features)
@@ -621,5 +676,6 @@ def bind_condensed_mm(values: Tensor, indices: Tensor, active_rows: Tensor, in_f
         return BoundProduct(None, weights, sizes, in_features, out_features, values.dtype, fallback, "condensed_mm")
     if lanes_unavailable(values, in_features) is None:
         pack = _pack_lanes(values, indices, rows, in_features, out_features)
-        return BoundLanes(pack, fn, weights, sizes, in_features, out_features, fallback)
+        return BoundCopy(pack.blob, pack.n, pack.steps, LANES_BATCH, _library.lanes["mm"], "lanes_mm", fn, weights,
+                         sizes, in_features, out_features, fallback)
     return BoundProduct(fn, weights, sizes, in_features, out_features, values.dtype, fallback, "condensed_mm")

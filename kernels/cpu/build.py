@@ -1,8 +1,9 @@
 """Compile the CPU kernels with the system C++ compiler, once per machine, and load them.
 
-The sources (plain C++17 + OpenMP, no torch headers) form five translation
+The sources (plain C++17 + OpenMP, no torch headers) form six translation
 units, ``common.cpp`` followed by ``diagonal.cpp``, ``condensed.cpp``,
-``attention.cpp`` or ``lanes.cpp``, and ``core_probe.cpp`` alone (``UNITS``), compiled in parallel and linked into one shared library in the
+``attention.cpp``, ``lanes.cpp`` or ``diag_pack.cpp``, and ``core_probe.cpp``
+alone (``UNITS``), compiled in parallel and linked into one shared library in the
 cache folder ``$DSTBENCH_CACHE/kernels`` (default ``~/.cache/dstbench/kernels``).
 The file name carries a hash of the sources, the flags, the compiler and
 its version, and the CPU's feature flags, so an edit, a new compiler or a
@@ -26,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 UNITS = (("common.cpp", "diagonal.cpp"), ("common.cpp", "condensed.cpp"), ("common.cpp", "attention.cpp"),
-         ("common.cpp", "lanes.cpp"), ("core_probe.cpp",))
+         ("common.cpp", "lanes.cpp"), ("common.cpp", "diag_pack.cpp"), ("core_probe.cpp",))
 FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-fPIC")
 _SOURCE_DIR = Path(__file__).resolve().parent
 _COMPILE_TIMEOUT_S = 300

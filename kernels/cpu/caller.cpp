@@ -13,6 +13,7 @@ using DiagFn = int (*)(const void*, const void*, const void*, const void*, void*
 using CondensedFn = int (*)(const void*, const void*, const void*, const void*, const void*, void*, int64_t, int64_t,
                             int64_t, int64_t, int64_t, int);
 
+// dst_lanes_mm_f32 and dst_diag_pack_mm_f32: (x, blob, bias, y, B, in, out, n, steps, threads)
 using LanesFn = int (*)(const void*, const void*, const void*, void*, int64_t, int64_t, int64_t, int64_t, int64_t,
                         int);
 
@@ -62,8 +63,22 @@ torch::Tensor lanes_mm(const torch::Tensor& x, int64_t lanes_fn, int64_t blob, i
     return status ? torch::Tensor() : y;
 }
 
+// diag_mm for a weight that also has a tile-packed copy (kernels/cpu/diag_pack.cpp): batches of at most `small` rows
+// go through the copy (pack_fn, with its blob and entries), larger ones as diag_mm.
+torch::Tensor diag_pack_mm(const torch::Tensor& x, int64_t pack_fn, int64_t blob, int64_t k_pack, int64_t entries,
+                           int64_t small, int64_t fn, at::ScalarType dtype, int64_t offsets, int64_t values,
+                           int64_t bias, int64_t in, int64_t out, int64_t k, int64_t dst_long) {
+    if (!accepts(x, dtype, in)) return {};
+    if (x.size(0) > small) return diag_mm(x, fn, dtype, offsets, values, bias, in, out, k, dst_long);
+    torch::Tensor y = torch::empty({x.size(0), out}, x.options());
+    const int status = reinterpret_cast<LanesFn>(pack_fn)(x.data_ptr(), pointer(blob), pointer(bias), y.data_ptr(),
+                                                          x.size(0), in, out, k_pack, entries, at::get_num_threads());
+    return status ? torch::Tensor() : y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("diag_mm", &diag_mm);
     m.def("condensed_mm", &condensed_mm);
     m.def("lanes_mm", &lanes_mm);
+    m.def("diag_pack_mm", &diag_pack_mm);
 }

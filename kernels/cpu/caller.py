@@ -28,8 +28,8 @@ _state: dict[str, ModuleType | None] = {}
 
 
 def native() -> ModuleType | None:
-    """The extension module (``diag_mm``, ``condensed_mm``, ``lanes_mm``), or None where it cannot be built or
-    is switched off."""
+    """The extension module (``diag_mm``, ``condensed_mm``, ``lanes_mm``, ``diag_pack_mm``), or None where it
+    cannot be built or is switched off."""
     if "module" in _state:
         return _state["module"]
     with _lock:
