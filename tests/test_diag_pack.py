@@ -1,5 +1,6 @@
 """The tile-packed copy of a diagonal weight (kernels/cpu/diag_pack.cpp): its product against the dense one in
-float64, its size, its errors, and the diagonal layer that binds it (rebinding, bytes per call)."""
+float64, its size, its errors, and the bytes per call of the diagonal layer that binds it (its rebinding and a
+failed allocation are tested with the condensed layer's copy, in test_lanes.py)."""
 
 from __future__ import annotations
 
@@ -105,37 +106,6 @@ def test_bad_input_is_refused() -> None:
         cpu._copy(cpu._library.diag_pack["pack"], bad.data_ptr(), d.values.data_ptr(), 3, 10, 8)
     assert "float32 CPU weights" in cpu.diag_pack_unavailable(d.values.double())
     assert not isinstance(cpu.bind_diag_mm(d.offsets, d.values.double(), 10, 8), cpu.BoundCopy)
-
-
-def test_a_copy_that_cannot_be_allocated_is_a_memory_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    d = weight(8, 10, 3)
-    empty = torch.empty
-
-    def failing(*args, **kwargs):
-        if kwargs.get("dtype") is torch.uint8:
-            raise RuntimeError("DefaultCPUAllocator: not enough memory")
-        return empty(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "empty", failing)
-    with pytest.raises(MemoryError, match="ran out of memory"):
-        bind(d, None)
-
-
-def test_layer_runs_small_batches_through_the_copy_and_rebinds_on_in_place_changes() -> None:
-    layer = DiagonalLinear(weight(48, 40, 10))
-    ref = layer._product  # the operator path: the diagonal kernel
-    with torch.no_grad():
-        x1, x5 = torch.randn(1, 40), torch.randn(5, 40)
-        bound = layer.bound_product()
-        assert isinstance(bound, cpu.BoundCopy)
-        torch.testing.assert_close(layer(x1), ref(x1))
-        torch.testing.assert_close(layer(x5), ref(x5))
-        assert layer.bound_product() is bound  # nothing changed: the same binding
-        layer.load_state_dict({**layer.state_dict(), "values": 2 * layer.values})  # copies in place
-        torch.testing.assert_close(layer(x1), ref(x1))  # the copy was rebuilt from the new values
-        assert layer.bound_product() is not bound
-        layer.bias.add_(1)  # the bias is read at each call, never copied
-        torch.testing.assert_close(layer(x1), ref(x1))
 
 
 def test_bytes_per_call_count_the_tensors_the_call_reads() -> None:

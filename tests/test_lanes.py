@@ -1,5 +1,6 @@
 """The lane-packed copy of a condensed weight (kernels/cpu/lanes.cpp): its product against the dense one in
-float64, its errors, and the condensed layer that binds it (rebinding, bytes per call)."""
+float64, its errors, and the condensed layer that binds it (rebinding, bytes per call); the rebinding test covers
+the diagonal layer's tile-packed copy too (its own tests: test_diag_pack.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import torch
 
 from dstbench.errors import UserError
 from dstbench.kernels import cpu
-from dstbench.kernels.formats import CondensedWeight
-from dstbench.kernels.layers import CondensedLinear
+from dstbench.kernels.formats import CondensedWeight, DiagonalWeight
+from dstbench.kernels.layers import CondensedLinear, DiagonalLinear
 from dstbench.suites import traffic
 
 _REASON = cpu.lanes_unavailable(torch.zeros(1, 1), 1)
@@ -127,9 +128,18 @@ def test_bad_input_is_refused() -> None:
         cpu.lanes_mm(torch.randn(1, 10).double(), pack, 10, 8)
 
 
-def test_a_copy_that_cannot_be_allocated_is_a_memory_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def _pack_condensed() -> None:
+    cpu.pack_lanes(*weight(8, 10, 8, 3, torch.int16), 10, 8)
+
+
+def _pack_diagonal() -> None:  # the tile-packed copy of diag_pack.cpp, made when a diagonal weight is bound
+    d = DiagonalWeight.top_k(torch.randn(8, 10), 0.5)
+    cpu.bind_diag_mm(d.offsets, d.values, 10, 8)
+
+
+@pytest.mark.parametrize("pack", [_pack_condensed, _pack_diagonal], ids=["condensed", "diagonal"])
+def test_a_copy_that_cannot_be_allocated_is_a_memory_error(pack, monkeypatch: pytest.MonkeyPatch) -> None:
     """The C++ asks Python for the copy's buffer once its size is known; a failed allocation stops the packing."""
-    values, idx, rows = weight(8, 10, 8, 3, torch.int16)
     empty = torch.empty
 
     def failing(*args, **kwargs):
@@ -139,13 +149,16 @@ def test_a_copy_that_cannot_be_allocated_is_a_memory_error(monkeypatch: pytest.M
 
     monkeypatch.setattr(torch, "empty", failing)
     with pytest.raises(MemoryError, match="ran out of memory"):
-        cpu.pack_lanes(values, idx, rows, 10, 8)
+        pack()
 
 
-def test_layer_runs_small_batches_through_the_copy_and_rebinds_on_in_place_changes() -> None:
-    w = torch.randn(48, 40, generator=torch.Generator().manual_seed(0))
-    layer = CondensedLinear(CondensedWeight.top_k(w, 0.75, torch.randn(48)))
-    ref = layer._product  # the operator path: the condensed kernel
+@pytest.mark.parametrize("make", [
+    lambda w, b: CondensedLinear(CondensedWeight.top_k(w, 0.75, b)),
+    lambda w, b: DiagonalLinear(DiagonalWeight.top_k(w, 0.75, b)),  # the tile-packed copy (diag_pack.cpp)
+], ids=["condensed", "diagonal"])
+def test_layer_runs_small_batches_through_the_copy_and_rebinds_on_in_place_changes(make) -> None:
+    layer = make(torch.randn(48, 40, generator=torch.Generator().manual_seed(0)), torch.randn(48))
+    ref = layer._product  # the operator path: the format's kernel
     with torch.no_grad():
         x1, x5 = torch.randn(1, 40), torch.randn(5, 40)
         bound = layer.bound_product()

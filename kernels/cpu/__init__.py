@@ -175,9 +175,9 @@ def _bind_lanes(lib: ctypes.CDLL) -> dict[tuple, ctypes._CFuncPtr]:
 
 
 def _bind_diag_pack(lib: ctypes.CDLL) -> dict[str, ctypes._CFuncPtr]:
-    """The tile-packed diagonal copy's entry points: "available", "batch", "pack" and "mm"."""
-    signatures = {"available": ("dst_diag_pack_available", [], _INT),
-                  "batch": ("dst_diag_pack_batch", [], _I64),
+    """The tile-packed diagonal copy's entry points: "batch", "pack" and "mm" (whether the build has AVX-512, which
+    it needs: ``lanes["available"]``, the same flags)."""
+    signatures = {"batch": ("dst_diag_pack_batch", [], _I64),
                   "pack": ("dst_diag_pack_f32", [_P, _P, _I64, _I64, _I64, _ALLOC, _P], _INT),
                   "mm": ("dst_diag_pack_mm_f32", [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT], _INT)}
     return _entry_points(lib, signatures)
@@ -305,7 +305,7 @@ def diag_pack_unavailable(values: Tensor) -> str | None:
     if values.dtype != torch.float32 or not values.is_cpu:
         return f"it takes float32 CPU weights, got {values.dtype} on {values.device}"
     reason = _library.load()
-    if reason is None and not _library.diag_pack["available"]():
+    if reason is None and not _library.lanes["available"]():  # both copies need AVX-512, built with the same flags
         return "the kernels were compiled without AVX-512"
     return reason
 

@@ -178,15 +178,8 @@ int diag_pack_mm(const float* x, const void* blob, const float* bias, float* y, 
 
 }  // namespace dst
 
-// Whether this build has the tile-packed product (AVX-512); without it dst_diag_pack_mm_f32 returns BAD_SHAPE.
-extern "C" int dst_diag_pack_available() {
-#if defined(__AVX512F__)
-    return 1;
-#else
-    return 0;
-#endif
-}
-
+// Without AVX-512 dst_diag_pack_mm_f32 returns BAD_SHAPE; dst_lanes_available (lanes.cpp, built with the same
+// flags) says whether this build has it.
 // The largest batch dst_diag_pack_mm_f32 takes, for the Python side's mirror of it.
 extern "C" int64_t dst_diag_pack_batch() { return dst::DIAG_PACK_BATCH; }
 
