@@ -289,19 +289,14 @@ class LanePack(NamedTuple):
 
 def lanes_unavailable(values: Tensor, in_features: int) -> str | None:
     """Why ``pack_lanes`` cannot copy these weights, or None if it can (builds the kernels on first call)."""
-    if values.dtype != torch.float32 or not values.is_cpu:
-        return f"it takes float32 CPU weights, got {values.dtype} on {values.device}"
-    if in_features > LANES_MAX_IN:
+    if values.dtype == torch.float32 and values.is_cpu and in_features > LANES_MAX_IN:
         return f"it takes at most {LANES_MAX_IN} inputs, got {in_features}"
-    reason = _library.load()
-    if reason is None and not _library.lanes["available"]():
-        return "the kernels were compiled without AVX-512"
-    return reason
+    return diag_pack_unavailable(values)
 
 
 def diag_pack_unavailable(values: Tensor) -> str | None:
     """Why ``bind_diag_mm`` cannot make the tile-packed copy of these diagonal values, or None if it can (builds the
-    kernels on first call)."""
+    kernels on first call); ``lanes_unavailable`` adds its input limit to the same conditions."""
     if values.dtype != torch.float32 or not values.is_cpu:
         return f"it takes float32 CPU weights, got {values.dtype} on {values.device}"
     reason = _library.load()

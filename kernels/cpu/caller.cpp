@@ -50,6 +50,16 @@ torch::Tensor condensed_mm(const torch::Tensor& x, int64_t fn, at::ScalarType dt
     return status ? torch::Tensor() : y;
 }
 
+// y = x @ W.T (+ bias) through a packed copy of the weights (copy_fn, a LanesFn, with its blob, n and steps), for an x
+// accepts() took; None when the kernel reports an error.
+torch::Tensor copy_mm(const torch::Tensor& x, int64_t copy_fn, int64_t blob, int64_t bias, int64_t in, int64_t out,
+                      int64_t n, int64_t steps) {
+    torch::Tensor y = torch::empty({x.size(0), out}, x.options());
+    const int status = reinterpret_cast<LanesFn>(copy_fn)(x.data_ptr(), pointer(blob), pointer(bias), y.data_ptr(),
+                                                          x.size(0), in, out, n, steps, at::get_num_threads());
+    return status ? torch::Tensor() : y;
+}
+
 // condensed_mm for a weight that also has a lane-packed copy (kernels/cpu/lanes.cpp): batches of at most `small`
 // rows go through the copy (lanes_fn, with its blob, n_lanes active rows and steps), larger ones as condensed_mm.
 torch::Tensor lanes_mm(const torch::Tensor& x, int64_t lanes_fn, int64_t blob, int64_t n_lanes, int64_t steps,
@@ -57,10 +67,7 @@ torch::Tensor lanes_mm(const torch::Tensor& x, int64_t lanes_fn, int64_t blob, i
                        int64_t bias, int64_t in, int64_t out, int64_t n, int64_t k) {
     if (!accepts(x, dtype, in)) return {};
     if (x.size(0) > small) return condensed_mm(x, fn, dtype, values, indices, rows, bias, in, out, n, k);
-    torch::Tensor y = torch::empty({x.size(0), out}, x.options());
-    const int status = reinterpret_cast<LanesFn>(lanes_fn)(x.data_ptr(), pointer(blob), pointer(bias), y.data_ptr(),
-                                                           x.size(0), in, out, n_lanes, steps, at::get_num_threads());
-    return status ? torch::Tensor() : y;
+    return copy_mm(x, lanes_fn, blob, bias, in, out, n_lanes, steps);
 }
 
 // diag_mm for a weight that also has a tile-packed copy (kernels/cpu/diag_pack.cpp): batches of at most `small` rows
@@ -70,10 +77,7 @@ torch::Tensor diag_pack_mm(const torch::Tensor& x, int64_t pack_fn, int64_t blob
                            int64_t bias, int64_t in, int64_t out, int64_t k, int64_t dst_long) {
     if (!accepts(x, dtype, in)) return {};
     if (x.size(0) > small) return diag_mm(x, fn, dtype, offsets, values, bias, in, out, k, dst_long);
-    torch::Tensor y = torch::empty({x.size(0), out}, x.options());
-    const int status = reinterpret_cast<LanesFn>(pack_fn)(x.data_ptr(), pointer(blob), pointer(bias), y.data_ptr(),
-                                                          x.size(0), in, out, k_pack, entries, at::get_num_threads());
-    return status ? torch::Tensor() : y;
+    return copy_mm(x, pack_fn, blob, bias, in, out, k_pack, entries);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

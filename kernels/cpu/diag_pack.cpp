@@ -166,7 +166,8 @@ int diag_pack_mm(const float* x, const void* blob, const float* bias, float* y, 
         const auto bound = [&](int64_t q) {
             return int64_t(std::lower_bound(L.first, L.first + tiles, entries * q / np) - L.first);
         };
-        const int64_t t0 = p == 0 ? 0 : bound(p), t1 = p + 1 == np ? tiles : bound(p + 1);
+        // bound(0) is 0; the last share runs to the end, the tiles of no entries (bias only) after `entries` included
+        const int64_t t0 = bound(p), t1 = p + 1 == np ? tiles : bound(p + 1);
         if (B == 2)
             diag_pack_tiles<2>(L, x, nin, bias, y, nout, t0, t1);
         else
