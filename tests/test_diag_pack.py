@@ -4,6 +4,8 @@ failed allocation are tested with the condensed layer's copy, in test_lanes.py).
 
 from __future__ import annotations
 
+import ctypes
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from dstbench.kernels.formats import DiagonalWeight
 from dstbench.kernels.layers import DiagonalLinear
 from dstbench.suites import traffic
 
-_REASON = cpu.diag_pack_unavailable(torch.zeros(1, 1))
+_REASON = cpu.diag_pack_unavailable(torch.zeros(1, 1), 1, 1)
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"tile-packed product unavailable: {_REASON}")
 
 
@@ -58,6 +60,19 @@ def test_copy_matches_dense(out_f: int, in_f: int, k: int, batch: int) -> None:
         assert bool((err <= 8 * 2.0**-23 * limit + 1e-30).all()), f"max error {err.max().item():.3g}"
 
 
+@pytest.mark.parametrize("out_f, in_f, k, batch", CASES)
+def test_copy_reads_no_input_outside_its_runs(out_f: int, in_f: int, k: int, batch: int) -> None:
+    """x sits between NaNs: an entry's lanes are those whose input lies in [0, in) (the mask the call computes
+    from the entry's start), so a lane read before or past x would turn its output NaN."""
+    d = weight(out_f, in_f, k)
+    padded = torch.full((in_f + 32,), float("nan"))
+    padded[16:-16] = torch.randn(in_f, generator=torch.Generator().manual_seed(7))
+    x = padded[16:-16].view(1, in_f)
+    got = bind(d, d.bias)(x)
+    assert not got.isnan().any()
+    torch.testing.assert_close(got, (x.double() @ dense(d).T + d.bias.double()).float(), rtol=1e-5, atol=1e-5)
+
+
 def test_larger_batches_run_the_diagonal_kernel() -> None:
     d = weight(40, 30, 12)
     bound = bind(d, d.bias)
@@ -81,20 +96,22 @@ def test_results_do_not_depend_on_the_thread_count(threads: int) -> None:
         torch.set_num_threads(before)
 
 
-def test_python_batch_limit_mirrors_the_compiled_one() -> None:
-    """The batch that picks the copy (``BoundCopy.copies``, the C++ call path's ``small``) is a Python constant;
-    diag_pack.cpp holds its own, which refuses larger batches."""
-    assert cpu._library.diag_pack["batch"]() == cpu.DIAG_PACK_BATCH
+def test_python_limits_mirror_the_compiled_ones() -> None:
+    """The batch that picks the copy (``BoundCopy.copies``, the C++ call path's ``small``) and the long side it
+    takes are Python constants; diag_pack.cpp holds its own, which refuses larger batches and longer sides."""
+    batch, max_long = ctypes.c_int64(), ctypes.c_int64()
+    cpu._library.diag_pack["limits"](ctypes.byref(batch), ctypes.byref(max_long))
+    assert (batch.value, max_long.value) == (cpu.DIAG_PACK_BATCH, cpu.DIAG_PACK_MAX_LONG)
 
 
 def test_copy_holds_the_values_and_a_few_bytes_per_vector() -> None:
-    """b16-fc1 at 90%: 16 values, a 4-byte input start and a 2-byte lane mask per entry, about one entry per 16
-    values (a diagonal that starts inside a tile fills two partial ones), and each tile's first entry."""
+    """b16-fc1 at 90%: 16 values and a 2-byte input start per entry, about one entry per 16 values (a diagonal
+    that starts inside a tile fills two partial ones), and each tile's first entry."""
     d = weight(3072, 768, 307)
     bound = bind(d, None)
     tiles = 3072 // 16
-    entries = (bound.blob.numel() - (tiles + 1) * 8) // 70
-    assert bound.blob.numel() == entries * 70 + (tiles + 1) * 8
+    entries = (bound.blob.numel() - (tiles + 1) * 8) // 66
+    assert bound.blob.numel() == entries * 66 + (tiles + 1) * 8
     assert 307 * 768 / 16 <= entries <= 307 * (768 / 16 + 1)
 
 
@@ -104,8 +121,24 @@ def test_bad_input_is_refused() -> None:
     bad[0] = 10
     with pytest.raises(UserError, match=r"diagonal offsets must lie in \[0, max\(out, in\)\)"):
         cpu._copy(cpu._library.diag_pack["pack"], bad.data_ptr(), d.values.data_ptr(), 3, 10, 8)
-    assert "float32 CPU weights" in cpu.diag_pack_unavailable(d.values.double())
+    assert "float32 CPU weights" in cpu.diag_pack_unavailable(d.values.double(), 10, 8)
     assert not isinstance(cpu.bind_diag_mm(d.offsets, d.values.double(), 10, 8), cpu.BoundCopy)
+
+
+def test_a_long_side_beyond_the_16_bit_starts_runs_the_diagonal_kernel() -> None:
+    """One output of 32769 inputs: the starts would overflow int16, so the binding keeps the diagonal kernel and
+    the packing itself refuses the shape."""
+    n = cpu.DIAG_PACK_MAX_LONG + 1
+    assert f"at most {cpu.DIAG_PACK_MAX_LONG} features on the long side" in cpu.diag_pack_unavailable(
+        torch.zeros(1, 1), n, 1)
+    offsets, values = torch.tensor([n - 1]), torch.ones(1, 1)
+    bound = cpu.bind_diag_mm(offsets, values, n, 1)
+    assert not isinstance(bound, cpu.BoundCopy)
+    x = torch.zeros(1, n)
+    x[0, n - 1] = 2.0
+    assert bound(x).item() == 2.0  # the one weight joins output 0 to input (0 + n - 1) mod n
+    with pytest.raises(UserError):
+        cpu._copy(cpu._library.diag_pack["pack"], offsets.data_ptr(), values.data_ptr(), 1, n, 1)
 
 
 def test_bytes_per_call_count_the_tensors_the_call_reads() -> None:

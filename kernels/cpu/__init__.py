@@ -92,6 +92,8 @@ LANES_BATCH = 2
 LANES_MAX_IN = 65535
 #: the largest batch the tile-packed diagonal copy runs (DIAG_PACK_BATCH in diag_pack.cpp; a test holds them equal)
 DIAG_PACK_BATCH = 2
+#: the longest long side, max(in, out), it takes (16-bit input starts: DIAG_PACK_MAX_LONG there, likewise)
+DIAG_PACK_MAX_LONG = 32768
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 #: the buffer callback of the lane-packed copy: bytes -> pointer (null when it cannot be had)
@@ -177,7 +179,7 @@ def _bind_lanes(lib: ctypes.CDLL) -> dict[tuple, ctypes._CFuncPtr]:
 def _bind_diag_pack(lib: ctypes.CDLL) -> dict[str, ctypes._CFuncPtr]:
     """The tile-packed diagonal copy's entry points: "batch", "pack" and "mm" (whether the build has AVX-512, which
     it needs: ``lanes["available"]``, the same flags)."""
-    signatures = {"batch": ("dst_diag_pack_batch", [], _I64),
+    signatures = {"limits": ("dst_diag_pack_limits", [_P, _P], None),
                   "pack": ("dst_diag_pack_f32", [_P, _P, _I64, _I64, _I64, _ALLOC, _P], _INT),
                   "mm": ("dst_diag_pack_mm_f32", [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT], _INT)}
     return _entry_points(lib, signatures)
@@ -291,16 +293,24 @@ def lanes_unavailable(values: Tensor, in_features: int) -> str | None:
     """Why ``pack_lanes`` cannot copy these weights, or None if it can (builds the kernels on first call)."""
     if values.dtype == torch.float32 and values.is_cpu and in_features > LANES_MAX_IN:
         return f"it takes at most {LANES_MAX_IN} inputs, got {in_features}"
-    return diag_pack_unavailable(values)
+    return _copies_unavailable(values)
 
 
-def diag_pack_unavailable(values: Tensor) -> str | None:
+def diag_pack_unavailable(values: Tensor, in_features: int, out_features: int) -> str | None:
     """Why ``bind_diag_mm`` cannot make the tile-packed copy of these diagonal values, or None if it can (builds the
-    kernels on first call); ``lanes_unavailable`` adds its input limit to the same conditions."""
+    kernels on first call)."""
+    if values.dtype == torch.float32 and values.is_cpu and max(in_features, out_features) > DIAG_PACK_MAX_LONG:
+        return (f"it takes at most {DIAG_PACK_MAX_LONG} features on the long side, got "
+                f"{in_features} -> {out_features}")
+    return _copies_unavailable(values)
+
+
+def _copies_unavailable(values: Tensor) -> str | None:
+    """Why neither packed copy can hold these values, or None: both take float32 CPU weights and need AVX-512."""
     if values.dtype != torch.float32 or not values.is_cpu:
         return f"it takes float32 CPU weights, got {values.dtype} on {values.device}"
     reason = _library.load()
-    if reason is None and not _library.lanes["available"]():  # both copies need AVX-512, built with the same flags
+    if reason is None and not _library.lanes["available"]():  # both copies are built with the same flags
         return "the kernels were compiled without AVX-512"
     return reason
 
@@ -606,7 +616,7 @@ def bind_diag_mm(offsets: Tensor, values: Tensor, in_features: int, out_features
     sizes = (in_features, out_features, k, int(out_features >= in_features))
     if not k:
         return BoundProduct(None, weights, sizes, in_features, out_features, values.dtype, fallback, "diag_mm")
-    if diag_pack_unavailable(values) is None:
+    if diag_pack_unavailable(values, in_features, out_features) is None:
         blob, entries = _copy(_library.diag_pack["pack"], offsets.data_ptr(), values.data_ptr(), k, in_features,
                               out_features)
         return BoundCopy(blob, k, entries, DIAG_PACK_BATCH, _library.diag_pack["mm"], "diag_pack_mm", fn, weights,

@@ -3,32 +3,38 @@
 //
 // The outputs are cut into tiles of 16 (one vector). A tile's entries are, diagonal by diagonal (in the order of
 // the offsets), the runs of its lanes that a diagonal reaches with consecutive inputs: 16 values, zeros in the
-// lanes outside the run, the input of lane 0 (x[start + l] is lane l's input; start may lie outside x, the lanes
-// outside the run are masked off) and the run's lane mask. A diagonal meets a tile in one run, or two where its
-// inputs wrap around the long side inside the tile. A call streams a thread's tiles front to back: per entry one
-// load of values, one masked load of x and a multiply-add into one of four accumulators, no gather, no
-// shared accumulator row, no reduction between threads.
+// lanes outside the run, and the input of lane 0 (x[start + l] is lane l's input; start may lie outside x). A
+// diagonal meets a tile in one run, or two where its inputs wrap around the long side inside the tile. A run's
+// lanes are the tile's lanes whose input start + l lies in [0, nin): a run ends where the diagonal ends (dst_long:
+// at input D = nin) or where its inputs wrap (past nin - 1, or below 0 for the lanes before the wrap), so the call
+// computes each entry's lane mask from its start and stores none. A call streams a thread's tiles front to back:
+// per entry one load of values, one masked load of x and a multiply-add into one of four accumulators, no gather,
+// no shared accumulator row, no reduction between threads.
 //
 // Why: diag_mm_runs, the kernel this copy replaces at batch 1-2, reads each diagonal once into a private row of
 // accumulators that the threads sum at the end. Its loop loads the accumulator and stores it back for every
 // vector (misaligned where the outputs are the long side), and the sum waits on a barrier and reads the other
-// thread's row. Measured (raw kernels, 2 threads, 90%, b16-fc1 768 -> 3072 at batch 1, interleaved, AMD EPYC
-// Zen 5): warm 0.74x, cold 0.51x the time of diag_mm_runs; b16-fc2 0.83x and 0.56x; batch 2 0.60x. Earlier
-// register tiles that read the layer's own (K, D) values met each tile's diagonals in short slices, which the
-// hardware prefetchers follow badly from memory (cold 2x slower, README); here each thread's values are one
-// sequential stream.
+// thread's row. Measured (raw kernels, 2 threads, 90%, interleaved, AMD EPYC Zen 5, with the stored masks below):
+// b16-fc1 768 -> 3072 at batch 1 warm 0.68-0.77x, cold (caches evicted before each call) 0.85-1.03x the time of
+// diag_mm_runs; b16-fc2 warm 0.83x, cold 0.89-0.97x; batch 2 0.55-0.66x. Earlier register tiles that read the
+// layer's own (K, D) values met each tile's diagonals in short slices, which the hardware prefetchers follow
+// badly from memory (cold 1.3-2x slower, README); here each thread's values are one sequential stream.
 //
 // Layout of the copy (one byte buffer, DiagPackLayout::bytes(T, E) bytes for T tiles and E entries):
 //   float    values[E][16]   the entries' values (zeros outside each run)
 //   int64_t  first[T + 1]    tile t's entries are [first[t], first[t + 1])
-//   int32_t  start[E]        the input of lane 0
-//   uint16_t mask[E]         the run's lanes
-// About 1.1x the bytes of the (K, D) values: 6 bytes per 64 of values, and the partial tiles at a diagonal's ends.
+//   int16_t  start[E]        the input of lane 0, in [-15, P); so P <= DIAG_PACK_MAX_LONG
+// About 1.05x the bytes of the (K, D) values: 2 bytes per 64 of values, and the partial tiles at a diagonal's
+// ends. The first layout stored an int32 start and a 16-bit lane mask per entry (1.12x the values; the
+// memory-bound token stack ran 7-9% slower than with diag_mm_runs); this one, against it: b16-fc1 and fc2 at
+// batch 1 warm 0.92-1.02x, cold 0.88-1.0x.
 
 namespace dst {
 
 constexpr int64_t DIAG_PACK_BATCH = 2;
 constexpr int64_t DIAG_TILE = 16;
+// The longest long side the copy takes: its starts are int16, in [-(DIAG_TILE - 1), P).
+constexpr int64_t DIAG_PACK_MAX_LONG = 32768;
 // The values are prefetched (into L2) this many bytes ahead of the entry being read, for weights in no cache (the
 // cold case; as PREFETCH_BYTES of diagonal.cpp).
 constexpr int64_t DIAG_PACK_AHEAD = 8192;
@@ -36,63 +42,55 @@ constexpr int64_t DIAG_PACK_AHEAD = 8192;
 struct DiagPackLayout {
     float* values;
     int64_t* first;
-    int32_t* start;
-    uint16_t* mask;
+    int16_t* start;
 
-    static int64_t bytes(int64_t tiles, int64_t entries) { return entries * (64 + 4 + 2) + (tiles + 1) * 8; }
+    static int64_t bytes(int64_t tiles, int64_t entries) { return entries * (64 + 2) + (tiles + 1) * 8; }
     DiagPackLayout(void* blob, int64_t tiles, int64_t entries) {
         char* p = static_cast<char*>(blob);
         values = reinterpret_cast<float*>(p);
         first = reinterpret_cast<int64_t*>(p + entries * 64);
-        start = reinterpret_cast<int32_t*>(first + tiles + 1);
-        mask = reinterpret_cast<uint16_t*>(start + entries);
+        start = reinterpret_cast<int16_t*>(first + tiles + 1);
     }
 };
 
-// For each tile of the forward product's outputs (nout) and each diagonal k that reaches it, emit(tile, k, lane0,
-// lanes, input of lane 0, entry of lane 0 along the diagonal) once per run of consecutive inputs.
+// For each diagonal k and each tile of the forward product's outputs (nout) that it reaches, emit(tile, k, lane0,
+// lanes, input of lane 0, entry of lane 0 along the diagonal) once per run of consecutive inputs: a tile gets its
+// runs diagonal by diagonal and, within a diagonal, lane by lane. O(K * D / DIAG_TILE) runs.
 template <class F>
 void diag_runs(const int64_t* off, int64_t K, int64_t nin, int64_t nout, F&& emit) {
-    const int64_t P = std::max(nin, nout), D = std::min(nin, nout), tiles = ceil_div(nout, DIAG_TILE);
+    const int64_t P = std::max(nin, nout), D = std::min(nin, nout);
     const bool dst_long = nout >= nin;
-    for (int64_t tile = 0; tile < tiles; ++tile) {
-        const int64_t t0 = tile * DIAG_TILE, n = std::min(DIAG_TILE, nout - t0);
-        for (int64_t k = 0; k < K; ++k) {
-            const int64_t s = off[k];
-            int64_t l = 0;
-            while (l < n) {
-                // lane l's entry j along the diagonal and its input u, or j = -1 where the diagonal misses it
-                auto at = [&](int64_t lane, int64_t& u) {
-                    const int64_t t = t0 + lane;
-                    if (dst_long) {  // t = (j + s) mod P, x at j
-                        const int64_t j = t >= s ? t - s : t - s + P;
-                        u = j;
-                        return j < D ? j : int64_t(-1);
-                    }
-                    u = t + s < P ? t + s : t + s - P;  // t = j, x at (j + s) mod P
-                    return t;
-                };
-                int64_t u0;
-                const int64_t j0 = at(l, u0);
-                if (j0 < 0) {
-                    ++l;
-                    continue;
-                }
-                int64_t e = l + 1, u;
-                while (e < n && at(e, u) >= 0 && u == u0 + (e - l)) ++e;
-                emit(tile, k, l, e - l, u0, j0);
-                l = e;
+    for (int64_t k = 0; k < K; ++k) {
+        const int64_t s = off[k];
+        // The diagonal's outputs in two pieces [a, b), inside each of which the input is t + du: dst_long
+        // (t = (j + s) mod P, x at j) the wrapped entries j >= P - s at t = j + s - P come first, then t = j + s;
+        // dst_short (t = j, x at (j + s) mod P) t + s up to P, then t + s - P.
+        int64_t pieces[2][3] = {{0, std::min(D, P - s), s}, {P - s, D, s - P}};
+        if (dst_long) {
+            pieces[0][1] = std::max<int64_t>(0, D - (P - s));
+            pieces[0][2] = P - s;
+            pieces[1][0] = s;
+            pieces[1][1] = s + std::min(D, P - s);
+            pieces[1][2] = -s;
+        }
+        for (const auto& piece : pieces) {
+            const int64_t b = piece[1], du = piece[2];
+            for (int64_t t = piece[0]; t < b;) {
+                const int64_t tile = t / DIAG_TILE, end = std::min(b, (tile + 1) * DIAG_TILE), u = t + du;
+                emit(tile, k, t - tile * DIAG_TILE, end - t, u, dst_long ? u : t);
+                t = end;
             }
         }
     }
 }
 
 // The copy of the diagonals off (K, in [0, P)) with values v (K, D): written into alloc(bytes), a buffer the
-// caller owns; *entries is set to the entries in all. BAD_OFFSET for an offset out of range, NO_MEMORY if alloc
-// returns null.
+// caller owns; *entries is set to the entries in all. BAD_OFFSET for an offset out of range, BAD_SHAPE for a long
+// side over DIAG_PACK_MAX_LONG, NO_MEMORY if alloc returns null.
 inline int diag_pack(const int64_t* off, const float* v, int64_t K, int64_t nin, int64_t nout,
                      void* (*alloc)(int64_t), int64_t* entries) {
     const int64_t P = std::max(nin, nout), D = std::min(nin, nout), tiles = ceil_div(nout, DIAG_TILE);
+    if (P > DIAG_PACK_MAX_LONG) return BAD_SHAPE;
     for (int64_t k = 0; k < K; ++k)
         if (off[k] < 0 || off[k] >= P) return BAD_OFFSET;
     std::vector<int64_t> first(tiles + 1, 0);
@@ -109,9 +107,8 @@ inline int diag_pack(const int64_t* off, const float* v, int64_t K, int64_t nin,
         float* w = L.values + e * DIAG_TILE;
         std::fill(w, w + DIAG_TILE, 0.f);
         // along the run, the entry j advances with the lane (dst_long: j = u; dst_short: j = t)
-        for (int64_t q = 0; q < n; ++q) w[l + q] = v[k * D + j0 + q];
-        L.start[e] = int32_t(u0 - l);
-        L.mask[e] = uint16_t(((1u << n) - 1) << l);
+        std::copy(v + k * D + j0, v + k * D + j0 + n, w + l);
+        L.start[e] = int16_t(u0 - l);
     });
     return OK;
 }
@@ -123,15 +120,21 @@ inline int diag_pack(const int64_t* off, const float* v, int64_t K, int64_t nin,
 template <int NB>
 void diag_pack_tiles(const DiagPackLayout& L, const float* x, int64_t nin, const float* bias, float* y, int64_t nout,
                      int64_t t0, int64_t t1) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i in = _mm512_set1_epi32(int32_t(nin));
     for (int64_t tile = t0; tile < t1; ++tile) {
         __m512 acc[NB][4];
         for (int b = 0; b < NB; ++b)
             for (int q = 0; q < 4; ++q) acc[b][q] = _mm512_setzero_ps();
+        const int64_t t = tile * DIAG_TILE, n = std::min(DIAG_TILE, nout - t);
+        const __mmask16 om = __mmask16((1u << n) - 1);
         const auto entry = [&](int64_t e, int q) __attribute__((always_inline)) {
             __builtin_prefetch(L.values + e * DIAG_TILE + DIAG_PACK_AHEAD / sizeof(float), 0, 1);
             const __m512 w = _mm512_loadu_ps(L.values + e * DIAG_TILE);
-            const __mmask16 m = L.mask[e];
-            const float* u = x + L.start[e];
+            const int32_t s = L.start[e];
+            // the run's lanes: those of the tile (om) whose input s + l lies in [0, nin) (unsigned compare)
+            const __mmask16 m = _mm512_mask_cmplt_epu32_mask(om, _mm512_add_epi32(_mm512_set1_epi32(s), lane), in);
+            const float* u = x + s;
             for (int b = 0; b < NB; ++b) acc[b][q] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, u + b * nin), acc[b][q]);
         };
         int64_t e = L.first[tile];
@@ -143,8 +146,6 @@ void diag_pack_tiles(const DiagPackLayout& L, const float* x, int64_t nin, const
             entry(e + 3, 3);
         }
         for (; e < e1; ++e) entry(e, 0);
-        const int64_t t = tile * DIAG_TILE, n = std::min(DIAG_TILE, nout - t);
-        const __mmask16 om = __mmask16((1u << n) - 1);
         const __m512 bb = bias ? _mm512_maskz_loadu_ps(om, bias + t) : _mm512_setzero_ps();
         for (int b = 0; b < NB; ++b) {
             const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[b][0], acc[b][1]), _mm512_add_ps(acc[b][2], acc[b][3]));
@@ -157,7 +158,7 @@ void diag_pack_tiles(const DiagPackLayout& L, const float* x, int64_t nin, const
 // contiguous run of tiles holding about an equal share of the entries, so it writes its own lines of y.
 int diag_pack_mm(const float* x, const void* blob, const float* bias, float* y, int64_t B, int64_t nin, int64_t nout,
                  int64_t entries, int nt) {
-    if (B > DIAG_PACK_BATCH) return BAD_SHAPE;
+    if (B > DIAG_PACK_BATCH || std::max(nin, nout) > DIAG_PACK_MAX_LONG) return BAD_SHAPE;
     const int64_t tiles = ceil_div(nout, DIAG_TILE);
     const DiagPackLayout L(const_cast<void*>(blob), tiles, entries);
 #pragma omp parallel num_threads(nt) if (B * entries * DIAG_TILE > PARALLEL_MIN_WORK)
@@ -181,8 +182,12 @@ int diag_pack_mm(const float* x, const void* blob, const float* bias, float* y, 
 
 // Without AVX-512 dst_diag_pack_mm_f32 returns BAD_SHAPE; dst_lanes_available (lanes.cpp, built with the same
 // flags) says whether this build has it.
-// The largest batch dst_diag_pack_mm_f32 takes, for the Python side's mirror of it.
-extern "C" int64_t dst_diag_pack_batch() { return dst::DIAG_PACK_BATCH; }
+// The largest batch dst_diag_pack_mm_f32 takes and the longest long side dst_diag_pack_f32 takes, for the Python
+// side's mirror of them.
+extern "C" void dst_diag_pack_limits(int64_t* batch, int64_t* max_long) {
+    *batch = dst::DIAG_PACK_BATCH;
+    *max_long = dst::DIAG_PACK_MAX_LONG;
+}
 
 extern "C" int dst_diag_pack_f32(const int64_t* off, const void* v, int64_t K, int64_t nin, int64_t nout,
                                  void* (*alloc)(int64_t), int64_t* entries) {
