@@ -177,7 +177,7 @@ def _bind_lanes(lib: ctypes.CDLL) -> dict[tuple, ctypes._CFuncPtr]:
 
 
 def _bind_diag_pack(lib: ctypes.CDLL) -> dict[str, ctypes._CFuncPtr]:
-    """The tile-packed diagonal copy's entry points: "batch", "pack" and "mm" (whether the build has AVX-512, which
+    """The tile-packed diagonal copy's entry points: "limits", "pack" and "mm" (whether the build has AVX-512, which
     it needs: ``lanes["available"]``, the same flags)."""
     signatures = {"limits": ("dst_diag_pack_limits", [_P, _P], None),
                   "pack": ("dst_diag_pack_f32", [_P, _P, _I64, _I64, _I64, _ALLOC, _P], _INT),

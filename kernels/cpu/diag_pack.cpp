@@ -53,6 +53,11 @@ struct DiagPackLayout {
     }
 };
 
+// A stretch of a diagonal's outputs whose inputs do not wrap around the long side.
+struct DiagPiece {
+    int64_t a, b, du;  // outputs [a, b), input t + du for output t
+};
+
 // For each diagonal k and each tile of the forward product's outputs (nout) that it reaches, emit(tile, k, lane0,
 // lanes, input of lane 0, entry of lane 0 along the diagonal) once per run of consecutive inputs: a tile gets its
 // runs diagonal by diagonal and, within a diagonal, lane by lane. O(K * D / DIAG_TILE) runs.
@@ -65,18 +70,12 @@ void diag_runs(const int64_t* off, int64_t K, int64_t nin, int64_t nout, F&& emi
         // The diagonal's outputs in two pieces [a, b), inside each of which the input is t + du: dst_long
         // (t = (j + s) mod P, x at j) the wrapped entries j >= P - s at t = j + s - P come first, then t = j + s;
         // dst_short (t = j, x at (j + s) mod P) t + s up to P, then t + s - P.
-        int64_t pieces[2][3] = {{0, std::min(D, P - s), s}, {P - s, D, s - P}};
-        if (dst_long) {
-            pieces[0][1] = std::max<int64_t>(0, D - (P - s));
-            pieces[0][2] = P - s;
-            pieces[1][0] = s;
-            pieces[1][1] = s + std::min(D, P - s);
-            pieces[1][2] = -s;
-        }
-        for (const auto& piece : pieces) {
-            const int64_t b = piece[1], du = piece[2];
-            for (int64_t t = piece[0]; t < b;) {
-                const int64_t tile = t / DIAG_TILE, end = std::min(b, (tile + 1) * DIAG_TILE), u = t + du;
+        const DiagPiece pieces[2] = {
+            dst_long ? DiagPiece{0, std::max<int64_t>(0, D - (P - s)), P - s} : DiagPiece{0, std::min(D, P - s), s},
+            dst_long ? DiagPiece{s, s + std::min(D, P - s), -s} : DiagPiece{P - s, D, s - P}};
+        for (const DiagPiece& piece : pieces) {
+            for (int64_t t = piece.a; t < piece.b;) {
+                const int64_t tile = t / DIAG_TILE, end = std::min(piece.b, (tile + 1) * DIAG_TILE), u = t + piece.du;
                 emit(tile, k, t - tile * DIAG_TILE, end - t, u, dst_long ? u : t);
                 t = end;
             }
@@ -180,8 +179,6 @@ int diag_pack_mm(const float* x, const void* blob, const float* bias, float* y, 
 
 }  // namespace dst
 
-// Without AVX-512 dst_diag_pack_mm_f32 returns BAD_SHAPE; dst_lanes_available (lanes.cpp, built with the same
-// flags) says whether this build has it.
 // The largest batch dst_diag_pack_mm_f32 takes and the longest long side dst_diag_pack_f32 takes, for the Python
 // side's mirror of them.
 extern "C" void dst_diag_pack_limits(int64_t* batch, int64_t* max_long) {
@@ -198,6 +195,8 @@ extern "C" int dst_diag_pack_f32(const int64_t* off, const void* v, int64_t K, i
     }
 }
 
+// Without AVX-512 dst_diag_pack_mm_f32 returns BAD_SHAPE; dst_lanes_available (lanes.cpp, built with the same
+// flags) says whether this build has it.
 // The signature of dst_lanes_mm_f32 (kernels/cpu/caller.cpp calls both alike); k, the diagonals, is not needed.
 extern "C" int dst_diag_pack_mm_f32(const void* x, const void* blob, const void* bias, void* y, int64_t B,
                                     int64_t nin, int64_t nout, int64_t /*k*/, int64_t entries, int nt) {
