@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+from torch.compiler import is_compiling
 
 from dstbench.kernels import cpu as cpu_kernels
 from dstbench.kernels import ops
@@ -117,10 +118,13 @@ class _KernelLinear(nn.Module):
     replaced (``.to()``, assignment); that drops the per-call checks of the
     weights, ~5 us at batch 1 on the CPU, and more when the caches are cold
     (on CUDA it also replays each batch size's planned launch). The bound
-    path runs as little Python as it can (one identity check of the bound
-    buffers; for 2-D x, the bound product without ``ops.batched`` around
-    it), because with cold caches every Python step costs several times its
-    warm time. Everything else goes through the ``torch.ops.dstbench``
+    path runs as little Python as it can, because with cold caches every
+    Python step costs several times its warm time: where the C++ call path
+    of the CPU kernels is built, a call is one C++ call (``_fast``, the bound
+    product's ``guarded``) that makes ``ops.direct``'s and ``_current``'s
+    checks itself and runs x of any leading shape; it answers None for
+    anything else, which takes the Python path below (rebinding there where
+    a buffer moved). Everything else goes through the ``torch.ops.dstbench``
     operators. A layer whose bound product holds a copy of some buffers
     (``copied``, their names: the condensed layer's lane-packed copy, the diagonal layer's tile-packed one) also rebinds
     when an in-place change (``load_state_dict``, ``copy_``) moves the version
@@ -138,6 +142,7 @@ class _KernelLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.requested_impl = impl
         self._bound: tuple[tuple, tuple, object] | None = None  # (the buffers bound, their versions, the product)
+        self._fast = None  # the bound product's guarded C++ call, (x, self._buffers) -> y or None
 
     def _bind(self, x: Tensor):
         """A new bound product of the current buffers (``kernels.cpu.BoundProduct`` on the CPU,
@@ -150,6 +155,8 @@ class _KernelLinear(nn.Module):
         bound = getattr(ops.backend(impl), self._binder)(*self._weights(), self.in_features, self.out_features,
                                                          bias=self._buffers["bias"])
         self._bound = (tuple(self._buffers.values()), self._versions(), bound)
+        self._fast = bound.guarded(self._buffers, tuple(self._buffers[name] for name in self.copied)) \
+            if isinstance(bound, cpu_kernels.BoundProduct) else None
         return bound
 
     def _versions(self) -> tuple[int, ...]:
@@ -185,10 +192,15 @@ class _KernelLinear(nn.Module):
     def __getstate__(self) -> dict:
         """The state to copy or pickle, without the bound product (it holds a native function pointer)."""
         state = self.__dict__.copy()
-        state["_bound"] = None
+        state["_bound"] = state["_fast"] = None
         return state
 
     def forward(self, x: Tensor) -> Tensor:
+        fast = self._fast
+        if fast is not None and not is_compiling():
+            y = fast(x, self._buffers)
+            if y is not None:
+                return y
         if ops.direct(x):
             bound = self._current(x)
             if bound is not None:

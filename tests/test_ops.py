@@ -201,6 +201,59 @@ def test_layers_rebind_when_buffers_change_and_fall_back_for_other_input() -> No
 
 
 @pytest.mark.skipif(not CPU_OK, reason="CPU kernels unavailable")
+def test_layers_guarded_native_call_runs_only_what_the_python_path_would_run_directly(monkeypatch) -> None:
+    if os.environ.get("DSTBENCH_NATIVE_CALLER") == "0":
+        pytest.skip("DSTBENCH_NATIVE_CALLER=0 switches the native call path off")
+    w, bias = torch.randn(24, 16, generator=gen(0)), torch.randn(24, generator=gen(1))
+    x = torch.randn(5, 16, generator=gen(2))
+    for layer in (DiagonalLinear(DiagonalWeight.top_k(w, 0.5, bias)), CondensedLinear(CondensedWeight.top_k(w, 0.5, bias))):
+        dense = (layer._product(torch.eye(16)) - layer.bias).T  # the layer's weight (out, in), by the operator path
+        layer.bound_product()
+        fast = layer._fast
+        torch.testing.assert_close(fast(x, layer._buffers), x @ dense.T + layer.bias)
+        x3 = x.reshape(5, 1, 16)  # leading dimensions run as rows, as ops.batched runs them
+        torch.testing.assert_close(fast(x3, layer._buffers), (x @ dense.T + layer.bias).reshape(5, 1, 24))
+        assert fast(x[0], layer._buffers).shape == (24,)
+        with monkeypatch.context() as patch, torch.inference_mode():  # a plain eager call never reaches Python's checks
+            patch.setattr(ops, "direct", None)
+            torch.testing.assert_close(layer(x3), (x @ dense.T + layer.bias).reshape(5, 1, 24))
+        # what ops.direct sends to the operators: a tensor subclass, a gradient to record, a dispatch mode
+        assert fast(torch.nn.Parameter(x), layer._buffers) is None
+        x_grad = x.clone().requires_grad_(True)
+        assert fast(x_grad, layer._buffers) is None
+        assert layer(x_grad).grad_fn is not None
+        with torch.no_grad():
+            assert fast(x_grad, layer._buffers) is not None
+        with _SeenOps() as mode:
+            assert fast(x, layer._buffers) is None
+            layer(x)
+        assert any(name.startswith("dstbench.") for name in mode.names)
+        # x the kernels do not take, and buffers that are not the ones bound
+        assert fast(x.T.contiguous().T, layer._buffers) is None and fast(x.double(), layer._buffers) is None
+        assert fast(torch.empty(0, 16), layer._buffers) is None and fast(torch.randn(5, 15), layer._buffers) is None
+        assert fast(x, dict(layer._buffers)) is not None
+        assert fast(x, {**layer._buffers, "bias": torch.zeros(24)}) is None
+        assert fast(x, dict(reversed(layer._buffers.items()))) is None
+        assert fast(x, {**layer._buffers, "extra": None}) is None
+        for name in layer.copied:  # an in-place change of a copied buffer: the layer rebinds
+            with torch.no_grad():
+                layer._buffers[name].add_(0)
+            assert fast(x, layer._buffers) is None
+            with torch.no_grad():
+                torch.testing.assert_close(layer(x), x @ dense.T + layer.bias)
+            assert layer._fast is not fast and layer._fast(x, layer._buffers) is not None
+            fast = layer._fast
+    with torch.inference_mode():  # inference tensors keep no version counter: only replacing a buffer rebinds
+        layer = DiagonalLinear(DiagonalWeight.top_k(w, 0.5, bias))
+        layer(x)
+        fast, bound = layer._fast, dict(layer._buffers)
+        assert fast(x, layer._buffers) is not None
+        layer.bias = torch.zeros(24)
+        assert fast(x, layer._buffers) is None
+        torch.testing.assert_close(layer(x), fast(x, bound) - bias)
+
+
+@pytest.mark.skipif(not CPU_OK, reason="CPU kernels unavailable")
 def test_native_call_path_matches_the_python_path_and_reports_kernel_errors() -> None:
     from dstbench.kernels.cpu import caller
 

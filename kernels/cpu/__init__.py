@@ -573,7 +573,7 @@ class BoundProduct:
     """
 
     __slots__ = ("_fn", "_weights", "_fallback", "_pointers", "_sizes", "in_features", "out_features", "_dtype",
-                 "_native", "_native_args")
+                 "_native", "_native_args", "_guarded")
 
     def __init__(self, fn: ctypes._CFuncPtr | None, weights: tuple[Tensor | None, ...], sizes: tuple[int, ...],
                  in_features: int, out_features: int, dtype: torch.dtype, fallback, native: str) -> None:
@@ -582,8 +582,20 @@ class BoundProduct:
         self._sizes, self.in_features, self.out_features, self._dtype = sizes, in_features, out_features, dtype
         module = caller.native() if fn is not None else None
         self._native = getattr(module, native) if module is not None else None
+        self._guarded = getattr(module, f"guarded_{native}") if module is not None else None
         self._native_args = () if fn is None else (ctypes.cast(fn, ctypes.c_void_p).value, dtype,
                                                    *(p or 0 for p in self._pointers), *sizes)
+
+    def guarded(self, buffers: dict[str, Tensor | None], watched: tuple[Tensor, ...]):
+        """This product's C++ call behind a layer's checks (``caller.cpp``'s ``Guarded``), for a layer whose
+        ``_buffers`` are ``buffers`` and whose copied buffers are ``watched``: a callable (x, buffers) -> y (x of
+        shape (..., in)), or None from it when x, the dispatch state or the buffers (replaced, or ``watched``
+        changed in place since this binding) need the layer's Python path. None where the C++ call path is not
+        built."""
+        if self._guarded is None:
+            return None
+        return self._guarded(tuple(buffers.values()), list(watched), self.in_features, self.out_features,
+                             *self._native_args)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self._native is not None:  # the C++ call path (kernels/cpu/caller.cpp): None for an x it does not take

@@ -2,9 +2,16 @@
 // check x, allocate y with torch::empty, call the compiled kernel (an entry point of the ctypes library, passed
 // by address, with the weights' pointers and sizes bound in Python). With cold caches the Python version of
 // this path (torch.empty through the argument parser, ctypes' argument conversion) cost 15-50 us per call.
+// Guarded adds, for kernels.layers, the layer's own checks in front of that call.
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
+
+#include <functional>
+#include <utility>
+#include <vector>
 
 namespace {
 
@@ -80,9 +87,84 @@ torch::Tensor diag_pack_mm(const torch::Tensor& x, int64_t pack_fn, int64_t blob
     return copy_mm(x, pack_fn, blob, bias, in, out, k_pack, entries);
 }
 
+// A layer's eager call of its bound product, behind the checks that kernels.layers otherwise makes in Python:
+// x a plain tensor (exactly torch.Tensor), no dispatch mode, nothing to differentiate (ops.direct's rules), and the
+// layer's buffers still the ones bound (the same objects, in the same order of its _buffers dict, the copied ones
+// at their bound versions: _KernelLinear._current's rule). With cold caches each of those Python checks cost
+// 2-4 us at batch 1, mostly in the objects it touches; here each is a few loads. x may have any number of leading
+// dimensions (the product runs its rows). Calling it gives y, or None when a check fails, x needs the general path,
+// or the kernel reports an error: the layer then takes its Python path, which rebinds or raises.
+class Guarded {
+   public:
+    using Product = std::function<torch::Tensor(const torch::Tensor&)>;
+
+    Guarded(const py::tuple& buffers, const std::vector<torch::Tensor>& watched, int64_t in, int64_t out,
+            Product product)
+        : in_(in), out_(out), product_(std::move(product)) {
+        for (const auto& buffer : buffers) buffers_.push_back(py::reinterpret_borrow<py::object>(buffer));
+        for (const auto& tensor : watched) {
+            const c10::VariableVersion& counter = tensor.unsafeGetTensorImpl()->version_counter();
+            if (!counter.enabled()) continue;  // an inference tensor keeps no counter: only replacing it rebinds
+            counters_.push_back(counter);
+            versions_.push_back(counter.current_version());
+        }
+    }
+
+    py::object operator()(py::handle x, py::handle buffers) const {
+        PyObject* object = x.ptr();
+        if (Py_TYPE(object) != reinterpret_cast<PyTypeObject*>(THPVariableClass) ||
+            c10::impl::TorchDispatchModeTLS::any_modes_set() || !current(buffers.ptr()))
+            return py::none();
+        const torch::Tensor& input = THPVariable_Unpack(object);
+        if (input.requires_grad() && at::GradMode::is_enabled()) return py::none();
+        const int64_t dims = input.dim();
+        if (dims < 1 || input.size(-1) != in_ || !input.is_contiguous()) return py::none();
+        torch::Tensor y = product_(dims == 2 ? input : input.view({-1, in_}));
+        if (!y.defined()) return py::none();
+        if (dims != 2) {
+            std::vector<int64_t> sizes = input.sizes().vec();
+            sizes.back() = out_;
+            y = y.view(sizes);
+        }
+        return py::cast(std::move(y));
+    }
+
+   private:
+    bool current(PyObject* buffers) const {
+        if (!PyDict_CheckExact(buffers) || PyDict_GET_SIZE(buffers) != Py_ssize_t(buffers_.size())) return false;
+        Py_ssize_t position = 0;
+        PyObject *key, *value;
+        for (size_t i = 0; PyDict_Next(buffers, &position, &key, &value); ++i)
+            if (value != buffers_[i].ptr()) return false;
+        for (size_t i = 0; i < counters_.size(); ++i)
+            if (counters_[i].current_version() != versions_[i]) return false;
+        return true;
+    }
+
+    std::vector<py::object> buffers_;
+    std::vector<c10::VariableVersion> counters_;
+    std::vector<uint32_t> versions_;
+    int64_t in_, out_;
+    Product product_;
+};
+
+// Defines guarded_<name>(buffers, watched, in, out, *args): a Guarded that runs f(x, *args).
+template <typename... Args>
+void def_guarded(py::module& m, const char* name, torch::Tensor (*f)(const torch::Tensor&, Args...)) {
+    m.def(name, [f](const py::tuple& buffers, const std::vector<torch::Tensor>& watched, int64_t in, int64_t out,
+                    Args... args) {
+        return Guarded(buffers, watched, in, out, [f, args...](const torch::Tensor& x) { return f(x, args...); });
+    });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("diag_mm", &diag_mm);
     m.def("condensed_mm", &condensed_mm);
     m.def("lanes_mm", &lanes_mm);
     m.def("diag_pack_mm", &diag_pack_mm);
+    py::class_<Guarded>(m, "Guarded").def("__call__", &Guarded::operator());
+    def_guarded(m, "guarded_diag_mm", &diag_mm);
+    def_guarded(m, "guarded_condensed_mm", &condensed_mm);
+    def_guarded(m, "guarded_lanes_mm", &lanes_mm);
+    def_guarded(m, "guarded_diag_pack_mm", &diag_pack_mm);
 }
