@@ -5,7 +5,8 @@
 interleaved rounds of 200 calls of ``time.thread_time`` (CPU time of the
 calling thread, in microseconds), three ways per layer:
 
-* ``direct``: the kernel alone, the compiled entry point called through
+* ``direct``: the kernel the layer runs, alone: the compiled entry point
+  (the packed copy's where the layer reads one at batch 1) called through
   ctypes on prepared pointers with y preallocated (CSR: ``torch.sparse.mm``
   on a CSR tensor kept between calls, no bias);
 * ``layer``: the layer as the suites call it;
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from dstbench import registry
+from dstbench.kernels import cpu
 from dstbench.suites import vit_e2e
 from dstbench.suites.inference import build_layer
 
@@ -64,8 +66,13 @@ def _three_ways(method: str, layer: nn.Module, x: Tensor, out_features: int) -> 
     else:
         bound = layer._bind(x)
         y = torch.empty(x.shape[0], out_features)
-        args = (x.data_ptr(), *bound._pointers, y.data_ptr(), x.shape[0], *bound._sizes, 1)
-        direct = lambda y=y: bound._fn(*args)  # noqa: E731  (y kept alive with the lambda: the kernel writes it)
+        if isinstance(bound, cpu.BoundCopy) and bound.copies(x.shape[0]):  # the packed copy, which the layer reads
+            blob, bias, n, steps = bound._copy_args
+            fn, args = bound._copy_fn, (x.data_ptr(), blob, bias, y.data_ptr(), x.shape[0], x.shape[1], out_features,
+                                        n, steps, 1)
+        else:
+            fn, args = bound._fn, (x.data_ptr(), *bound._pointers, y.data_ptr(), x.shape[0], *bound._sizes, 1)
+        direct = lambda y=y: fn(*args)  # noqa: E731  (y kept alive with the lambda: the kernel writes it)
         if method == "dynadiag":
             operator = lambda: torch.ops.dstbench.diag_mm(x, layer.offsets, layer.values, out_features, "cpu",  # noqa: E731
                                                           layer.bias)
