@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import sys
 import warnings
 
 import pytest
@@ -243,6 +244,9 @@ def test_layers_guarded_native_call_runs_only_what_the_python_path_would_run_dir
                 torch.testing.assert_close(layer(x), x @ dense.T + layer.bias)
             assert layer._fast is not fast and layer._fast(x, layer._buffers) is not None
             fast = layer._fast
+        product, held = layer.bound_product(), sys.getrefcount(layer.bound_product())
+        layer._fast = fast = None
+        assert sys.getrefcount(product) == held - 1  # the guarded call holds its product, whose copy it reads
     with torch.inference_mode():  # inference tensors keep no version counter: only replacing a buffer rebinds
         layer = DiagonalLinear(DiagonalWeight.top_k(w, 0.5, bias))
         layer(x)

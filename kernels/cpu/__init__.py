@@ -594,8 +594,8 @@ class BoundProduct:
         built."""
         if self._guarded is None:
             return None
-        return self._guarded(tuple(buffers.values()), list(watched), self.in_features, self.out_features,
-                             *self._native_args)
+        return self._guarded(self, tuple(buffers.values()), list(watched), self.in_features, self.out_features,
+                             *self._native_args)  # self: kept alive with it, as the copy its addresses point into
 
     def __call__(self, x: Tensor) -> Tensor:
         if self._native is not None:  # the C++ call path (kernels/cpu/caller.cpp): None for an x it does not take

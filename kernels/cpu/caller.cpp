@@ -98,9 +98,10 @@ class Guarded {
    public:
     using Product = std::function<torch::Tensor(const torch::Tensor&)>;
 
-    Guarded(const py::tuple& buffers, const std::vector<torch::Tensor>& watched, int64_t in, int64_t out,
-            Product product)
-        : in_(in), out_(out), product_(std::move(product)) {
+    // owner: the Python object holding what the product's addresses point into (the bound product, with its copy)
+    Guarded(py::object owner, const py::tuple& buffers, const std::vector<torch::Tensor>& watched, int64_t in,
+            int64_t out, Product product)
+        : owner_(std::move(owner)), in_(in), out_(out), product_(std::move(product)) {
         for (const auto& buffer : buffers) buffers_.push_back(py::reinterpret_borrow<py::object>(buffer));
         for (const auto& tensor : watched) {
             const c10::VariableVersion& counter = tensor.unsafeGetTensorImpl()->version_counter();
@@ -141,6 +142,7 @@ class Guarded {
         return true;
     }
 
+    py::object owner_;
     std::vector<py::object> buffers_;
     std::vector<c10::VariableVersion> counters_;
     std::vector<uint32_t> versions_;
@@ -148,12 +150,13 @@ class Guarded {
     Product product_;
 };
 
-// Defines guarded_<name>(buffers, watched, in, out, *args): a Guarded that runs f(x, *args).
+// Defines guarded_<name>(owner, buffers, watched, in, out, *args): a Guarded that runs f(x, *args).
 template <typename... Args>
 void def_guarded(py::module& m, const char* name, torch::Tensor (*f)(const torch::Tensor&, Args...)) {
-    m.def(name, [f](const py::tuple& buffers, const std::vector<torch::Tensor>& watched, int64_t in, int64_t out,
-                    Args... args) {
-        return Guarded(buffers, watched, in, out, [f, args...](const torch::Tensor& x) { return f(x, args...); });
+    m.def(name, [f](py::object owner, const py::tuple& buffers, const std::vector<torch::Tensor>& watched, int64_t in,
+                    int64_t out, Args... args) {
+        return Guarded(std::move(owner), buffers, watched, in, out,
+                       [f, args...](const torch::Tensor& x) { return f(x, args...); });
     });
 }
 
