@@ -265,7 +265,9 @@ def same_window(base: Run, result: Result, suite: str, suite_args: Sequence[str]
     A slow window of a shared host (a neighbour's load, a throttled core) can slow
     one kernel for minutes, so both runs of ``confirm`` fall in it while the
     committed baseline was measured outside it; asv's ``continuous`` measures both
-    commits in the same window for this reason. When the baseline's commit cannot
+    commits in the same window for this reason. Where that comparison finds the case noisy (the
+    rounds of either measurement too dispersed to judge), the case is noisy, as ``compare`` leaves
+    any such case unjudged. When the baseline's commit cannot
     be measured (a shallow clone, a baseline made from uncommitted edits), the two
     runs' verdict stands, with a note saying why.
     """
@@ -284,6 +286,10 @@ def same_window(base: Run, result: Result, suite: str, suite_args: Sequence[str]
         if status.get(comp.key) in ("unchanged", "improved"):
             comp.status = "unchanged"
             comp.note = "the baseline's commit, measured now, is as slow: the machine's window, not the code"
+        elif status.get(comp.key) == "noisy":  # compare's rule: a case too dispersed to judge is not judged
+            comp.status = "noisy"
+            comp.note = ("the baseline's commit, measured now, varies too much to tell the code from the window; "
+                         "rerun on a quiet machine")
         else:
             comp.note = "regressed against the baseline's commit measured now too"
     result.notes.append(f"regressions are checked against the baseline's commit {sha[:10]} measured in the same "

@@ -315,6 +315,31 @@ def test_a_regression_against_the_baseline_commit_measured_now_counts(base: Path
     assert {c["note"] for c in regressed} == {"regressed against the baseline's commit measured now too"}
 
 
+def test_a_regression_the_baseline_commit_measured_now_is_too_dispersed_to_judge_is_noisy(
+        base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Both runs of the checkout slow; the baseline's commit, measured now, as slow at its median but its rounds
+    spread over 1.2-2.8x: the same-window comparison cannot judge, so neither does the check."""
+    def dispersed(fns, *, rounds: int, **_) -> dict[str, timing.Samples]:  # noqa: ANN001, ANN003
+        spread = (1.2, 2.0, 2.8)
+        return {name: timing.Samples(1, [TIMES.get(name, 5e-4) * (spread[r % 3] if name == "dynadiag" else 1.0)
+                                         for r in range(rounds)]) for name in fns}
+
+    def run_at_commit(sha: str, suite: str, suite_args: list[str], out: Path) -> Path:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(timing, "interleaved", dispersed)
+            baseline.run_suite(suite, suite_args, out)
+        return out
+
+    monkeypatch.setattr(commit_runs, "run_at_commit", run_at_commit)
+    monkeypatch.setattr(timing, "interleaved", fake_interleaved({"dynadiag": 2.0}))
+    assert main(["baseline", "check", "--baseline", str(base), "--out", str(tmp_path / "check"), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    dynadiag = [c for c in data["comparisons"] if c["method"] == "dynadiag"]
+    assert dynadiag and {c["status"] for c in dynadiag} == {"noisy"}
+    assert {c["note"] for c in dynadiag} == {"the baseline's commit, measured now, varies too much to tell the code "
+                                             "from the window; rerun on a quiet machine"}
+
+
 def test_a_baseline_of_uncommitted_edits_keeps_the_two_runs_verdict(base: Path, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture) -> None:
