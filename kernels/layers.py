@@ -170,9 +170,11 @@ class _KernelLinear(nn.Module):
 
     def _current(self, x: Tensor):
         """The product bound to the current buffers, bound anew where they were replaced or changed (x: a tensor
-        on the device of the call); None where no kernel of ``kernels.cpu`` / ``kernels.cuda`` runs x."""
-        bound = self._bound
-        if bound is not None and all(map(operator.is_, bound[0], self._buffers.values())) \
+        on the device of the call); None where no kernel of ``kernels.cpu`` / ``kernels.cuda`` runs x. Current means
+        the same buffer objects, no more and no fewer, in order, the copied ones at their bound versions: the rule
+        ``_fast`` makes in C++ (``caller.cpp``'s ``Guarded``)."""
+        bound, buffers = self._bound, self._buffers
+        if bound is not None and len(bound[0]) == len(buffers) and all(map(operator.is_, bound[0], buffers.values())) \
                 and bound[1] == self._versions():
             return bound[2]
         return self._bind(x)

@@ -244,6 +244,11 @@ def test_layers_guarded_native_call_runs_only_what_the_python_path_would_run_dir
                 torch.testing.assert_close(layer(x), x @ dense.T + layer.bias)
             assert layer._fast is not fast and layer._fast(x, layer._buffers) is not None
             fast = layer._fast
+        layer.register_buffer("extra", torch.zeros(1))  # one rule for both paths: a buffer added rebinds too
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), x @ dense.T + layer.bias)
+        assert layer._fast is not fast and layer._fast(x, layer._buffers) is not None
+        fast = layer._fast
         product, held = layer.bound_product(), sys.getrefcount(layer.bound_product())
         layer._fast = fast = None
         assert sys.getrefcount(product) == held - 1  # the guarded call holds its product, whose copy it reads
