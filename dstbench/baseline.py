@@ -11,7 +11,7 @@ and against the baseline's own commit measured now, in the same window of
 the machine (``same_window``, asv's ``continuous``), before it counts.
 
 Speedups from another CPU say nothing about a regression, so there is one
-baseline per machine class (CPU model): by default ``update`` writes
+baseline per machine class (CPU model and generation, ``dstbench.env.machine_class``): by default ``update`` writes
 ``results/baselines/cpu-quick-<cpu model>`` for this machine, and ``check``
 takes the baseline under ``results/baselines`` that was measured on this
 machine's class. Where there is none (or an explicit ``--baseline`` comes
@@ -170,12 +170,13 @@ def slug(machine: str) -> str:
 
 
 def this_cpu_class() -> str:
-    """This machine's class as a CPU-only run would have it (its CPU model)."""
-    return envinfo.machine_class({"cpu_model": envinfo.cpu_model()})
+    """This machine's class as a CPU-only run would have it (its CPU model and generation)."""
+    return envinfo.machine_class({"cpu_model": envinfo.cpu_model(), "cpu_id": envinfo.cpu_id()})
 
 
 def default_dir() -> Path:
-    """This machine's default baseline folder: ``ROOT/cpu-quick-<slug of its CPU model>``."""
+    """This machine's default baseline folder: ``ROOT/cpu-quick-<slug of its class>``, such as
+    ``cpu-quick-amd-epyc-family-25-model-17``."""
     return ROOT / f"{DEFAULT_PREFIX}-{slug(this_cpu_class())}"
 
 
@@ -195,8 +196,9 @@ def find(root: Path | None = None) -> tuple[Path | None, str]:
 
 
 def this_machine_class(base: Run) -> str:
-    """This machine's class as ``base`` would be classed here (CPU model for CPU-only runs)."""
-    here = {"cpu_model": envinfo.cpu_model(), "gpu_name": None if base.devices == {"cpu"} else envinfo.gpu_name()}
+    """This machine's class as ``base`` would be classed here (CPU model and generation for CPU-only runs)."""
+    here = {"cpu_model": envinfo.cpu_model(), "cpu_id": envinfo.cpu_id(),
+            "gpu_name": None if base.devices == {"cpu"} else envinfo.gpu_name()}
     return envinfo.machine_class(here)
 
 
@@ -306,7 +308,7 @@ def main(argv: Sequence[str]) -> int:
                                        "with it",
                         description="Run a suite that records speedups (default --quick; other suite options are "
                                     "passed on) and replace the baseline folder with the new run.")
-    up.add_argument("--out", type=Path, help=f"the baseline folder (default {ROOT}/{DEFAULT_PREFIX}-<this CPU model>, "
+    up.add_argument("--out", type=Path, help=f"the baseline folder (default {ROOT}/{DEFAULT_PREFIX}-<this CPU class>, "
                                              f"here {default_dir()})")
     up.add_argument("--suite", help=f"the suite whose speedups the baseline tracks (default {DEFAULT_SUITE}; with "
                                      "--from, the adopted run's)")

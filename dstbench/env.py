@@ -35,6 +35,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: /proc/cpuinfo fields that name a CPU's generation: x86's family and model numbers, Arm's implementer and part
+_CPU_ID_FIELDS = (("cpu family", "family"), ("model", "model"), ("CPU implementer", "implementer"),
+                  ("CPU part", "part"))
+
+
+def cpu_id(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The CPU's generation as /proc/cpuinfo numbers it: 'family 25, model 17' (x86: AMD Zen 4), or 'implementer
+    0x41, part 0xd0c' (Arm); None where the file is missing or names neither.
+
+    A virtual machine may show a generic model name ('AMD EPYC' on Zen 4 and on Zen 5 alike), and speedups move
+    between generations (MKL's batch-1 GEMV, a kernel's load ports), so the machine class carries these numbers.
+    """
+    try:
+        first = cpuinfo.read_text().split("\n\n", 1)[0]
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    parts = [f"{label} {fields[key]}" for key, label in _CPU_ID_FIELDS if fields.get(key)]
+    return ", ".join(parts) or None
+
+
 def cupy_version() -> str | None:
     try:
         import cupy  # noqa: PLC0415
@@ -84,6 +106,7 @@ def capture(threads: int | None = None) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cupy": cupy_version(),
         "cpu_model": cpu_model(),
+        "cpu_id": cpu_id(),
         "cpu_count": os.cpu_count(),
         "gpu_name": gpu_name(),
         "machine": platform.machine(),
@@ -95,5 +118,9 @@ def capture(threads: int | None = None) -> dict[str, Any]:
 
 
 def machine_class(env: dict[str, Any]) -> str:
-    """What must match for two runs' speedups to be comparable: CPU model, or GPU name."""
-    return env.get("gpu_name") or env.get("cpu_model") or "unknown"
+    """What must match for two runs' speedups to be comparable: the GPU name, or the CPU model with its generation
+    (``cpu_id``) where the run recorded one: 'AMD EPYC (family 25, model 17)'."""
+    if env.get("gpu_name"):
+        return env["gpu_name"]
+    model = env.get("cpu_model") or "unknown"
+    return f"{model} ({env['cpu_id']})" if env.get("cpu_id") else model

@@ -48,7 +48,7 @@ LOCK_FILE = "writer.lock"
 SCHEMA = 2
 #: env fields that must match for a rerun to continue a segment
 COMMIT_FIELDS = ("git_sha", "git_dirty")
-ENV_FIELDS = ("cpu_model", "gpu_name", "threads", "torch")
+ENV_FIELDS = ("cpu_model", "cpu_id", "gpu_name", "threads", "torch")
 #: how long a second writer waits for the lock holder to name itself in the lock file
 _HOLDER_WAIT_S = 1.0
 #: labels of the batches at which the accuracy suite times each trained model: one sample, the evaluation batch

@@ -121,7 +121,7 @@ def source(run: Run, label: str, segment: int) -> dict[str, Any]:
         "run": str(run.path), "suite": run.suite, "segment": segment,
         "commit": {"git_sha": env.get("git_sha"), "git_dirty": env.get("git_dirty")},
         "machine": {"label": label, **{key: env.get(key) for key in
-                                       ("hostname", "cpu_model", "gpu_name", "threads", "torch", "cuda", "cupy")}},
+                                       ("hostname", "cpu_model", "cpu_id", "gpu_name", "threads", "torch", "cuda", "cupy")}},
         "command": " ".join(argv) if argv else None,
         "started_at": part.get("started_at"), "finished_at": part.get("finished_at"),
     }

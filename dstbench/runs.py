@@ -97,6 +97,6 @@ def machine_label(run: Run) -> str:
     """A short label of where a run was measured, e.g. 'Intel Xeon Platinum 8481C, 2 threads' or 'NVIDIA H100'."""
     cls = machine_class(run)
     label = short_machine(cls)
-    if cls == run.env.get("cpu_model") and run.env.get("threads"):
+    if cls != run.env.get("gpu_name") and run.env.get("threads"):  # a CPU class
         label += f", {run.env['threads']} threads"
     return label

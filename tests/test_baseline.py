@@ -121,13 +121,14 @@ def test_update_replaces_the_baseline(base: Path) -> None:
 
 
 def test_other_machine_class_skips_the_check(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A baseline of another CPU generation under this CPU's model name ('AMD EPYC' on Zen 4 and Zen 5)."""
     meta = json.loads((base / "run.json").read_text())
-    meta["env"]["cpu_model"] = "Some Other CPU"
+    meta["env"]["cpu_id"] = "family 1, model 1"
     (base / "run.json").write_text(json.dumps(meta))
     new = tmp_path / "check"
     assert main(["baseline", "check", "--baseline", str(base), "--out", str(new)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("dstbench baseline check: skipped") and "'Some Other CPU'" in out
+    assert out.startswith("dstbench baseline check: skipped") and f"{meta['env']['cpu_model']} (family 1, model 1)'" in out
     assert not new.exists()
     assert main(["baseline", "check", "--baseline", str(base), "--out", str(new), "--allow-machine-mismatch"]) == 0
     assert f"{COMPARISONS} unchanged" in capsys.readouterr().out
@@ -174,7 +175,8 @@ def test_defaults_point_at_this_machines_quick_baseline(monkeypatch: pytest.Monk
     assert baseline.slug("Intel(R) Xeon(R) Processor") == "intel-xeon-processor"
     assert baseline.slug("AMD EPYC 9B45 128-Core Processor") == "amd-epyc-9b45-128-core-processor"
     monkeypatch.setattr(baseline.envinfo, "cpu_model", lambda: "AMD EPYC")
-    assert baseline.default_dir() == Path("results/baselines/cpu-quick-amd-epyc")
+    monkeypatch.setattr(baseline.envinfo, "cpu_id", lambda: "family 25, model 17")
+    assert baseline.default_dir() == Path("results/baselines/cpu-quick-amd-epyc-family-25-model-17")
     assert baseline.DEFAULT_SUITE_ARGS == ("--quick",)
 
 
@@ -186,6 +188,7 @@ def test_check_finds_the_baseline_of_this_machine_class(base: Path, tmp_path: Pa
     shutil.copytree(base, other)
     meta = json.loads((other / "run.json").read_text())
     meta["env"]["cpu_model"] = "Some Other CPU"
+    meta["env"].pop("cpu_id", None)  # as a record from before cpu_id
     (other / "run.json").write_text(json.dumps(meta))
     monkeypatch.setattr(baseline, "ROOT", base.parent)
     assert baseline.find() == (base, "")

@@ -39,7 +39,7 @@ def test_new_store_writes_meta_and_rows(tmp_path: Path) -> None:
         assert segment["fingerprint"] == {
             "options": {"rounds": 3},
             "commit": {"git_sha": meta["env"]["git_sha"], "git_dirty": meta["env"]["git_dirty"]},
-            "env": {"cpu_model": envinfo.cpu_model(), "gpu_name": envinfo.gpu_name(), "threads": 1,
+            "env": {"cpu_model": envinfo.cpu_model(), "cpu_id": envinfo.cpu_id(), "gpu_name": envinfo.gpu_name(), "threads": 1,
                     "torch": meta["env"]["torch"]}}
         store.append_many(_rows("a", "b"))
         store.append(_rows("c")[0])
