@@ -12,7 +12,7 @@ the machine (``same_window``, asv's ``continuous``), before it counts.
 
 Speedups from another CPU say nothing about a regression, so there is one
 baseline per machine class (CPU model and generation, ``dstbench.env.machine_class``): by default ``update`` writes
-``results/baselines/cpu-quick-<cpu model>`` for this machine, and ``check``
+``results/baselines/cpu-quick-<machine class>`` for this machine, and ``check``
 takes the baseline under ``results/baselines`` that was measured on this
 machine's class. Where there is none (or an explicit ``--baseline`` comes
 from another class), ``check`` runs nothing, says so, and exits 0
