@@ -19,6 +19,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "cupy": env.cupy_version(),
         "gpu_name": env.gpu_name(),
         "cpu_model": env.cpu_model(),
+        "cpu_id": env.cpu_id(),
         "mkl": torch.backends.mkl.is_available(),
         "torch_threads": torch.get_num_threads(),
     })
