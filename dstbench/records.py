@@ -203,7 +203,7 @@ def _new_segment(number: int, config: dict[str, Any], env: dict[str, Any], may_c
 def _suite_meta(path: Path, suite: str) -> dict[str, Any]:
     meta = read_meta(path)
     if meta["suite"] != suite:
-        raise UserError(f"{path} holds a '{meta['suite']}' run, not '{suite}'; choose another --out folder")
+        raise UserError(f"{path} holds a run of the '{meta['suite']}' suite, not '{suite}'; choose another --out folder")
     return meta
 
 
@@ -214,7 +214,7 @@ def _check_fingerprint(path: Path, meta: dict[str, Any], wanted: dict[str, Any],
     if changed:
         shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
         raise UserError(
-            f"{path} holds a '{meta['suite']}' run (segment {last['segment']}) recorded with another "
+            f"{path} holds a run of the '{meta['suite']}' suite (segment {last['segment']}) recorded with another "
             f"fingerprint ({shown}); to resume it, rerun with its options on its commit and machine, pass "
             "--new-segment to record this run as a new segment of it, or choose another --out")
 

@@ -157,7 +157,7 @@ def test_bad_input_is_one_line_and_exit_2(base: Path, tmp_path: Path, capsys: py
         (["check", "--baseline", str(base), "--rounds", "3"], "takes no suite options"),
         (["update", "--out", str(busy), *TINY], "not a dstbench baseline"),
         (["check", "--baseline", str(with_out), "--out", str(tmp_path / "new")], "hold --out"),
-        (["update", "--out", str(base), "--suite", "training"], "holds a 'inference' run, not 'training'"),
+        (["update", "--out", str(base), "--suite", "training"], "holds a run of the 'inference' suite, not 'training'"),
         (["update", "--out", str(tmp_path / "acc"), "--suite", "accuracy"], "the accuracy suite records none"),
         (["update", "--out", str(tmp_path / "nope"), "--suite", "nope"], "unknown suite 'nope'"),
         (["update", "--out", str(base), *TINY, "--sparsity", "2"], "sparsity must be in [0, 1)"),

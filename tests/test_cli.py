@@ -82,7 +82,7 @@ def test_folder_of_another_suite_is_refused_untouched(tmp_path: Path, capsys: py
     records.RunStore(tmp_path, "training", {})
     before = (tmp_path / records.RUN_FILE).read_text()
     assert main(["run", "--suite", "inference", *TINY, "--out", str(tmp_path)]) == 2
-    assert "holds a 'training' run" in one_error_line(capsys)
+    assert "holds a run of the 'training' suite" in one_error_line(capsys)
     assert (tmp_path / records.RUN_FILE).read_text() == before
     assert not (tmp_path / records.ROWS_FILE).exists()
 

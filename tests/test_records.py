@@ -241,7 +241,7 @@ def test_another_suites_folder_is_refused_untouched(tmp_path: Path) -> None:
     with records.RunStore(tmp_path, "training", {}) as store:
         store.append_many(_rows("a"))
     before = {p.name: p.read_text() for p in tmp_path.iterdir()}
-    with pytest.raises(UserError, match="holds a 'training' run"):
+    with pytest.raises(UserError, match="holds a run of the 'training' suite"):
         records.RunStore(tmp_path, "inference", {})
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before
 
