@@ -11,8 +11,9 @@ import synthetic_runs as syn
 from dstbench import env as envinfo
 from dstbench.cli import main
 
-# The first processor block of /proc/cpuinfo on this project's two AMD EPYC CI hosts (fields abridged): the same
-# model name on Zen 4 (family 25) and Zen 5 (family 26).
+# A first processor block of /proc/cpuinfo (fields abridged) as this project's AMD EPYC CI host shows it on Zen 4
+# (family 25, model 17, read on it), and as a Zen 5 (family 26; the model number is illustrative) under the same
+# model name.
 ZEN4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
 ZEN5 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
 ARM = "processor\t: 0\nBogoMIPS\t: 243.75\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU part\t: 0xd0c\n"
