@@ -14,9 +14,11 @@ Speedups from another CPU say nothing about a regression, so there is one
 baseline per machine class (CPU model and generation, ``dstbench.env.machine_class``): by default ``update`` writes
 ``results/baselines/cpu-quick-<machine class>`` for this machine, and ``check``
 takes the baseline under ``results/baselines`` that was measured on this
-machine's class. Where there is none (or an explicit ``--baseline`` comes
-from another class), ``check`` runs nothing, says so, and exits 0
-(``--allow-machine-mismatch`` compares anyway).
+machine's class. Where there is none, ``check`` measures the commit of
+another class's baseline on this machine, then this checkout, and compares
+the two (``against_its_commit``); an explicit ``--baseline`` from another
+class runs nothing, says so, and exits 0 (``--allow-machine-mismatch``
+compares anyway).
 
 The suite's own progress and table go to stderr, so that stdout carries
 only the comparison (Markdown for a CI comment, text or JSON).
@@ -180,12 +182,17 @@ def default_dir() -> Path:
     return ROOT / f"{DEFAULT_PREFIX}-{slug(this_cpu_class())}"
 
 
+def folders(root: Path | None = None) -> list[Path]:
+    """The baseline folders under ``root`` (default ``ROOT``), by name."""
+    return sorted(p for p in Path(ROOT if root is None else root).glob("*") if (p / INFO_FILE).is_file())
+
+
 def find(root: Path | None = None) -> tuple[Path | None, str]:
     """The baseline under ``root`` (default ``ROOT``) measured on this machine's class (the first by name if
     several), or None, with a note saying which classes the baselines there were measured on."""
     root = ROOT if root is None else root
     seen = []
-    for folder in sorted(p for p in Path(root).glob("*") if (p / INFO_FILE).is_file()):
+    for folder in folders(root):
         base = load_run(folder)
         if this_machine_class(base) == machine_class(base):
             return folder, ""
@@ -208,7 +215,7 @@ def check(args: argparse.Namespace) -> int:
     if args.baseline is None:
         args.baseline, note = find()
         if args.baseline is None:
-            return _skipped(f"skipped: {note}", args.format)
+            return against_its_commit(note, args)
     base = load_run(args.baseline)
     info = read_info(args.baseline)
     here, there = this_machine_class(base), machine_class(base)
@@ -227,6 +234,38 @@ def check(args: argparse.Namespace) -> int:
         if result.exit_code:
             result = same_window(base, result, suite, suite_args, confirming, out.with_name(out.name + "-base-commit"),
                                  args)
+    print(FORMATS[args.format](result), end="")
+    return result.exit_code
+
+
+def against_its_commit(note: str, args: argparse.Namespace) -> int:
+    """No baseline of this machine's class under ``ROOT``: measure here, in the same window, the
+    commit of the first baseline there (another class's), then this checkout, with that baseline's suite options,
+    and compare the two, as asv's ``continuous`` compares two commits on a machine with no stored results. Only
+    the commit and the options are taken from that baseline, never its numbers. Runs nothing, exit 0, where
+    there is no baseline at all or its commit cannot be measured (uncommitted edits, a shallow clone)."""
+    others = folders()
+    if not others:
+        return _skipped(f"skipped: {note}", args.format)
+    other = others[0]
+    info = read_info(other)
+    suite, suite_args = info["suite"], _check_suite_args(info["suite_args"])
+    out = Path(args.out or records.default_out(f"{suite}-check"))
+    committed = out.with_name(out.name + "-base-commit")
+    try:
+        sha = commit_runs.commit_of(load_run(other))
+        print(f"dstbench baseline check: no baseline of this machine class ({this_cpu_class()!r}); measuring the "
+              f"commit {sha[:10]} of {other.name} here, then this checkout", file=sys.stderr)
+        base = load_run(commit_runs.run_at_commit(sha, suite, suite_args, committed))
+    except UserError as exc:
+        return _skipped(f"skipped: {note}; nor could the commit of {other.name} be measured here ({exc})",
+                        args.format)
+    run_suite(suite, suite_args, out)
+    result = compare_with_options(base, load_run(out), args)
+    if result.exit_code:
+        result = confirm(base, result, suite, suite_args, out.with_name(out.name + "-confirm"), args)
+    result.notes.append(f"no baseline of this machine class: the base is commit {sha[:10]} (that of {other.name}) "
+                        f"measured on this machine just before ({committed}), not a stored run")
     print(FORMATS[args.format](result), end="")
     return result.exit_code
 

@@ -180,26 +180,65 @@ def test_defaults_point_at_this_machines_quick_baseline(monkeypatch: pytest.Monk
     assert baseline.DEFAULT_SUITE_ARGS == ("--quick",)
 
 
-def test_check_finds_the_baseline_of_this_machine_class(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture) -> None:
-    """Two baselines under the root, one from another CPU: check without --baseline compares with this CPU's; with
-    only the other one there, it runs nothing and names the classes it found."""
-    other = base.parent / "cpu-quick-other"
+def _of_another_class(base: Path, name: str = "cpu-quick-other") -> Path:
+    """A copy of ``base`` beside it, as measured on another CPU before runs recorded ``cpu_id``."""
+    other = base.parent / name
     shutil.copytree(base, other)
     meta = json.loads((other / "run.json").read_text())
     meta["env"]["cpu_model"] = "Some Other CPU"
-    meta["env"].pop("cpu_id", None)  # as a record from before cpu_id
+    meta["env"].pop("cpu_id", None)
     (other / "run.json").write_text(json.dumps(meta))
+    return other
+
+
+def test_check_finds_the_baseline_of_this_machine_class(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Two baselines under the root, one from another CPU: check without --baseline compares with this CPU's."""
+    _of_another_class(base)
     monkeypatch.setattr(baseline, "ROOT", base.parent)
     assert baseline.find() == (base, "")
     new = tmp_path / "check"
     assert main(["baseline", "check", "--out", str(new)]) == 0
     assert f"{COMPARISONS} unchanged" in capsys.readouterr().out and new.exists()
+    assert not (tmp_path / "check-base-commit").exists()
+
+
+def test_with_no_baseline_of_this_class_check_measures_another_baselines_commit_here(
+        base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Only another CPU's baseline: its commit and options, measured on this machine now, are the base (never its
+    numbers); a kernel twice as slow in this checkout regresses against it, an unchanged one does not."""
+    other = _of_another_class(base)
     shutil.rmtree(base)
-    assert main(["baseline", "check", "--out", str(tmp_path / "check2")]) == 0
+    monkeypatch.setattr(baseline, "ROOT", other.parent)
+    measured = _slow_window(monkeypatch, base_commit_slow=False)
+    assert main(["baseline", "check", "--out", str(tmp_path / "check"), "--format", "json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert measured == ["c" * 40]
+    assert {(c["method"], c["metric"]) for c in data["comparisons"] if c["status"] == "regressed"} == {
+        ("dynadiag", "vs dense"), ("dynadiag", "vs torch dense"), ("dynadiag", "vs CSR")}
+    assert data["base"]["path"] == str(tmp_path / "check-base-commit")
+    assert any("the base is commit cccccccccc (that of cpu-quick-other) measured on this machine" in note
+               for note in data["notes"])
+    monkeypatch.setattr(timing, "interleaved", fake_interleaved({}))
+    assert main(["baseline", "check", "--out", str(tmp_path / "again")]) == 0
+    assert f"{COMPARISONS} unchanged" in capsys.readouterr().out
+
+
+def test_with_no_baseline_to_measure_check_runs_nothing(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """Another CPU's baseline of uncommitted edits (no commit holds its code), then no baseline at all: check runs
+    nothing, names what it found and why, and exits 0."""
+    other = _of_another_class(base)
+    _committed(other, dirty=True)
+    shutil.rmtree(base)
+    monkeypatch.setattr(baseline, "ROOT", other.parent)
+    assert main(["baseline", "check", "--out", str(tmp_path / "check")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("dstbench baseline check: skipped: no baseline under") and "cpu-quick-other ('Some Other CPU')" in out
-    assert not (tmp_path / "check2").exists()
+    assert "uncommitted edits on cccccccccc" in out and not (tmp_path / "check").exists()
+    shutil.rmtree(other)
+    assert main(["baseline", "check", "--out", str(tmp_path / "check")]) == 0
+    assert "there: none" in capsys.readouterr().out and not (tmp_path / "check").exists()
 
 
 def test_the_baseline_tracks_the_suite_it_was_made_of(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
