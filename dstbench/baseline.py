@@ -204,9 +204,8 @@ def find(root: Path | None = None) -> tuple[Path | None, str]:
 
 def this_machine_class(base: Run) -> str:
     """This machine's class as ``base`` would be classed here (CPU model and generation for CPU-only runs)."""
-    here = {"cpu_model": envinfo.cpu_model(), "cpu_id": envinfo.cpu_id(),
-            "gpu_name": None if base.devices == {"cpu"} else envinfo.gpu_name()}
-    return envinfo.machine_class(here)
+    gpu = None if base.devices == {"cpu"} else envinfo.gpu_name()
+    return gpu or this_cpu_class()
 
 
 def check(args: argparse.Namespace) -> int:
@@ -223,19 +222,36 @@ def check(args: argparse.Namespace) -> int:
         return _skipped(f"skipped: the baseline {args.baseline} was measured on {there!r} and this machine is {here!r}; "
                         "speedups of different machine classes are not comparable. Make a baseline on this machine "
                         "class (dstbench baseline update) or pass --allow-machine-mismatch", args.format)
+    suite, suite_args, out = _plan(info, args)
+    result = _measure_and_compare(base, suite, suite_args, out, args)
+    if result.exit_code:
+        result = same_window(base, result, suite, suite_args, _confirming(out), _base_commit(out), args)
+    print(FORMATS[args.format](result), end="")
+    return result.exit_code
+
+
+def _plan(info: dict[str, Any], args: argparse.Namespace) -> tuple[str, list[str], Path]:
+    """The suite and options a check reruns (a baseline's ``info``), and the run folder of its new run."""
     suite = info["suite"]
-    out = Path(args.out or records.default_out(f"{suite}-check"))
-    suite_args = _check_suite_args(info["suite_args"])
+    return suite, _check_suite_args(info["suite_args"]), Path(args.out or records.default_out(f"{suite}-check"))
+
+
+def _confirming(out: Path) -> Path:
+    return out.with_name(out.name + "-confirm")
+
+
+def _base_commit(out: Path) -> Path:
+    return out.with_name(out.name + "-base-commit")
+
+
+def _measure_and_compare(base: Run, suite: str, suite_args: Sequence[str], out: Path,
+                         args: argparse.Namespace) -> Result:
+    """Run the suite into ``out`` and compare with ``base``; a flagged case must regress in a confirming run too."""
     run_suite(suite, suite_args, out)
     result = compare_with_options(base, load_run(out), args)
     if result.exit_code:
-        confirming = out.with_name(out.name + "-confirm")
-        result = confirm(base, result, suite, suite_args, confirming, args)
-        if result.exit_code:
-            result = same_window(base, result, suite, suite_args, confirming, out.with_name(out.name + "-base-commit"),
-                                 args)
-    print(FORMATS[args.format](result), end="")
-    return result.exit_code
+        result = confirm(base, result, suite, suite_args, _confirming(out), args)
+    return result
 
 
 def against_its_commit(note: str, args: argparse.Namespace) -> int:
@@ -248,10 +264,8 @@ def against_its_commit(note: str, args: argparse.Namespace) -> int:
     if not others:
         return _skipped(f"skipped: {note}", args.format)
     other = others[0]
-    info = read_info(other)
-    suite, suite_args = info["suite"], _check_suite_args(info["suite_args"])
-    out = Path(args.out or records.default_out(f"{suite}-check"))
-    committed = out.with_name(out.name + "-base-commit")
+    suite, suite_args, out = _plan(read_info(other), args)
+    committed = _base_commit(out)
     try:
         sha = commit_runs.commit_of(load_run(other))
         print(f"dstbench baseline check: no baseline of this machine class ({this_cpu_class()!r}); measuring the "
@@ -260,10 +274,7 @@ def against_its_commit(note: str, args: argparse.Namespace) -> int:
     except UserError as exc:
         return _skipped(f"skipped: {note}; nor could the commit of {other.name} be measured here ({exc})",
                         args.format)
-    run_suite(suite, suite_args, out)
-    result = compare_with_options(base, load_run(out), args)
-    if result.exit_code:
-        result = confirm(base, result, suite, suite_args, out.with_name(out.name + "-confirm"), args)
+    result = _measure_and_compare(base, suite, suite_args, out, args)
     result.notes.append(f"no baseline of this machine class: the base is commit {sha[:10]} (that of {other.name}) "
                         f"measured on this machine just before ({committed}), not a stored run")
     print(FORMATS[args.format](result), end="")

@@ -51,8 +51,8 @@ def cpu_id(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
         first = cpuinfo.read_text().split("\n\n", 1)[0]
     except OSError:
         return None
-    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    pairs = (line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in pairs}
     parts = [f"{label} {fields[key]}" for key, label in _CPU_ID_FIELDS if fields.get(key)]
     return ", ".join(parts) or None
 

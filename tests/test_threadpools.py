@@ -3,11 +3,9 @@ so that torch's rounds interleaved with OpenBLAS's are not slowed by OpenBLAS's 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -85,11 +83,9 @@ def openblas_workers() -> set[int]:
     return set(threadpools.runnable_threads() or ())
 
 
-def openblas_seen_by_torch_calls(block_context: object) -> list[set[int]]:
+def openblas_seen_by_torch_calls(block_context: object, workers: set[int]) -> list[set[int]]:
     """torch's dense GEMV interleaved with OpenBLAS's, 2 threads each, as the inference suite times them; per torch
-    call, the OpenBLAS workers that were runnable when it started."""
-    workers = openblas_workers()
-    assert workers, "OpenBLAS's workers spin right after the last call"
+    call, the OpenBLAS ``workers`` that were runnable when it started."""
     weight, x = torch.randn(3072, 768), torch.randn(1, 768)
     weight_t, x_np = weight.numpy().T, x.numpy()
     seen: list[set[int]] = []
@@ -104,20 +100,17 @@ def openblas_seen_by_torch_calls(block_context: object) -> list[set[int]]:
 
 
 @needs_two_blas_threads
-def test_no_openblas_worker_runs_while_torch_is_timed() -> None:
+def test_no_openblas_worker_runs_while_torch_is_timed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fair interleaving, checked on the threads' states rather than on timings: no torch call starts while an
     OpenBLAS worker is runnable. Without the wait for quiet (the control), torch's blocks start while OpenBLAS's
     workers still spin (~100 ms after its block), and torch's rounds then ran 2-3x slower than alone on this
     project's 2-core machine."""
     if threadpools.runnable_threads() is None:
         pytest.skip("no /proc/self/task")
+    workers = openblas_workers()
+    assert workers, "OpenBLAS's workers spin right after the last call"
     pools = threadpools.PoolLimits(2, blas={"openblas"})
-    seen = openblas_seen_by_torch_calls(pools.block)
+    seen = openblas_seen_by_torch_calls(pools.block, workers)
     assert seen and not any(seen)
-
-    @contextlib.contextmanager
-    def limits_only(name: str) -> Iterator[None]:  # the BLAS limit of pools.block without its wait for quiet
-        with threadpool_limits(2 if name == "openblas" else 1, user_api="blas"):
-            yield
-
-    assert any(openblas_seen_by_torch_calls(limits_only)), "the control should catch OpenBLAS spinning"
+    monkeypatch.setattr(threadpools, "wait_quiet", lambda: 0.0)  # the control: pools.block without its wait for quiet
+    assert any(openblas_seen_by_torch_calls(pools.block, workers)), "the control should catch OpenBLAS spinning"
