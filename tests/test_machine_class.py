@@ -10,6 +10,7 @@ import pytest
 import synthetic_runs as syn
 from dstbench import env as envinfo
 from dstbench.cli import main
+from dstbench.runs import load_run, machine_label
 
 # A first processor block of /proc/cpuinfo (fields abridged) as this project's AMD EPYC CI host shows it on Zen 4
 # (family 25, model 17, read on it), and as a Zen 5 (family 26; the model number is illustrative) under the same
@@ -65,3 +66,16 @@ def test_runs_of_two_generations_under_one_model_name_compare_nothing(tmp_path: 
 
 def test_a_run_records_the_cpu_generation() -> None:
     assert envinfo.capture()["cpu_id"] == envinfo.cpu_id()
+
+
+def test_the_label_gives_threads_for_every_cpu_class_and_none_for_a_gpu(tmp_path: Path) -> None:
+    """A CPU-only run is a CPU class even on a machine with a GPU, so its label names its threads too."""
+    cpu_rows = syn.inference_rows(seed=1)
+    gpu_rows = [{**row, "device": "cuda"} for row in cpu_rows]
+    env = {"cpu_model": "AMD EPYC", "cpu_id": "family 25, model 17", "threads": 2}
+    cases = {"cpu": (cpu_rows, {"gpu_name": None}, "AMD EPYC (family 25, model 17), 2 threads"),
+             "cpu-on-gpu-host": (cpu_rows, {"gpu_name": "NVIDIA H200"}, "AMD EPYC (family 25, model 17), 2 threads"),
+             "gpu": (gpu_rows, {"gpu_name": "NVIDIA H200"}, "NVIDIA H200")}
+    for name, (rows, gpu, label) in cases.items():
+        run = load_run(syn.write_run(tmp_path / name, "inference", rows, **env, **gpu))
+        assert machine_label(run) == label, name
