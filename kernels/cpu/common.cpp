@@ -325,7 +325,7 @@ inline BlockCache& block_cache() {
 }
 
 // 64-byte aligned scratch memory from the calling thread's BlockCache, returned on scope exit;
-// ok() is false if allocation failed. Create it outside parallel regions.
+// ok() is false if allocation failed. Inside a parallel region each thread gets its own block.
 template <class T>
 struct Scratch {
     T* p = nullptr;

@@ -217,24 +217,30 @@ int lanes_mm(const float* x, const void* blob, const float* bias, float* y, int6
     const LanesLayout L(const_cast<void*>(blob), groups, steps, nout - n);
     for (int64_t b = 0; b < B; ++b)
         for (int64_t z = 0; z < nout - n; ++z) y[b * nout + L.idle[z]] = bias ? bias[L.idle[z]] : 0.f;
-    Scratch<float> xp(B * ldx);
-    if (!xp.ok()) return NO_MEMORY;
-    for (int64_t b = 0; b < B; ++b) {
-        std::memcpy(xp.p + b * ldx, x + b * nin, nin * sizeof(float));
-        std::memset(xp.p + b * ldx + nin, 0, LANES_WINDOW * sizeof(float));
-    }
-#pragma omp parallel num_threads(nt) if (B * steps * GROUP > PARALLEL_MIN_WORK)
+    // Each thread pads its own copy of x: one copy written by the calling thread would be read by
+    // the others from its core's cache on every call, which costs more than copying a few KiB.
+    int failed = 0;
+#pragma omp parallel num_threads(nt) if (B * steps * GROUP > PARALLEL_MIN_WORK) reduction(| : failed)
     {
-        int64_t g0, g1;
-        thread_share(groups, g0, g1);
-        for (int64_t g = g0; g < g1; ++g) {
-            if (B == 2)
-                lanes_group<2>(L, g, xp.p, ldx, bias, y, nout);
-            else
-                lanes_group<1>(L, g, xp.p, ldx, bias, y, nout);
+        Scratch<float> xp(B * ldx);
+        if (!xp.ok()) {
+            failed = 1;
+        } else {
+            for (int64_t b = 0; b < B; ++b) {
+                std::memcpy(xp.p + b * ldx, x + b * nin, nin * sizeof(float));
+                std::memset(xp.p + b * ldx + nin, 0, LANES_WINDOW * sizeof(float));
+            }
+            int64_t g0, g1;
+            thread_share(groups, g0, g1);
+            for (int64_t g = g0; g < g1; ++g) {
+                if (B == 2)
+                    lanes_group<2>(L, g, xp.p, ldx, bias, y, nout);
+                else
+                    lanes_group<1>(L, g, xp.p, ldx, bias, y, nout);
+            }
         }
     }
-    return OK;
+    return failed ? NO_MEMORY : OK;
 }
 #endif
 
