@@ -1,4 +1,4 @@
-"""The README's two measurements of call overhead: per-call CPU time of one layer, and a compiled ViT-B/16.
+"""The README's measurements of call overhead: one layer's calls, a compiled ViT-B/16, and where its forward goes.
 
 ``python -m dstbench.call_costs layers``: one inference layer at batch 1,
 90% sparse, bias included, ``inference_mode``, 1 thread, median over 15
@@ -18,27 +18,40 @@ compiled by inductor with ``fullgraph=True`` and exported with
 ``torch.export``: the largest difference from eager of each, and a batch-1
 forward on 1 thread, eager and compiled, CPU time, median of 20 paired calls.
 
-Both print Markdown (a table, or one line per method).
+``python -m dstbench.call_costs parts``: where a ViT-B/16 forward at one
+image spends its wall time, on 2 threads (``--threads``), for oneDNN's
+dense model and the DynaDiag and SRigL models at 90%: the 48 encoder
+linears by kind (qkv, proj, fc1, fc2; forward hooks), the attention core
+(``ops.self_attention``) and everything else (LayerNorm, GELU, the patch
+embedding, the adds and the modules' Python), medians of 10 forwards
+after 3 warm-up ones, in milliseconds. The parts that dense and sparse
+share bound the end-to-end speedup.
+
+All print Markdown (a table, or one line per method).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from dstbench import registry
-from dstbench.kernels import cpu
-from dstbench.suites import vit_e2e
+from dstbench.kernels import cpu, ops
+from dstbench.suites import dense_baselines, vit_e2e
 from dstbench.suites.inference import build_layer
 
 LAYER_SHAPES = ((768, 3072), (64, 64))
 LAYER_METHODS = ("dynadiag", "srigl", "rigl")
 COMPILE_METHODS = ("dense", "rigl", "srigl", "dynadiag")
+PARTS_MODELS = ("dense-onednn", "dynadiag", "srigl")
+#: the last name component of each encoder linear of torchvision's ViT (with ``LinearQKVAttention``) -> its kind
+LINEAR_KINDS = {"qkv": "qkv", "out_proj": "proj", "0": "fc1", "3": "fc2"}
 SPARSITY = 0.9
 
 
@@ -124,12 +137,86 @@ def compile_costs(methods: Sequence[str] = COMPILE_METHODS, calls: int = 20) -> 
     return rows
 
 
+@contextlib.contextmanager
+def _timed_parts(model: nn.Module, seconds: dict[str, float]) -> Iterator[None]:
+    """While open, every forward of ``model`` adds the wall time (s) of its encoder linears, by kind, and of its
+    attention core to ``seconds``."""
+    def timer(kind: str) -> tuple[Callable, Callable]:
+        starts: list[float] = []
+        def pre(module: nn.Module, args: tuple) -> None:
+            starts.append(time.perf_counter())
+        def post(module: nn.Module, args: tuple, out: object) -> None:
+            seconds[kind] = seconds.get(kind, 0.0) + time.perf_counter() - starts.pop()
+        return pre, post
+
+    handles = []
+    for name, module in model.named_modules():
+        kind = LINEAR_KINDS.get(name.rsplit(".", 1)[-1])
+        if name.startswith("encoder.") and kind is not None:
+            pre, post = timer(kind)
+            handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    attention = ops.self_attention
+
+    def timed_attention(*args: object, **kwargs: object) -> Tensor:
+        start = time.perf_counter()
+        try:
+            return attention(*args, **kwargs)
+        finally:
+            seconds["attention"] = seconds.get("attention", 0.0) + time.perf_counter() - start
+
+    ops.self_attention = timed_attention
+    try:
+        yield
+    finally:
+        ops.self_attention = attention
+        for handle in handles:
+            handle.remove()
+
+
+def forward_parts(models: Sequence[str] = PARTS_MODELS, threads: int = 2, forwards: int = 10,
+                  warmup: int = 3) -> list[dict[str, float | str]]:
+    """One row per model (a dense implementation of ``suites.dense_baselines`` or a method at 90%): ``model``,
+    ``total`` and, per part (``LINEAR_KINDS``' kinds, ``attention``, ``other``), the median over ``forwards``
+    forwards of ViT-B/16 at one image on ``threads`` threads, in ms."""
+    torch.set_num_threads(threads)
+    source = vit_e2e.vit_b16(0, torch.device("cpu"), torch.float32)
+    x = torch.randn(vit_e2e.IMAGE_SHAPE)
+    rows = []
+    for name in models:
+        if name in dense_baselines.BUILDERS:
+            model = vit_e2e.with_encoder_linears(source, dense_baselines.BUILDERS[name])
+        else:
+            model = vit_e2e.convert(source, registry.make_method(name, sparsity=SPARSITY))
+        samples: dict[str, list[float]] = {}
+        with torch.inference_mode():
+            for i in range(warmup + forwards):
+                seconds: dict[str, float] = {}
+                with _timed_parts(model, seconds):
+                    start = time.perf_counter()
+                    model(x)
+                    total = time.perf_counter() - start
+                if i >= warmup:
+                    for part, value in {**seconds, "other": total - sum(seconds.values()), "total": total}.items():
+                        samples.setdefault(part, []).append(value * 1e3)
+        rows.append({"model": name, **{part: statistics.median(values) for part, values in samples.items()}})
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dstbench.call_costs layers|compile``."""
+    """``python -m dstbench.call_costs layers|compile|parts``."""
     parser = argparse.ArgumentParser(prog="python -m dstbench.call_costs", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["layers", "compile"])
+    parser.add_argument("what", choices=["layers", "compile", "parts"])
+    parser.add_argument("--threads", type=int, default=2, help="threads of the parts measurement (default 2)")
     args = parser.parse_args(argv)
-    if args.what == "layers":
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.what == "parts":
+        rows = forward_parts(threads=args.threads)
+        print("| part of the forward | " + " | ".join(r["model"] for r in rows) + " |")
+        print("|---|" + "---:|" * len(rows))
+        for part in ("total", *LINEAR_KINDS.values(), "attention", "other"):
+            print(f"| {part} | " + " | ".join(f"{r.get(part, 0.0):.1f} ms" for r in rows) + " |")
+    elif args.what == "layers":
         print("| layer | direct kernel call | layer | through the operator |\n|---|---|---|---|")
         for r in layer_costs():
             print(f"| {r['method']} {r['in_features']}→{r['out_features']} | {r['direct']:.1f} µs | "

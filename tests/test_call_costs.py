@@ -1,4 +1,5 @@
-"""dstbench.call_costs: the calls it times compute the layer's product, and the compile check on a tiny ViT."""
+"""dstbench.call_costs: the calls it times compute the layer's product; the compile check and the forward's parts on a
+tiny ViT."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from torch import nn
 from torchvision.models import VisionTransformer
 
 from dstbench import call_costs
-from dstbench.kernels import cpu
+from dstbench.kernels import cpu, ops
 from dstbench.suites import vit_e2e
 from dstbench.suites.inference import build_layer
 
@@ -42,15 +43,21 @@ def test_layer_costs_rows() -> None:
     assert all(r[k] > 0 for r in rows for k in ("direct", "layer", "operator"))
 
 
-def test_compile_costs_match_eager_on_a_tiny_vit(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def tiny_vit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``vit_e2e.vit_b16`` and its image shape replaced by a two-block ViT on 32x32 images."""
     def tiny(seed: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
         torch.manual_seed(seed)
-        model = VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32,
+        model = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
                                   num_classes=10)
         return vit_e2e.with_linear_qkv(model).to(device=device, dtype=dtype).eval()
 
     monkeypatch.setattr(vit_e2e, "vit_b16", tiny)
     monkeypatch.setattr(vit_e2e, "IMAGE_SHAPE", (1, 3, 32, 32))
+
+
+@pytest.mark.usefixtures("tiny_vit")
+def test_compile_costs_match_eager_on_a_tiny_vit() -> None:
     before = torch.get_num_threads()
     try:
         (row,) = call_costs.compile_costs(methods=["dynadiag"], calls=2)
@@ -59,3 +66,38 @@ def test_compile_costs_match_eager_on_a_tiny_vit(monkeypatch: pytest.MonkeyPatch
     assert row["max_abs"] > 0  # the random head makes the outputs non-zero, so the differences mean something
     assert row["compiled_diff"] < 1e-4 * row["max_abs"] and row["export_diff"] < 1e-5 * row["max_abs"]
     assert row["eager_ms"] > 0 and row["compiled_ms"] > 0
+
+
+@pytest.mark.usefixtures("tiny_vit")
+def test_forward_parts_time_every_linear_kind_and_the_attention_then_unhook() -> None:
+    attention = ops.self_attention
+    before = torch.get_num_threads()
+    try:
+        rows = call_costs.forward_parts(models=["dynadiag", "srigl"], threads=1, forwards=2, warmup=1)
+    finally:
+        torch.set_num_threads(before)
+    assert [r["model"] for r in rows] == ["dynadiag", "srigl"]
+    parts = (*call_costs.LINEAR_KINDS.values(), "attention")
+    for row in rows:
+        assert all(row[part] > 0 for part in parts), row  # every kind was hooked, the attention core wrapped
+        assert row["total"] >= sum(row[part] for part in parts)
+    assert ops.self_attention is attention  # the wrapper is gone
+
+
+@pytest.mark.usefixtures("tiny_vit")
+def test_forward_parts_hooks_are_removed() -> None:
+    model = vit_e2e.vit_b16(0, torch.device("cpu"), torch.float32)
+    seconds: dict[str, float] = {}
+    with torch.inference_mode():
+        with call_costs._timed_parts(model, seconds):
+            model(torch.randn(vit_e2e.IMAGE_SHAPE))
+        assert set(seconds) == {*call_costs.LINEAR_KINDS.values(), "attention"}
+        seen = dict(seconds)
+        model(torch.randn(vit_e2e.IMAGE_SHAPE))
+    assert seconds == seen  # a forward after the block adds nothing
+
+
+def test_parts_refuses_zero_threads(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        call_costs.main(["parts", "--threads", "0"])
+    assert "--threads must be at least 1" in capsys.readouterr().err
