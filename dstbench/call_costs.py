@@ -43,8 +43,8 @@ from torch import Tensor, nn
 
 from dstbench import registry
 from dstbench.kernels import cpu, ops
-from dstbench.suites import dense_baselines, vit_e2e
-from dstbench.suites.inference import build_layer
+from dstbench.suites import vit_e2e
+from dstbench.suites.inference import build_layer, build_vit
 
 LAYER_SHAPES = ((768, 3072), (64, 64))
 LAYER_METHODS = ("dynadiag", "srigl", "rigl")
@@ -175,7 +175,7 @@ def _timed_parts(model: nn.Module, seconds: dict[str, float]) -> Iterator[None]:
 
 def forward_parts(models: Sequence[str] = PARTS_MODELS, threads: int = 2, forwards: int = 10,
                   warmup: int = 3) -> list[dict[str, float | str]]:
-    """One row per model (a dense implementation of ``suites.dense_baselines`` or a method at 90%): ``model``,
+    """One row per model (a dense implementation of ``suites.dense_baselines`` or a method label at 90%): ``model``,
     ``total`` and, per part (``LINEAR_KINDS``' kinds, ``attention``, ``other``), the median over ``forwards``
     forwards of ViT-B/16 at one image on ``threads`` threads, in ms."""
     torch.set_num_threads(threads)
@@ -183,18 +183,15 @@ def forward_parts(models: Sequence[str] = PARTS_MODELS, threads: int = 2, forwar
     x = torch.randn(vit_e2e.IMAGE_SHAPE)
     rows = []
     for name in models:
-        if name in dense_baselines.BUILDERS:
-            model = vit_e2e.with_encoder_linears(source, dense_baselines.BUILDERS[name])
-        else:
-            model = vit_e2e.convert(source, registry.make_method(name, sparsity=SPARSITY))
+        model = build_vit(name, source, SPARSITY, "auto")
         samples: dict[str, list[float]] = {}
-        with torch.inference_mode():
+        seconds: dict[str, float] = {}
+        with torch.inference_mode(), _timed_parts(model, seconds):
             for i in range(warmup + forwards):
-                seconds: dict[str, float] = {}
-                with _timed_parts(model, seconds):
-                    start = time.perf_counter()
-                    model(x)
-                    total = time.perf_counter() - start
+                seconds.clear()
+                start = time.perf_counter()
+                model(x)
+                total = time.perf_counter() - start
                 if i >= warmup:
                     for part, value in {**seconds, "other": total - sum(seconds.values()), "total": total}.items():
                         samples.setdefault(part, []).append(value * 1e3)
@@ -206,12 +203,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dstbench.call_costs layers|compile|parts``."""
     parser = argparse.ArgumentParser(prog="python -m dstbench.call_costs", description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["layers", "compile", "parts"])
-    parser.add_argument("--threads", type=int, default=2, help="threads of the parts measurement (default 2)")
+    parser.add_argument("--threads", type=int, help="threads of the parts measurement (default 2; layers and "
+                                                     "compile run on 1)")
     args = parser.parse_args(argv)
-    if args.threads < 1:
+    if args.threads is not None and args.what != "parts":
+        parser.error(f"--threads applies to parts only; {args.what} runs on 1 thread")
+    if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.what == "parts":
-        rows = forward_parts(threads=args.threads)
+        rows = forward_parts(threads=2 if args.threads is None else args.threads)
         print("| part of the forward | " + " | ".join(r["model"] for r in rows) + " |")
         print("|---|" + "---:|" * len(rows))
         for part in ("total", *LINEAR_KINDS.values(), "attention", "other"):

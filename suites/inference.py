@@ -415,6 +415,16 @@ def build_layer(method: str, linear: nn.Linear, sparsity: float, impl: str) -> n
     return build_layers(method, [linear], sparsity, impl)[0]
 
 
+def build_vit(name: str, source: nn.Module, sparsity: float, impl: str) -> nn.Module:
+    """A copy of the ViT ``source`` with its encoder linears in ``name``'s format: a dense implementation of
+    ``dense_baselines.NAMES`` (torch's default keeps them as they are), or a method's at ``sparsity``."""
+    if name in dense_baselines.BUILDERS:
+        return vit_e2e.with_encoder_linears(source, dense_baselines.BUILDERS[name])
+    dense = name in dense_baselines.NAMES
+    method = registry.make_method(DENSE) if dense else make_method(name, sparsity=sparsity, impl=impl)
+    return vit_e2e.convert(source, method)
+
+
 def _run_tiny(make: Callable[[nn.Linear], nn.Module], config: Config) -> nn.Module:
     """``make``'s layer of a tiny linear in the run's dtype and device, called once.
 
@@ -510,13 +520,9 @@ class Workloads:
 
     def _build(self, group: Group, name: str, source: Any) -> nn.Module:
         """``name``'s module (a method, or a dense implementation of ``dense_baselines.NAMES``) of ``source``."""
-        dense = name in dense_baselines.NAMES
         if group.e2e:
-            if name in dense_baselines.BUILDERS:
-                return vit_e2e.with_encoder_linears(source, dense_baselines.BUILDERS[name])
-            method = registry.make_method(DENSE) if dense else make_method(name, sparsity=group.sparsity,
-                                                                           impl=self.config.impl)
-            return vit_e2e.convert(source, method)
+            return build_vit(name, source, group.sparsity, self.config.impl)
+        dense = name in dense_baselines.NAMES
 
         def one(linears: list[nn.Linear]) -> list[nn.Module]:
             if name in dense_baselines.BUILDERS:

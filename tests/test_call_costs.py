@@ -101,3 +101,9 @@ def test_parts_refuses_zero_threads(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         call_costs.main(["parts", "--threads", "0"])
     assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_threads_apply_to_parts_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        call_costs.main(["layers", "--threads", "4"])
+    assert "--threads applies to parts only" in capsys.readouterr().err
