@@ -21,9 +21,10 @@ forward on 1 thread, eager and compiled, CPU time, median of 20 paired calls.
 ``python -m dstbench.call_costs parts``: where a ViT-B/16 forward at one
 image spends its wall time, on 2 threads (``--threads``), for oneDNN's
 dense model and the DynaDiag and SRigL models at 90%: the 48 encoder
-linears by kind (qkv, proj, fc1, fc2; forward hooks), the attention core
-(``ops.self_attention``) and everything else (LayerNorm, GELU, the patch
-embedding, the adds and the modules' Python), medians of 10 forwards
+linears by kind (qkv, proj, fc1, fc2; forward hooks), the shared ops that
+every model runs alike (``SHARED_OPS``: the attention core, the GELUs, the
+residual adds with their LayerNorms) and everything else (the patch
+embedding, the class token, the head and the modules' Python), medians of 10 forwards
 after 3 warm-up ones, in milliseconds. The parts that dense and sparse
 share bound the end-to-end speedup.
 
@@ -52,6 +53,8 @@ COMPILE_METHODS = ("dense", "rigl", "srigl", "dynadiag")
 PARTS_MODELS = ("dense-onednn", "dynadiag", "srigl")
 #: the last name component of each encoder linear of torchvision's ViT (with ``LinearQKVAttention``) -> its kind
 LINEAR_KINDS = {"qkv": "qkv", "out_proj": "proj", "0": "fc1", "3": "fc2"}
+#: the ``kernels.ops`` functions of the encoder's shared ops (vit_e2e.FusedRowsEncoder) -> their part's name
+SHARED_OPS = {"self_attention": "attention", "gelu": "gelu", "add_layer_norm": "add+layernorm"}
 SPARSITY = 0.9
 
 
@@ -140,7 +143,7 @@ def compile_costs(methods: Sequence[str] = COMPILE_METHODS, calls: int = 20) -> 
 @contextlib.contextmanager
 def _timed_parts(model: nn.Module, seconds: dict[str, float]) -> Iterator[None]:
     """While open, every forward of ``model`` adds the wall time (s) of its encoder linears, by kind, and of its
-    attention core to ``seconds``."""
+    shared ops (``SHARED_OPS``, by wrapping those functions of ``kernels.ops``) to ``seconds``."""
     def timer(kind: str) -> tuple[Callable, Callable]:
         starts: list[float] = []
         def pre(module: nn.Module, args: tuple) -> None:
@@ -155,20 +158,24 @@ def _timed_parts(model: nn.Module, seconds: dict[str, float]) -> Iterator[None]:
         if name.startswith("encoder.") and kind is not None:
             pre, post = timer(kind)
             handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    attention = ops.self_attention
+    originals = {name: getattr(ops, name) for name in SHARED_OPS}
 
-    def timed_attention(*args: object, **kwargs: object) -> Tensor:
-        start = time.perf_counter()
-        try:
-            return attention(*args, **kwargs)
-        finally:
-            seconds["attention"] = seconds.get("attention", 0.0) + time.perf_counter() - start
+    def timed(name: str) -> Callable:
+        def call(*args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return originals[name](*args, **kwargs)
+            finally:
+                seconds[SHARED_OPS[name]] = seconds.get(SHARED_OPS[name], 0.0) + time.perf_counter() - start
+        return call
 
-    ops.self_attention = timed_attention
+    for name in SHARED_OPS:
+        setattr(ops, name, timed(name))
     try:
         yield
     finally:
-        ops.self_attention = attention
+        for name, function in originals.items():
+            setattr(ops, name, function)
         for handle in handles:
             handle.remove()
 
@@ -176,7 +183,7 @@ def _timed_parts(model: nn.Module, seconds: dict[str, float]) -> Iterator[None]:
 def forward_parts(models: Sequence[str] = PARTS_MODELS, threads: int = 2, forwards: int = 10,
                   warmup: int = 3) -> list[dict[str, float | str]]:
     """One row per model (a dense implementation of ``suites.dense_baselines`` or a method label at 90%): ``model``,
-    ``total`` and, per part (``LINEAR_KINDS``' kinds, ``attention``, ``other``), the median over ``forwards``
+    ``total`` and, per part (``LINEAR_KINDS``' kinds, ``SHARED_OPS``' parts, ``other``), the median over ``forwards``
     forwards of ViT-B/16 at one image on ``threads`` threads, in ms."""
     torch.set_num_threads(threads)
     source = vit_e2e.vit_b16(0, torch.device("cpu"), torch.float32)
@@ -214,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = forward_parts(threads=2 if args.threads is None else args.threads)
         print("| part of the forward | " + " | ".join(r["model"] for r in rows) + " |")
         print("|---|" + "---:|" * len(rows))
-        for part in ("total", *LINEAR_KINDS.values(), "attention", "other"):
+        for part in ("total", *LINEAR_KINDS.values(), *SHARED_OPS.values(), "other"):
             print(f"| {part} | " + " | ".join(f"{r.get(part, 0.0):.1f} ms" for r in rows) + " |")
     elif args.what == "layers":
         print("| layer | direct kernel call | layer | through the operator |\n|---|---|---|---|")

@@ -31,7 +31,12 @@ compiled graph holds the request and the choice is made at run time):
   qkv projection (B, T, 3 D) for inference (its backward raises), by the
   compiled CPU kernel where ``kernels.cpu.attention_unavailable`` has no
   objection, else by torch's ``scaled_dot_product_attention``
-  (``kernels.reference.self_attention``).
+  (``kernels.reference.self_attention``);
+* ``gelu(x) -> x's shape`` and ``add_layer_norm(a, b, weight, bias, eps) -> (a + b, LayerNorm(a + b))``:
+  the MLP activation of a ViT block and its residual adds fused with the
+  LayerNorms that read them, for inference (their backward raises), by the
+  compiled CPU kernels on float32 CPU tensors (``kernels.cpu.rowwise_unavailable``),
+  else by torch's ``F.gelu`` and ``F.layer_norm``.
 
 Each has a fake (meta) implementation giving the output's shape, dtype,
 device and strides, so ``torch.compile(fullgraph=True)`` and ``torch.export``
@@ -294,6 +299,42 @@ def _self_attention_backward(ctx, dy: Tensor) -> tuple:
 torch.library.register_autograd("dstbench::self_attention", _self_attention_backward, lib=_LIB)
 
 
+# --- row-wise ops of a ViT block --------------------------------------------------------------------------------
+
+def _rowwise(*tensors: Tensor) -> ModuleType:
+    """The backend of the row-wise ops on ``tensors``: the CPU kernels where they can, else the reference."""
+    if tensors[0].device.type == "cpu":
+        cpu = backend("cpu")
+        if cpu.rowwise_unavailable(*tensors) is None:
+            return cpu
+    return backend("reference")
+
+
+def _gelu(x: Tensor) -> Tensor:
+    return _rowwise(x).gelu(x)
+
+
+def _add_layer_norm(a: Tensor, b: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    return _rowwise(a, b, weight, bias).add_layer_norm(a, b, weight, bias, eps)
+
+
+gelu_op = _define("gelu(Tensor x) -> Tensor", _gelu, lambda x: torch.empty_like(x))
+add_layer_norm_op = _define(
+    "add_layer_norm(Tensor a, Tensor b, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor)",
+    _add_layer_norm, lambda a, b, weight, bias, eps: (torch.empty_like(a), torch.empty_like(a)))
+
+
+def _inference_only(name: str) -> Callable:
+    def backward(ctx, *grads: Tensor) -> tuple:
+        raise UserError(f"{name} has no gradient: it is for inference; in training, vit_e2e.FusedRowsEncoder runs "
+                        "torch's GELU, adds and LayerNorms")
+    return backward
+
+
+torch.library.register_autograd("dstbench::gelu", _inference_only("gelu"), lib=_LIB)
+torch.library.register_autograd("dstbench::add_layer_norm", _inference_only("add_layer_norm"), lib=_LIB)
+
+
 # --- the entry points --------------------------------------------------------------------------------------------
 
 def direct(x: Tensor, *weights: Tensor | None) -> bool:
@@ -375,3 +416,21 @@ def self_attention(qkv: Tensor, num_heads: int) -> Tensor:
     """
     op = _self_attention if direct(qkv) else self_attention_op
     return op(qkv, num_heads)
+
+
+def gelu(x: Tensor) -> Tensor:
+    """The exact (erf) GELU of x, any shape, for inference (not differentiable)."""
+    op = _gelu if direct(x) else gelu_op
+    return op(x)
+
+
+def add_layer_norm(a: Tensor, b: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """s = a + b and LayerNorm(s) over the last dimension, for inference (not differentiable).
+
+    Args:
+        a, b: (..., D) of one shape; weight, bias: (D,), the LayerNorm's; eps: its epsilon.
+    Returns:
+        (s, LayerNorm(s)), both (..., D).
+    """
+    op = _add_layer_norm if direct(a, b, weight, bias) else add_layer_norm_op
+    return op(a, b, weight, bias, eps)

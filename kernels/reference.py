@@ -3,7 +3,9 @@
 They run on any device and dtype, and are differentiable through autograd.
 ``x`` is always (B, in) and the result (B, out); no bias is added here.
 ``self_attention`` is torch's own attention on a packed qkv projection, the
-definition the CPU attention kernel is held to.
+definition the CPU attention kernel is held to; ``gelu`` and
+``add_layer_norm`` are torch's GELU and LayerNorm, the definitions of the
+CPU row-wise kernels.
 """
 
 from __future__ import annotations
@@ -96,3 +98,14 @@ def self_attention(qkv: Tensor, num_heads: int, dropout_p: float = 0.0) -> Tenso
     d = width // 3
     q, k, v = qkv.reshape(b, t, 3, num_heads, d // num_heads).permute(2, 0, 3, 1, 4)
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p).transpose(1, 2).reshape(b, t, d)
+
+
+def gelu(x: Tensor) -> Tensor:
+    """torch's exact (erf) GELU of x, any shape."""
+    return F.gelu(x)
+
+
+def add_layer_norm(a: Tensor, b: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """s = a + b and ``F.layer_norm`` of s over its last dimension (D) with weight and bias (D,); returns (s, y)."""
+    s = a + b
+    return s, F.layer_norm(s, s.shape[-1:], weight, bias, eps)

@@ -50,7 +50,7 @@ def tiny_vit(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.manual_seed(seed)
         model = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
                                   num_classes=10)
-        return vit_e2e.with_linear_qkv(model).to(device=device, dtype=dtype).eval()
+        return vit_e2e.with_fused_rows(vit_e2e.with_linear_qkv(model)).to(device=device, dtype=dtype).eval()
 
     monkeypatch.setattr(vit_e2e, "vit_b16", tiny)
     monkeypatch.setattr(vit_e2e, "IMAGE_SHAPE", (1, 3, 32, 32))
@@ -69,19 +69,19 @@ def test_compile_costs_match_eager_on_a_tiny_vit() -> None:
 
 
 @pytest.mark.usefixtures("tiny_vit")
-def test_forward_parts_time_every_linear_kind_and_the_attention_then_unhook() -> None:
-    attention = ops.self_attention
+def test_forward_parts_time_every_linear_kind_and_the_shared_ops_then_unhook() -> None:
+    originals = [getattr(ops, name) for name in call_costs.SHARED_OPS]
     before = torch.get_num_threads()
     try:
         rows = call_costs.forward_parts(models=["dynadiag", "srigl"], threads=1, forwards=2, warmup=1)
     finally:
         torch.set_num_threads(before)
     assert [r["model"] for r in rows] == ["dynadiag", "srigl"]
-    parts = (*call_costs.LINEAR_KINDS.values(), "attention")
+    parts = (*call_costs.LINEAR_KINDS.values(), *call_costs.SHARED_OPS.values())
     for row in rows:
-        assert all(row[part] > 0 for part in parts), row  # every kind was hooked, the attention core wrapped
+        assert all(row[part] > 0 for part in parts), row  # every kind was hooked, every shared op wrapped
         assert row["total"] >= sum(row[part] for part in parts)
-    assert ops.self_attention is attention  # the wrapper is gone
+    assert [getattr(ops, name) for name in call_costs.SHARED_OPS] == originals  # the wrappers are gone
 
 
 @pytest.mark.usefixtures("tiny_vit")
@@ -91,7 +91,7 @@ def test_forward_parts_hooks_are_removed() -> None:
     with torch.inference_mode():
         with call_costs._timed_parts(model, seconds):
             model(torch.randn(vit_e2e.IMAGE_SHAPE))
-        assert set(seconds) == {*call_costs.LINEAR_KINDS.values(), "attention"}
+        assert set(seconds) == {*call_costs.LINEAR_KINDS.values(), *call_costs.SHARED_OPS.values()}
         seen = dict(seconds)
         model(torch.randn(vit_e2e.IMAGE_SHAPE))
     assert seconds == seen  # a forward after the block adds nothing

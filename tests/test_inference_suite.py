@@ -357,7 +357,7 @@ def tiny_vit(seed: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
     torch.manual_seed(seed)
     model = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
                               num_classes=10)
-    return vit_e2e.with_linear_qkv(model).to(device=device, dtype=dtype).eval()
+    return vit_e2e.with_fused_rows(vit_e2e.with_linear_qkv(model)).to(device=device, dtype=dtype).eval()
 
 
 def test_linear_qkv_attention_equals_multihead_attention() -> None:

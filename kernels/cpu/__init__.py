@@ -9,7 +9,9 @@ condensed indices are int16 or int32 (int64 is narrowed to int32).
 
 ``self_attention`` (float32 only) is the inference attention of the
 end-to-end ViT (``attention.cpp``; ``attention_unavailable`` says where it
-cannot run).
+cannot run), and ``gelu`` and ``add_layer_norm`` (float32 only) its MLP
+activation and its residual adds with the LayerNorms that read them
+(``rowwise.cpp``; ``rowwise_unavailable``).
 
 ``pack_lanes`` builds the lane-packed copy of a float32 condensed weight
 (``lanes.cpp``, AVX-512 only; ``lanes_unavailable`` says where it cannot
@@ -20,7 +22,7 @@ tile-packed copy of a float32 diagonal weight (``diag_pack.cpp``, AVX-512
 only) for batches of at most ``DIAG_PACK_BATCH`` rows: each thread streams
 its outputs' values once, with no reduction between threads.
 
-The C++ sources (``diagonal.cpp``, ``condensed.cpp``, ``attention.cpp``,
+The C++ sources (``diagonal.cpp``, ``condensed.cpp``, ``attention.cpp``, ``rowwise.cpp``,
 ``lanes.cpp``, ``diag_pack.cpp``, ``common.cpp``; no torch headers) are compiled with OpenMP and
 ``-march=native`` on first use by ``build.py`` into a cache, then loaded with ctypes. Each call passes raw
 data pointers and sizes, and ``torch.get_num_threads()`` as the thread
@@ -53,6 +55,7 @@ __all__ = [
     "BoundCopy",
     "BoundProduct",
     "LanePack",
+    "add_layer_norm",
     "assembled_gathers",
     "attention_unavailable",
     "bind_condensed_mm",
@@ -63,9 +66,11 @@ __all__ = [
     "diag_mm",
     "diag_pack_unavailable",
     "diag_values_grad",
+    "gelu",
     "lanes_mm",
     "lanes_unavailable",
     "pack_lanes",
+    "rowwise_unavailable",
     "self_attention",
     "unavailable_reason",
 ]
@@ -116,6 +121,7 @@ class _Library:
         self.functions: dict[tuple, ctypes._CFuncPtr] = {}
         self.gathers: ctypes._CFuncPtr | None = None
         self.attention: ctypes._CFuncPtr | None = None
+        self.rowwise: dict[str, ctypes._CFuncPtr] = {}
         self.round_trip: ctypes._CFuncPtr | None = None
         self.lanes: dict[tuple, ctypes._CFuncPtr] = {}
         self.diag_pack: dict[str, ctypes._CFuncPtr] = {}
@@ -135,6 +141,10 @@ class _Library:
                     self.gathers.argtypes, self.gathers.restype = [_INT], _INT
                     self.attention = lib.dst_attention_f32
                     self.attention.argtypes, self.attention.restype = [_P, _P, _I64, _I64, _I64, _I64, _INT], _INT
+                    self.rowwise = _entry_points(lib, {
+                        "gelu": ("dst_gelu_f32", [_P, _P, _I64, _INT], None),
+                        "add_layer_norm": ("dst_add_layer_norm_f32",
+                                           [_P, _P, _P, _P, _P, _P, _I64, _I64, ctypes.c_float, _INT], None)})
                     self.lanes = _bind_lanes(lib)
                     self.diag_pack = _bind_diag_pack(lib)
                     self.round_trip = lib.dst_core_round_trip_ns
@@ -274,6 +284,59 @@ def self_attention(qkv: Tensor, num_heads: int) -> Tensor:
     if status:
         _raise(status)
     return y
+
+
+def rowwise_unavailable(*tensors: Tensor) -> str | None:
+    """Why ``gelu`` or ``add_layer_norm`` cannot take ``tensors``, or None if they can (builds on first call)."""
+    for t in tensors:
+        if not t.is_cpu or t.dtype != torch.float32:
+            return f"it takes float32 CPU tensors, got {t.dtype} on {t.device}"
+    return _library.load()
+
+
+def _check_rowwise(*tensors: Tensor) -> None:
+    reason = rowwise_unavailable(*tensors)
+    if reason:
+        raise UserError(f"the CPU row-wise kernels cannot run: {reason}")
+
+
+def gelu(x: Tensor) -> Tensor:
+    """The exact GELU, x/2 (1 + erf(x / sqrt 2)), of a float32 tensor of any shape (within 1e-6 of torch's).
+
+    Raises:
+        UserError: where ``rowwise_unavailable`` gives a reason.
+    """
+    _check_rowwise(x)
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    if x.numel():
+        _library.rowwise["gelu"](x.data_ptr(), y.data_ptr(), x.numel(), torch.get_num_threads())
+    return y
+
+
+def add_layer_norm(a: Tensor, b: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """s = a + b and LayerNorm(s) over the last dimension, in one pass; float32.
+
+    Args:
+        a, b: (..., D) of one shape; weight, bias: (D,), the LayerNorm's affine parameters; eps: its epsilon.
+    Returns:
+        (s, y), both shaped like a.
+
+    Raises:
+        UserError: where ``rowwise_unavailable`` gives a reason, or the shapes do not match.
+    """
+    _check_rowwise(a, b, weight, bias)
+    width = a.shape[-1] if a.dim() else 0
+    if a.shape != b.shape or a.dim() == 0 or weight.shape != (width,) or bias.shape != (width,):
+        raise UserError(f"add_layer_norm takes a and b of one shape (..., D) and weight and bias of (D,), got "
+                        f"{tuple(a.shape)}, {tuple(b.shape)}, {tuple(weight.shape)} and {tuple(bias.shape)}")
+    a, b, weight, bias = (t.contiguous() for t in (a, b, weight, bias))
+    s, y = torch.empty_like(a), torch.empty_like(a)
+    if a.numel():
+        _library.rowwise["add_layer_norm"](a.data_ptr(), b.data_ptr(), weight.data_ptr(), bias.data_ptr(),
+                                           s.data_ptr(), y.data_ptr(), a.numel() // width, width, eps,
+                                           torch.get_num_threads())
+    return s, y
 
 
 class LanePack(NamedTuple):

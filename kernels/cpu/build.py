@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 UNITS = (("common.cpp", "diagonal.cpp"), ("common.cpp", "condensed.cpp"), ("common.cpp", "attention.cpp"),
+         ("common.cpp", "rowwise.cpp"),
          ("common.cpp", "lanes.cpp"), ("common.cpp", "diag_pack.cpp"), ("core_probe.cpp",))
 FLAGS = ("-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-fPIC")
 _SOURCE_DIR = Path(__file__).resolve().parent
