@@ -18,9 +18,10 @@ are not diluted by a slow attention that no deployment would keep.
 Likewise the encoder is a ``FusedRowsEncoder``: for inference its GELUs are
 ``ops.gelu`` and each residual add is fused with the LayerNorm that reads it
 (``ops.add_layer_norm``; kernels/cpu/rowwise.cpp on float32 CPU tensors).
-Measured (2 threads, AMD EPYC Zen 4, ViT-B/16 at one image, 15 interleaved
-forwards): 66.0 -> 60.2 ms per forward with DynaDiag's linears at 90%,
-71.2 -> 66.4 ms with SRigL's, 212.7 -> 209.9 ms with oneDNN's dense ones.
+Measured (2 threads, AMD EPYC Zen 4, ViT-B/16 at one image, 41 interleaved
+forwards, two runs): 68.6 -> 66.1 and 78.8 -> 76.0 ms per forward with
+DynaDiag's linears at 90%, 71.6 -> 70.8 and 89.5 -> 87.3 ms with SRigL's,
+228.2 -> 224.6 and 247.5 -> 246.6 ms with oneDNN's dense ones.
 
 The dense model is timed in each of the inference suite's dense
 implementations (``with_encoder_linears``): torch's default linear, and

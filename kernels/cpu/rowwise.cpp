@@ -14,7 +14,8 @@
 // In a pre-norm encoder every LayerNorm reads a residual sum (x + attention, x + MLP, or the embedding plus
 // the position embedding), so the sum and the norm are one call instead of two passes over memory.
 //
-// Measured (AMD EPYC Zen 4, 2 threads, ViT-B/16 at one image): see kernels/cpu/__init__.py.
+// Measured (AMD EPYC Zen 4, 2 threads, ViT-B/16 at one image, alone): GELU of (197, 3072) 117-124 us against
+// 152-172 us for torch's; add + LayerNorm of (197, 768) 33-38 us against 43 us for torch's add and LayerNorm.
 
 namespace dst {
 
