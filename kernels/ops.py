@@ -318,10 +318,11 @@ def _add_layer_norm(a: Tensor, b: Tensor, weight: Tensor, bias: Tensor, eps: flo
     return _rowwise(a, b, weight, bias).add_layer_norm(a, b, weight, bias, eps)
 
 
-gelu_op = _define("gelu(Tensor x) -> Tensor", _gelu, lambda x: torch.empty_like(x))
+# both backends return contiguous tensors, whatever the inputs' strides
+gelu_op = _define("gelu(Tensor x) -> Tensor", _gelu, lambda x: x.new_empty(x.shape))
 add_layer_norm_op = _define(
     "add_layer_norm(Tensor a, Tensor b, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor)",
-    _add_layer_norm, lambda a, b, weight, bias, eps: (torch.empty_like(a), torch.empty_like(a)))
+    _add_layer_norm, lambda a, b, weight, bias, eps: (a.new_empty(a.shape), a.new_empty(a.shape)))
 
 
 def _inference_only(name: str) -> Callable:

@@ -101,11 +101,12 @@ def self_attention(qkv: Tensor, num_heads: int, dropout_p: float = 0.0) -> Tenso
 
 
 def gelu(x: Tensor) -> Tensor:
-    """torch's exact (erf) GELU of x, any shape."""
-    return F.gelu(x)
+    """torch's exact (erf) GELU of x, any shape; contiguous, like the CPU kernel's (and the operator's fake)."""
+    return F.gelu(x.contiguous())
 
 
 def add_layer_norm(a: Tensor, b: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """s = a + b and ``F.layer_norm`` of s over its last dimension (D) with weight and bias (D,); returns (s, y)."""
-    s = a + b
+    """s = a + b and ``F.layer_norm`` of s over its last dimension (D) with weight and bias (D,); returns (s, y),
+    contiguous."""
+    s = (a + b).contiguous()
     return s, F.layer_norm(s, s.shape[-1:], weight, bias, eps)

@@ -111,6 +111,17 @@ def test_operators_fall_back_to_torch_where_the_kernels_cannot_run() -> None:
     torch.testing.assert_close(y, F.layer_norm(2 * x, (9,), weight, bias, 1e-5))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the kernel and the fallback
+@pytest.mark.parametrize("transposed", [False, True])  # a column-major x, as torch's CSR product returns
+def test_operators_fake_outputs_match_the_real_ones(dtype: torch.dtype, transposed: bool) -> None:
+    torch.manual_seed(5)
+    x = torch.randn(6, 4, dtype=dtype).t() if transposed else torch.randn(4, 6, dtype=dtype)
+    weight, bias = torch.randn(6, dtype=dtype), torch.randn(6, dtype=dtype)
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(ops.gelu_op, (x,), test_utils=checks)
+    torch.library.opcheck(ops.add_layer_norm_op, (x, x, weight, bias, 1e-5), test_utils=checks)
+
+
 def test_operators_have_no_gradient() -> None:
     x = torch.randn(2, 16, requires_grad=True)
     with pytest.raises(UserError, match="no gradient"):
