@@ -49,14 +49,10 @@ def test_kernel_is_as_accurate_as_torch_float32(batch: int, tokens: int, heads: 
 def test_kernel_gives_the_same_bits_on_any_thread_count() -> None:
     torch.manual_seed(0)
     qkv = torch.randn(1, 23, 3 * 2 * 16)  # 2 heads: 3 and 5 threads split each head's query rows
-    before = torch.get_num_threads()
-    try:
-        results = []
-        for threads in (1, 3, 5):
-            torch.set_num_threads(threads)
-            results.append(cpu.self_attention(qkv, 2))
-    finally:
-        torch.set_num_threads(before)
+    results = []
+    for threads in (1, 3, 5):
+        torch.set_num_threads(threads)
+        results.append(cpu.self_attention(qkv, 2))
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 

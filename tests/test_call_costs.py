@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torchvision.models import VisionTransformer
 
 from dstbench import call_costs
 from dstbench.kernels import cpu, ops
 from dstbench.suites import vit_e2e
 from dstbench.suites.inference import build_layer
+from vit_harness import use_tiny_vit
 
 pytestmark = pytest.mark.skipif(cpu.unavailable_reason(torch.device("cpu"), torch.float32) is not None,
                                 reason="the compiled CPU kernels are unavailable")
@@ -34,11 +34,7 @@ def test_the_three_calls_compute_the_layer(method: str) -> None:
 
 
 def test_layer_costs_rows() -> None:
-    before = torch.get_num_threads()
-    try:
-        rows = call_costs.layer_costs(shapes=[(16, 32)], methods=["dynadiag", "srigl"], rounds=2, calls=3)
-    finally:
-        torch.set_num_threads(before)
+    rows = call_costs.layer_costs(shapes=[(16, 32)], methods=["dynadiag", "srigl"], rounds=2, calls=3)
     assert [(r["method"], r["in_features"], r["out_features"]) for r in rows] == [("dynadiag", 16, 32), ("srigl", 16, 32)]
     assert all(r[k] > 0 for r in rows for k in ("direct", "layer", "operator"))
 
@@ -46,23 +42,12 @@ def test_layer_costs_rows() -> None:
 @pytest.fixture
 def tiny_vit(monkeypatch: pytest.MonkeyPatch) -> None:
     """``vit_e2e.vit_b16`` and its image shape replaced by a two-block ViT on 32x32 images."""
-    def tiny(seed: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
-        torch.manual_seed(seed)
-        model = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
-                                  num_classes=10)
-        return vit_e2e.with_fused_rows(vit_e2e.with_linear_qkv(model)).to(device=device, dtype=dtype).eval()
-
-    monkeypatch.setattr(vit_e2e, "vit_b16", tiny)
-    monkeypatch.setattr(vit_e2e, "IMAGE_SHAPE", (1, 3, 32, 32))
+    use_tiny_vit(monkeypatch)
 
 
 @pytest.mark.usefixtures("tiny_vit")
 def test_compile_costs_match_eager_on_a_tiny_vit() -> None:
-    before = torch.get_num_threads()
-    try:
-        (row,) = call_costs.compile_costs(methods=["dynadiag"], calls=2)
-    finally:
-        torch.set_num_threads(before)
+    (row,) = call_costs.compile_costs(methods=["dynadiag"], calls=2)
     assert row["max_abs"] > 0  # the random head makes the outputs non-zero, so the differences mean something
     assert row["compiled_diff"] < 1e-4 * row["max_abs"] and row["export_diff"] < 1e-5 * row["max_abs"]
     assert row["eager_ms"] > 0 and row["compiled_ms"] > 0
@@ -71,11 +56,7 @@ def test_compile_costs_match_eager_on_a_tiny_vit() -> None:
 @pytest.mark.usefixtures("tiny_vit")
 def test_forward_parts_time_every_linear_kind_and_the_shared_ops_then_unhook() -> None:
     originals = [getattr(ops, name) for name in call_costs.SHARED_OPS]
-    before = torch.get_num_threads()
-    try:
-        rows = call_costs.forward_parts(models=["dynadiag", "srigl"], threads=1, forwards=2, warmup=1)
-    finally:
-        torch.set_num_threads(before)
+    rows = call_costs.forward_parts(models=["dynadiag", "srigl"], threads=1, forwards=2, warmup=1)
     assert [r["model"] for r in rows] == ["dynadiag", "srigl"]
     parts = (*call_costs.LINEAR_KINDS.values(), *call_costs.SHARED_OPS.values())
     for row in rows:

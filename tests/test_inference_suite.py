@@ -25,6 +25,7 @@ from dstbench.kernels import ops
 from dstbench.kernels.formats import CondensedWeight, DiagonalWeight
 from dstbench.kernels.layers import CondensedLinear, CSRLinear, DenseLinear, DiagonalLinear
 from dstbench.suites import dense_baselines, inference, token_stack, traffic, vit_e2e
+from vit_harness import tiny_vit, use_tiny_vit
 
 TINY = ["--cases", "32x48", "--sparsity", "0.5", "--batch", "2", "--rounds", "3", "--min-time", "0.001",
         "--no-e2e", "--threads", "1", "--l2", "warm"]
@@ -353,13 +354,6 @@ def test_evict_factor_is_cpu_only() -> None:
         inference._evict_factor(2.0, torch.device("cuda"))
 
 
-def tiny_vit(seed: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    torch.manual_seed(seed)
-    model = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
-                              num_classes=10)
-    return vit_e2e.with_fused_rows(vit_e2e.with_linear_qkv(model)).to(device=device, dtype=dtype).eval()
-
-
 def test_linear_qkv_attention_equals_multihead_attention() -> None:
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(16, 4, batch_first=True).eval()
@@ -408,8 +402,7 @@ def test_vit_b16_has_linear_qkv_in_every_block() -> None:
 
 
 def test_e2e_rows_with_a_tiny_vit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vit_e2e, "vit_b16", tiny_vit)
-    monkeypatch.setattr(vit_e2e, "IMAGE_SHAPE", (1, 3, 32, 32))
+    use_tiny_vit(monkeypatch)
     out = tmp_path / "r"
     argv = ["run", "--suite", "inference", "--cases", "", "--sparsity", "0.5,0.9", "--rounds", "2",
             "--min-time", "0.001", "--threads", "1", "--methods", "dense,srigl", "--out", str(out)]
@@ -682,8 +675,7 @@ def test_rows_carry_bytes_gbps_and_limit_against_the_runs_probe(tmp_path: Path) 
 
 
 def test_e2e_rows_leave_bytes_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vit_e2e, "vit_b16", tiny_vit)
-    monkeypatch.setattr(vit_e2e, "IMAGE_SHAPE", (1, 3, 32, 32))
+    use_tiny_vit(monkeypatch)
     assert main(["run", "--suite", "inference", "--cases", "32x48", "--batch", "2", "--sparsity", "0.5", "--rounds",
                  "2", "--min-time", "0.001", "--threads", "1", "--methods", "dense", "--l2", "warm",
                  "--out", str(tmp_path / "r")]) == 0
