@@ -130,8 +130,8 @@ inline int diag_pack(const int64_t* off, const float* v, int64_t K, int64_t nin,
 
 #if defined(__AVX512F__)
 // y[b, tiles t0..t1) for the NB batch rows of x (each nin long): per entry one load of values for all rows, one
-// load of x per row (masked for a partial run), into four accumulators per row in turn (the multiply-add's latency), summed with the
-// bias at the tile's end.
+// load of x per row (masked for a partial run), into four accumulators per row in turn (the multiply-add's
+// latency), summed with the bias at the tile's end.
 template <int NB>
 void diag_pack_tiles(const DiagPackLayout& L, const float* x, int64_t nin, const float* bias, float* y, int64_t nout,
                      int64_t t0, int64_t t1) {

@@ -36,10 +36,10 @@ constexpr int64_t LANES_MAX_IN = 65535;
 // The values are prefetched (into L2) this many bytes ahead of the step that reads them, the offsets a quarter
 // of that (a step holds four times the bytes of values as of offsets), for weights that are in no cache.
 // Measured (2 threads, 90%): the ViT-B/16 token stack with cold caches 1.81 -> 1.60 ms; 2 KiB ahead 1.67 ms, 8 KiB
-// 1.61 ms. One prefetch per step for the values (its first vector; the hardware prefetchers fetch the lines between)
-// and one per two steps for the offsets, against one per line of each: b16-fc1 and fc2 at batch 1 warm 0.95-0.98x
-// the time (a prefetch takes a load slot even when the line is in L2), cold 0.95-1.0x (Zen 4, interleaved); with
-// none, warm 0.89-0.90x but cold 0.96-1.19x.
+// 1.61 ms. One prefetch per step for the values (its first vector; the hardware prefetchers fetch the lines
+// between) and one per U steps of lanes_group for the offsets (2 at batch 1, 1 at batch 2), against one per line:
+// b16-fc1 and fc2 at batch 1 warm 0.95-0.98x the time (a prefetch takes a load slot even when the line is in
+// L2), cold 0.95-1.0x (Zen 4, interleaved); with none, warm 0.89-0.90x but cold 0.96-1.19x.
 constexpr int64_t PREFETCH_BYTES = 4096;
 
 struct LanesLayout {
